@@ -1,0 +1,153 @@
+"""ddp: a data-parallel training runtime on NumPy/CuPy and MPI with PyTorch's API.
+
+``import ddp as torch`` runs small torch programs: tensors with autograd, ``nn`` modules,
+``optim`` optimizers, and ``ddp.distributed`` / ``DistributedDataParallel`` across MPI ranks.
+"""
+
+from ddp import autograd
+from ddp.autograd.grad_mode import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
+from ddp.creation import (
+    arange,
+    as_tensor,
+    empty,
+    empty_like,
+    eye,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    randperm,
+    tensor,
+    zeros,
+    zeros_like,
+)
+from ddp.device import device
+from ddp.dtypes import (
+    bool_ as bool,  # noqa: A004 - torch.bool
+    double,
+    dtype,
+    float16,
+    float32,
+    float64,
+    half,
+    int8,
+    int16,
+    int32,
+    int64,
+    long,
+    uint8,
+)
+from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
+from ddp.dtypes import int_ as int  # noqa: A004 - torch.int
+from ddp.ops import (
+    abs,
+    all,
+    allclose,
+    amax,
+    amin,
+    any,
+    argmax,
+    argmin,
+    bmm,
+    cat,
+    ceil,
+    chunk,
+    clamp,
+    clone,
+    concat,
+    cos,
+    div,
+    eq,
+    equal,
+    exp,
+    flatten,
+    flip,
+    floor,
+    gather,
+    ge,
+    gt,
+    index_select,
+    isfinite,
+    isinf,
+    isnan,
+    le,
+    log,
+    log_softmax,
+    logical_and,
+    logical_not,
+    logical_or,
+    logsumexp,
+    lt,
+    masked_fill,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    mm,
+    mul,
+    ne,
+    neg,
+    permute,
+    pow,
+    relu,
+    reshape,
+    round,
+    rsqrt,
+    sigmoid,
+    sign,
+    sin,
+    softmax,
+    split,
+    sqrt,
+    squeeze,
+    stack,
+    std,
+    sub,
+    sum,
+    t,
+    tanh,
+    transpose,
+    tril,
+    triu,
+    unbind,
+    unsqueeze,
+    var,
+    where,
+)
+from ddp.ops import add as add
+from ddp.random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
+from ddp.tensor import Size, Tensor
+
+clip = clamp
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)
+
+
+def numel(t: Tensor) -> int:
+    return t.numel()
+
+
+def get_default_dtype():
+    from ddp import dtypes as _dtypes
+
+    return _dtypes.default_float
+
+
+__version__ = "0.1.0"

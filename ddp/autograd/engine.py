@@ -1,0 +1,169 @@
+"""The backward engine: runs a graph of nodes in a deterministic order.
+
+Order: a node runs once every node that feeds it a gradient has run (dependency counts), and
+among ready nodes the most recently created runs first (``sequence_nr``), as torch does. The
+order therefore depends only on the program, so every rank of a data-parallel job fires its
+leaf hooks in the same order. A leaf's ``AccumulateGrad`` runs the moment its gradient is final,
+so its post-accumulate hooks fire during backward, not at the end: DDP starts communicating
+through them while the rest of backward still runs.
+
+Services for DDP-like code:
+  * ``register_backward_start_hook(fn)``: ``fn(task)`` runs at the start of every backward,
+    with ``task.leaves``, the leaf tensors reachable from the roots, in a deterministic order.
+  * ``queue_callback(fn)``: during backward, run ``fn()`` once this backward has finished.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ddp.autograd.function import AccumulateGrad, is_owned
+from ddp.utils.hooks import RemovableHandle
+
+_local = threading.local()
+_start_hooks: dict[int, Callable] = {}
+
+
+class GraphTask:
+    """One call of backward: the reachable leaves and the callbacks queued for its end."""
+
+    def __init__(self, leaves: list):
+        self.leaves = leaves
+        self._callbacks: list[Callable[[], None]] = []
+
+    def queue_callback(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` after this backward has run every node (callbacks may queue more)."""
+        self._callbacks.append(fn)
+
+
+def current_task() -> GraphTask | None:
+    """The backward running in this thread, or None outside backward."""
+    return getattr(_local, "task", None)
+
+
+def queue_callback(fn: Callable[[], None]) -> None:
+    """Queue ``fn`` to run at the end of the backward running in this thread."""
+    task = current_task()
+    if task is None:
+        raise RuntimeError("queue_callback can only be called during backward")
+    task.queue_callback(fn)
+
+
+def register_backward_start_hook(fn: Callable[[GraphTask], None]) -> RemovableHandle:
+    """Call ``fn(task)`` at the start of every backward in any thread; returns a handle."""
+    handle = RemovableHandle(_start_hooks)
+    _start_hooks[handle.id] = fn
+    return handle
+
+
+def _discover(roots: Sequence) -> tuple[dict, list]:
+    """Dependency count of every node reachable from ``roots`` and the reachable leaves."""
+    dependencies: dict = {}
+    leaves = []
+    seen = set(roots)
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        if type(node) is AccumulateGrad:
+            leaves.append(node.variable)
+            continue
+        for child in reversed(node.next_edges):
+            if child is None:
+                continue
+            dependencies[child] = dependencies.get(child, 0) + 1
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return dependencies, leaves
+
+
+def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> None:
+    """Backpropagate ``root_grads`` (arrays) from ``roots`` (nodes) into the leaves."""
+    from ddp.tensor import Tensor
+
+    dependencies, leaves = _discover(roots)
+    task = GraphTask(leaves)
+    previous = current_task()
+    _local.task = task
+    try:
+        for hook in tuple(_start_hooks.values()):
+            hook(task)
+        buffers: dict = {}
+        ready: list = []
+
+        def deliver(node, grad, owned):
+            held = buffers.get(node)
+            if grad is not None:
+                if held is None or held[0] is None:
+                    buffers[node] = (grad, owned)
+                elif held[1]:
+                    held[0].__iadd__(grad)
+                else:
+                    buffers[node] = (held[0] + grad, True)
+            elif held is None:
+                buffers[node] = (None, False)
+            remaining = dependencies.get(node, 0) - 1
+            dependencies[node] = remaining
+            if remaining <= 0:
+                priority = 0 if type(node) is AccumulateGrad else 1
+                heapq.heappush(ready, (priority, -node.sequence_nr, id(node), node))
+
+        for node, grad in zip(roots, root_grads):
+            dependencies[node] = dependencies.get(node, 0) + 1
+            deliver(node, grad, False)
+
+        while ready:
+            node = heapq.heappop(ready)[3]
+            grad, owned = buffers.pop(node)
+            if type(node) is AccumulateGrad:
+                if grad is not None:
+                    node.accumulate(grad, owned)
+                continue
+            if grad is None:  # nothing flows through this node: release what waits on it
+                for child in node.next_edges:
+                    if child is not None:
+                        deliver(child, None, False)
+                continue
+            if node.pre_hooks:
+                for hook in tuple(node.pre_hooks.values()):
+                    result = hook(Tensor(grad))
+                    if result is not None:
+                        grad = result.array
+            if node._had_saved and node._saved is None:
+                node.saved_tensors  # raises the "backward a second time" error
+            grads = node.backward(node, grad)
+            if type(grads) is not tuple:
+                grads = (grads,)
+            edges = node.next_edges
+            if len(grads) < len(edges):
+                raise RuntimeError(
+                    f"{node.name()} returned {len(grads)} gradients for {len(edges)} inputs"
+                )
+            for child, child_grad in zip(edges, grads):
+                if child is None:
+                    continue
+                if child_grad is not None and not hasattr(child_grad, "shape"):
+                    child_grad = np.asarray(child_grad)
+                if child_grad is not None and type(child_grad) is not np.ndarray:
+                    child_grad = _as_array(child_grad)
+                owned = child_grad is not None and is_owned(child_grad, grad, grads)
+                deliver(child, child_grad, owned)
+            if not retain_graph:
+                node.release()
+        index = 0
+        while index < len(task._callbacks):
+            task._callbacks[index]()
+            index += 1
+    finally:
+        _local.task = previous
+
+
+def _as_array(value):
+    """NumPy scalars (what reductions to 0-d return) become 0-d arrays; device arrays pass."""
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    return value

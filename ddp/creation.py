@@ -1,0 +1,178 @@
+"""Tensor factories: ``tensor``, ``zeros``, ``ones``, ``full``, ``arange``, ``randn`` ...
+
+Defaults follow torch: Python floats give ``float32``, Python ints ``int64``, bools ``bool``;
+a NumPy array keeps its dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddp import dtypes, random
+from ddp.device import as_device, move_array
+from ddp.ops._util import shape_arg
+from ddp.tensor import Tensor
+
+
+def _finish(array, dtype, device, requires_grad) -> Tensor:
+    if dtype is not None:
+        np_dtype = dtypes.to_numpy_dtype(dtype)
+        if array.dtype != np_dtype:
+            array = array.astype(np_dtype)
+    if device is not None:
+        array = move_array(array, as_device(device))
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def _infer_array(data) -> np.ndarray:
+    if isinstance(data, Tensor):
+        return data.array.copy()
+    if isinstance(data, np.ndarray):
+        return data.copy()
+    if hasattr(data, "__cuda_array_interface__"):
+        return data.copy()
+    if isinstance(data, (list, tuple)):
+        data = _unwrap_nested(data)
+    array = np.array(data)
+    if array.dtype == np.float64:
+        array = array.astype(dtypes.default_float.np_dtype)
+    elif array.dtype.kind in "iu" and not isinstance(data, np.generic):
+        array = array.astype(np.int64)
+    elif array.dtype.kind not in "biuf":
+        raise TypeError(f"could not build a tensor from data of type {type(data).__name__}")
+    return array
+
+
+def _unwrap_nested(data):
+    if isinstance(data, Tensor):
+        return data.array.tolist() if data.ndim else data.item()
+    if isinstance(data, (list, tuple)):
+        return [_unwrap_nested(d) for d in data]
+    return data
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data`` (nested lists, numbers, arrays or a tensor)."""
+    return _finish(_infer_array(data), dtype, device, requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like ``tensor`` but shares memory with a NumPy array or tensor when it can."""
+    if isinstance(data, Tensor):
+        return data.to(device=device, dtype=dtype) if (device or dtype) else data
+    if isinstance(data, np.ndarray):
+        return _finish(data, dtype, device, False)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array``."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+    dtypes.from_numpy(array.dtype)
+    return Tensor(array)
+
+
+def _factory(fill):
+    def make(*size, dtype=None, device=None, requires_grad=False, out=None):
+        shape = shape_arg(size)
+        np_dtype = dtypes.to_numpy_dtype(dtype) if dtype is not None else (
+            dtypes.default_float.np_dtype)
+        return _finish(fill(shape, np_dtype), None, device, requires_grad)
+
+    return make
+
+
+zeros = _factory(lambda shape, dt: np.zeros(shape, dtype=dt))
+ones = _factory(lambda shape, dt: np.ones(shape, dtype=dt))
+empty = _factory(lambda shape, dt: np.empty(shape, dtype=dt))
+
+
+def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if dtype is None:
+        dtype = (dtypes.bool_ if isinstance(fill_value, bool) else dtypes.int64
+                 if isinstance(fill_value, int) else dtypes.default_float)
+    shape = shape_arg((size,) if isinstance(size, int) else tuple(size))
+    array = np.full(shape, fill_value, dtype=dtypes.to_numpy_dtype(dtype))
+    return _finish(array, None, device, requires_grad)
+
+
+def _like(fill):
+    def make(t: Tensor, dtype=None, device=None, requires_grad=False):
+        d = dtype if dtype is not None else t.dtype
+        return fill(t.shape, dtype=d, device=device if device is not None else t.device,
+                    requires_grad=requires_grad)
+
+    return make
+
+
+zeros_like = _like(zeros)
+ones_like = _like(ones)
+empty_like = _like(empty)
+
+
+def full_like(t: Tensor, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return full(t.shape, fill_value, dtype=dtype if dtype is not None else t.dtype,
+                device=device if device is not None else t.device, requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if end is None:
+        start, end = 0, start
+    values = (start, end, step)
+    if dtype is None:
+        is_float = any(isinstance(v, float) for v in values)
+        dtype = dtypes.default_float if is_float else dtypes.int64
+    array = np.arange(start, end, step, dtype=dtypes.to_numpy_dtype(dtype))
+    return _finish(array, None, device, requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False) -> Tensor:
+    array = np.linspace(start, end, steps).astype(
+        dtypes.to_numpy_dtype(dtype or dtypes.default_float))
+    return _finish(array, None, device, requires_grad)
+
+
+def eye(n, m=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    array = np.eye(n, m, dtype=dtypes.to_numpy_dtype(dtype or dtypes.default_float))
+    return _finish(array, None, device, requires_grad)
+
+
+def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    np_dtype = dtypes.to_numpy_dtype(dtype or dtypes.default_float)
+    array = random.uniform_array(shape_arg(size), 0.0, 1.0, np_dtype, generator)
+    return _finish(array, None, device, requires_grad)
+
+
+def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    np_dtype = dtypes.to_numpy_dtype(dtype or dtypes.default_float)
+    array = random.normal_array(shape_arg(size), 0.0, 1.0, np_dtype, generator)
+    return _finish(array, None, device, requires_grad)
+
+
+def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
+            requires_grad=False) -> Tensor:
+    """``randint(high, size)`` or ``randint(low, high, size)``: integers in ``[low, high)``."""
+    if size is None:
+        if high is None or not isinstance(high, (tuple, list)):
+            raise TypeError("randint() missing required argument 'size'")
+        low, high, size = 0, low, high
+    elif high is None:
+        low, high = 0, low
+    array = random.integers_array(low, high, shape_arg((size,) if isinstance(size, int)
+                                                       else tuple(size)), generator)
+    return _finish(array, dtype or dtypes.int64, device, requires_grad)
+
+
+def randperm(n, generator=None, dtype=None, device=None) -> Tensor:
+    return _finish(random.permutation_array(n, generator), dtype or dtypes.int64, device, False)
+
+
+def rand_like(t: Tensor, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device,
+                requires_grad=requires_grad)
+
+
+def randn_like(t: Tensor, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device,
+                 requires_grad=requires_grad)

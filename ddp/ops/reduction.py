@@ -1,0 +1,330 @@
+"""Reductions (``sum mean max min var std argmax ...``) and the softmax family."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import builtins
+
+import numpy as np
+
+from ddp import dtypes
+from ddp.autograd.function import Function
+from ddp.backend import get_array_module
+from ddp.ops._util import normalize_dim, normalize_dims
+
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+
+
+def _expand_back(grad, shape, axes, keepdim):
+    """Reshape a reduced gradient so it broadcasts against the input of ``shape``."""
+    xp = get_array_module(grad)
+    if axes is None:
+        return xp.broadcast_to(grad.reshape((1,) * len(shape)), shape)
+    if not keepdim:
+        grad = xp.expand_dims(grad, axes)
+    return xp.broadcast_to(grad, shape)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axes, keepdim):
+        ctx.shape = a.shape
+        ctx.axes = axes
+        ctx.keepdim = keepdim
+        return a.sum(axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _expand_back(grad, ctx.shape, ctx.axes, ctx.keepdim), None, None
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, axes, keepdim):
+        ctx.shape = a.shape
+        ctx.axes = axes
+        ctx.keepdim = keepdim
+        count = a.size if axes is None else int(np.prod([a.shape[d] for d in axes]))
+        ctx.count = count
+        return a.mean(axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad / ctx.count if ctx.count else grad
+        return _expand_back(g, ctx.shape, ctx.axes, ctx.keepdim), None, None
+
+
+class Var(Function):
+    @staticmethod
+    def forward(ctx, a, axes, correction, keepdim):
+        mean = a.mean(axis=axes, keepdims=True)
+        centered = a - mean
+        count = a.size if axes is None else int(np.prod([a.shape[d] for d in axes]))
+        denom = builtins.max(count - correction, 0)
+        ctx.save_for_backward(centered)
+        ctx.denom = denom
+        ctx.axes = axes
+        ctx.keepdim = keepdim
+        out = (centered * centered).sum(axis=axes, keepdims=keepdim)
+        return out / denom if denom else out * float("nan")
+
+    @staticmethod
+    def backward(ctx, grad):
+        (centered,) = ctx.saved_tensors
+        g = _expand_back(grad, centered.shape, ctx.axes, ctx.keepdim)
+        return g * (2 / ctx.denom) * centered if ctx.denom else g * float("nan"), None, None, None
+
+
+class MaxMin(Function):
+    """Full reduction to the max/min: the gradient is shared evenly among ties (torch's rule)."""
+
+    @staticmethod
+    def forward(ctx, a, take_max):
+        out = a.max() if take_max else a.min()
+        ctx.save_for_backward(a, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        mask = a == out
+        return grad * mask / mask.sum(), None
+
+
+class AMaxAMin(Function):
+    """``amax``/``amin`` over dims: ties share the gradient evenly."""
+
+    @staticmethod
+    def forward(ctx, a, axes, keepdim, take_max):
+        out = a.max(axis=axes, keepdims=True) if take_max else a.min(axis=axes, keepdims=True)
+        ctx.save_for_backward(a, out)
+        ctx.axes = axes
+        ctx.keepdim = keepdim
+        return out if keepdim else out.squeeze(axis=axes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        mask = a == out
+        g = _expand_back(grad, a.shape, ctx.axes, ctx.keepdim)
+        return g * mask / mask.sum(axis=ctx.axes, keepdims=True), None, None, None
+
+
+class MaxMinDim(Function):
+    """``max(dim)``/``min(dim)``: the gradient goes to the index returned."""
+
+    @staticmethod
+    def forward(ctx, a, dim, keepdim, take_max):
+        xp = get_array_module(a)
+        idx = xp.argmax(a, axis=dim) if take_max else xp.argmin(a, axis=dim)
+        idx_k = xp.expand_dims(idx, dim)
+        values = xp.take_along_axis(a, idx_k, axis=dim)
+        ctx.shape = a.shape
+        ctx.dim = dim
+        ctx.keepdim = keepdim
+        ctx.save_for_backward(idx_k)
+        ctx.indices = idx_k if keepdim else idx
+        return values if keepdim else values.squeeze(axis=dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx_k,) = ctx.saved_tensors
+        xp = get_array_module(grad)
+        g = grad if ctx.keepdim else xp.expand_dims(grad, ctx.dim)
+        out = xp.zeros(ctx.shape, dtype=grad.dtype)
+        xp.put_along_axis(out, idx_k, g, axis=ctx.dim)
+        return out, None, None, None
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, a, dim):
+        xp = get_array_module(a)
+        e = xp.exp(a - a.max(axis=dim, keepdims=True))
+        e /= e.sum(axis=dim, keepdims=True)
+        ctx.save_for_backward(e)
+        ctx.dim = dim
+        return e
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        gy = grad * y
+        return gy - y * gy.sum(axis=ctx.dim, keepdims=True), None
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, a, dim):
+        xp = get_array_module(a)
+        shifted = a - a.max(axis=dim, keepdims=True)
+        out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        xp = get_array_module(out)
+        return grad - xp.exp(out) * grad.sum(axis=ctx.dim, keepdims=True), None
+
+
+class LogSumExp(Function):
+    @staticmethod
+    def forward(ctx, a, axes, keepdim):
+        xp = get_array_module(a)
+        m = a.max(axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        out = xp.log(xp.exp(a - m).sum(axis=axes, keepdims=True)) + m
+        ctx.save_for_backward(a, out)
+        ctx.axes = axes
+        ctx.keepdim = keepdim
+        return out if keepdim else out.squeeze(axis=axes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        xp = get_array_module(a)
+        g = _expand_back(grad, a.shape, ctx.axes, ctx.keepdim)
+        return g * xp.exp(a - out), None, None
+
+
+def _reduce_dtype(a):
+    """Sums of bool/int tensors are int64, as in torch."""
+    if a.array.dtype.kind in "bu" or a.array.dtype in (np.int8, np.int16, np.int32):
+        from ddp.ops._util import cast_tensor
+
+        return cast_tensor(a, np.int64)
+    return a
+
+
+def sum(a, dim=None, keepdim=False, dtype=None):  # noqa: A001
+    a = _maybe_cast(a, dtype) if dtype is not None else _reduce_dtype(a)
+    return Sum.apply(a, normalize_dims(dim, a.ndim), keepdim)
+
+
+def mean(a, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        a = _maybe_cast(a, dtype)
+    if a.array.dtype.kind != "f":
+        raise RuntimeError(
+            f"mean(): could not infer output dtype. Input dtype must be either a floating point "
+            f"or complex dtype. Got: {a.dtype.name.capitalize()}"
+        )
+    return Mean.apply(a, normalize_dims(dim, a.ndim), keepdim)
+
+
+def var(a, dim=None, unbiased=None, keepdim=False, correction=None):
+    """Variance; ``unbiased=True``/``correction=1`` (Bessel) is the default, as in torch."""
+    if isinstance(dim, bool):  # var(unbiased) positional form
+        unbiased, dim = dim, None
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    return Var.apply(a, normalize_dims(dim, a.ndim), correction, keepdim)
+
+
+def std(a, dim=None, unbiased=None, keepdim=False, correction=None):
+    from ddp.ops.unary import sqrt
+
+    return sqrt(var(a, dim, unbiased=unbiased, keepdim=keepdim, correction=correction))
+
+
+def max(a, dim=None, keepdim=False):  # noqa: A001
+    """``max(a)`` → the largest value; ``max(a, dim)`` → ``(values, indices)``;
+    ``max(a, other_tensor)`` → element-wise maximum."""
+    return _max_min(a, dim, keepdim, True)
+
+
+def min(a, dim=None, keepdim=False):  # noqa: A001
+    return _max_min(a, dim, keepdim, False)
+
+
+def _max_min(a, dim, keepdim, take_max):
+    from ddp.tensor import Tensor
+
+    if isinstance(dim, Tensor):
+        from ddp.ops.selection import maximum, minimum
+
+        return maximum(a, dim) if take_max else minimum(a, dim)
+    if a.array.size == 0:
+        raise RuntimeError(
+            "max(): Expected reduction dim to be specified for input.numel() == 0."
+        )
+    if dim is None:
+        return MaxMin.apply(a, take_max)
+    d = normalize_dim(dim, a.ndim)
+    values = MaxMinDim.apply(a, d, keepdim, take_max)
+    node = values.grad_fn
+    if node is None:  # no graph: recompute the indices directly
+        xp = get_array_module(a.array)
+        idx = xp.argmax(a.array, axis=d) if take_max else xp.argmin(a.array, axis=d)
+        idx = xp.expand_dims(idx, d) if keepdim else idx
+    else:
+        idx = node.indices
+    return ValuesIndices(values, Tensor._from_op(idx.astype(np.int64, copy=False), None))
+
+
+def amax(a, dim=None, keepdim=False):
+    axes = normalize_dims(dim, a.ndim)
+    return AMaxAMin.apply(a, axes, keepdim, True)
+
+
+def amin(a, dim=None, keepdim=False):
+    axes = normalize_dims(dim, a.ndim)
+    return AMaxAMin.apply(a, axes, keepdim, False)
+
+
+def argmax(a, dim=None, keepdim=False):
+    return _arg(a, dim, keepdim, True)
+
+
+def argmin(a, dim=None, keepdim=False):
+    return _arg(a, dim, keepdim, False)
+
+
+def _arg(a, dim, keepdim, take_max):
+    from ddp.tensor import Tensor
+
+    xp = get_array_module(a.array)
+    fn = xp.argmax if take_max else xp.argmin
+    if dim is None:
+        out = fn(a.array)
+        if keepdim:
+            out = xp.asarray(out).reshape((1,) * a.ndim)
+    else:
+        d = normalize_dim(dim, a.ndim)
+        out = fn(a.array, axis=d)
+        if keepdim:
+            out = xp.expand_dims(out, d)
+    return Tensor._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
+
+
+def softmax(a, dim=None, dtype=None):
+    if dtype is not None:
+        a = _maybe_cast(a, dtype)
+    return Softmax.apply(a, _softmax_dim(a, dim))
+
+
+def log_softmax(a, dim=None, dtype=None):
+    if dtype is not None:
+        a = _maybe_cast(a, dtype)
+    return LogSoftmax.apply(a, _softmax_dim(a, dim))
+
+
+def logsumexp(a, dim, keepdim=False):
+    return LogSumExp.apply(a, normalize_dims(dim, a.ndim), keepdim)
+
+
+def _softmax_dim(a, dim):
+    if dim is None:
+        dim = 0 if a.ndim in (0, 1, 3) else 1  # torch's legacy implicit choice
+    return normalize_dim(dim, a.ndim)
+
+
+def _maybe_cast(a, dtype):
+    from ddp.ops._util import cast_tensor
+
+    np_dtype = dtypes.to_numpy_dtype(dtype)
+    return a if a.array.dtype == np_dtype else cast_tensor(a, np_dtype)

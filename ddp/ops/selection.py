@@ -1,0 +1,233 @@
+"""Indexing and selection: ``x[idx]``, ``x[idx] = v``, where, masked_fill, gather, max/min pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddp.autograd.function import Function
+from ddp.backend import get_array_module
+from ddp.ops._util import binary_operands, normalize_dim, unbroadcast
+
+
+def normalize_index(index):
+    """Replace tensors inside an index by their arrays (bool tensors stay masks)."""
+    from ddp.tensor import Tensor
+
+    if isinstance(index, Tensor):
+        return index.array
+    if isinstance(index, tuple):
+        return tuple(i.array if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list):
+        return np.asarray([i.item() if isinstance(i, Tensor) else i for i in index])
+    return index
+
+
+def _is_basic(index) -> bool:
+    """Basic indexing (ints, slices, None, Ellipsis) gives views and never repeats an element."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(
+        isinstance(i, (int, slice, type(None), type(Ellipsis))) and not isinstance(i, bool)
+        for i in items
+    )
+
+
+class GetItem(Function):
+    @staticmethod
+    def forward(ctx, a, index):
+        ctx.shape = a.shape
+        ctx.index = index
+        try:
+            return a[index]
+        except IndexError as exc:
+            raise IndexError(f"{exc} (indexing a tensor of shape {tuple(a.shape)})") from None
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = get_array_module(grad)
+        out = xp.zeros(ctx.shape, dtype=grad.dtype)
+        if _is_basic(ctx.index):
+            out[ctx.index] = grad
+        else:
+            xp.add.at(out, ctx.index, grad)
+        return out, None
+
+
+class IndexPut(Function):
+    """``a[index] = value`` done out of place: the graph sees a new tensor."""
+
+    @staticmethod
+    def forward(ctx, a, value, index):
+        out = a.copy()
+        out[index] = value
+        ctx.index = index
+        ctx.value_shape = getattr(value, "shape", ())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        ga = grad.copy()
+        ga[ctx.index] = 0
+        gv = None
+        if ctx.needs_input_grad[1]:
+            gv = unbroadcast(grad[ctx.index], tuple(ctx.value_shape))
+        return ga, gv, None
+
+
+class Where(Function):
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, b.shape)
+        return get_array_module(a).where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (cond,) = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        ga = unbroadcast(grad * cond, sa) if ctx.needs_input_grad[1] else None
+        gb = unbroadcast(grad * ~cond, sb) if ctx.needs_input_grad[2] else None
+        return None, ga, gb
+
+
+class MaskedFill(Function):
+    @staticmethod
+    def forward(ctx, a, mask, value):
+        xp = get_array_module(a)
+        ctx.save_for_backward(mask)
+        return xp.where(mask, xp.asarray(value, dtype=a.dtype), a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return unbroadcast(grad * ~mask, grad.shape), None, None
+
+
+class Gather(Function):
+    @staticmethod
+    def forward(ctx, a, dim, index):
+        xp = get_array_module(a)
+        ctx.shape = a.shape
+        ctx.dim = dim
+        ctx.save_for_backward(index)
+        return xp.take_along_axis(a, index, axis=dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        xp = get_array_module(grad)
+        out = xp.zeros(ctx.shape, dtype=grad.dtype)
+        # put_along_axis would drop repeated indices; add.at sums them as the gradient must.
+        idx = list(xp.indices(index.shape, sparse=True))
+        idx[ctx.dim] = index
+        xp.add.at(out, tuple(idx), grad)
+        return out, None, None
+
+
+class IndexSelect(Function):
+    @staticmethod
+    def forward(ctx, a, dim, index):
+        ctx.shape = a.shape
+        ctx.dim = dim
+        ctx.save_for_backward(index)
+        return get_array_module(a).take(a, index, axis=dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        xp = get_array_module(grad)
+        out = xp.zeros(ctx.shape, dtype=grad.dtype)
+        moved = xp.moveaxis(out, ctx.dim, 0)
+        xp.add.at(moved, index, xp.moveaxis(grad, ctx.dim, 0))
+        return out, None, None
+
+
+class Maximum(Function):
+    @staticmethod
+    def forward(ctx, a, b, take_max):
+        xp = get_array_module(a)
+        ctx.save_for_backward(a, b)
+        ctx.take_max = take_max
+        return xp.maximum(a, b) if take_max else xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        pick_a = (a > b) if ctx.take_max else (a < b)
+        tie = (a == b) * 0.5
+        wa = pick_a + tie
+        wb = (~pick_a & (a != b)) + tie
+        return unbroadcast(grad * wa, a.shape), unbroadcast(grad * wb, b.shape), None
+
+
+def getitem(a, index):
+    """``a[index]`` with NumPy/torch semantics; repeated integer indices sum their gradients."""
+    index = normalize_index(index)
+    return GetItem.apply(a, index)
+
+
+def index_put(a, index, value):
+    from ddp.tensor import Tensor
+
+    index = normalize_index(index)
+    if not isinstance(value, Tensor):
+        value = Tensor(get_array_module(a.array).asarray(value, dtype=a.array.dtype))
+    elif value.array.dtype != a.array.dtype:
+        value = value.to(a.dtype)
+    return IndexPut.apply(a, value, index)
+
+
+def where(condition, a=None, b=None):
+    """Pick ``a`` where ``condition`` holds, else ``b`` (all broadcast together)."""
+    from ddp.tensor import Tensor
+
+    if a is None and b is None:
+        return tuple(Tensor(i.astype(np.int64)) for i in get_array_module(
+            condition.array).nonzero(condition.array))
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError("where(): at least one of the values must be a Tensor")
+    a, b = binary_operands(a, b)
+    cond = condition.array if isinstance(condition, Tensor) else np.asarray(condition)
+    if cond.dtype != np.bool_:
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor "
+                           f"with dtype {cond.dtype}")
+    return Where.apply(Tensor._from_op(cond, None), a, b)
+
+
+def masked_fill(a, mask, value):
+    """Set positions where ``mask`` (bool, broadcastable to ``a``) is True to ``value``."""
+    from ddp.tensor import Tensor
+
+    m = mask.array if isinstance(mask, Tensor) else np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype "
+                           f"{m.dtype}")
+    if isinstance(value, Tensor):
+        value = value.item()
+    try:
+        np.broadcast_shapes(m.shape, a.array.shape)
+    except ValueError:
+        raise RuntimeError(
+            f"The size of the mask {tuple(m.shape)} must be broadcastable to the tensor of shape "
+            f"{tuple(a.array.shape)}"
+        ) from None
+    return MaskedFill.apply(a, Tensor._from_op(m, None), value)
+
+
+def gather(a, dim, index):
+    d = normalize_dim(dim, a.ndim)
+    return Gather.apply(a, d, index.array.astype(np.int64, copy=False))
+
+
+def index_select(a, dim, index):
+    d = normalize_dim(dim, a.ndim)
+    return IndexSelect.apply(a, d, index.array)
+
+
+def maximum(a, b):
+    a, b = binary_operands(a, b)
+    return Maximum.apply(a, b, True)
+
+
+def minimum(a, b):
+    a, b = binary_operands(a, b)
+    return Maximum.apply(a, b, False)

@@ -1,0 +1,908 @@
+"""``Tensor``: an n-dimensional array (NumPy or CuPy) that records how it was computed.
+
+A tensor holds its array in ``.array``. When grad mode is on and an op reads a tensor with
+``requires_grad=True``, the result remembers the op in ``grad_fn``; ``backward()`` then walks
+those nodes and adds gradients into the ``.grad`` of the leaves (tensors made by the user, such as
+parameters). Non-leaf tensors keep ``.grad`` None unless ``retain_grad()`` was called.
+
+The op methods below are thin: each calls one function of ``ddp.ops``, where forward and
+backward of every op sit side by side.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ddp import dtypes
+from ddp.autograd import engine
+from ddp.autograd.function import AccumulateGrad
+from ddp.autograd.grad_mode import is_grad_enabled, no_grad
+from ddp.device import as_device, device_of, move_array
+from ddp.utils.hooks import RemovableHandle
+
+
+class Tensor:
+    """A multi-dimensional array with autograd; see the module docstring."""
+
+    __array_priority__ = 1000  # numpy_array * tensor calls Tensor.__rmul__
+
+    def __init__(self, data=None, *, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data.array
+        elif data is None:
+            data = np.empty((0,), dtype=dtypes.default_float.np_dtype)
+        elif not hasattr(data, "__array_namespace__") and not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        if isinstance(data, np.generic):
+            data = np.asarray(data)
+        self.array = data
+        self.grad: Tensor | None = None
+        self.grad_fn = None
+        self._requires_grad = False
+        self._accumulator = None  # weakref to this leaf's AccumulateGrad node
+        self._grad_hooks: dict = {}
+        self._post_accumulate_hooks: dict = {}
+        self._retains_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from_op(cls, array, grad_fn) -> Tensor:
+        """Wrap an op's result; internal and fast (no validation)."""
+        t = Tensor.__new__(Tensor)
+        if type(array) is not np.ndarray and isinstance(array, np.generic):
+            array = np.asarray(array)
+        t.array = array
+        t.grad = None
+        t.grad_fn = grad_fn
+        t._requires_grad = grad_fn is not None
+        t._accumulator = None
+        t._grad_hooks = {}
+        t._post_accumulate_hooks = {}
+        t._retains_grad = False
+        return t
+
+    # ----------------------------------------------------------------------------- attributes
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set ``requires_grad`` on a leaf; only floating tensors may require grad."""
+        if self.grad_fn is not None:
+            if not requires_grad:
+                raise RuntimeError(
+                    "you can only change requires_grad flags of leaf variables. If you want to "
+                    "use a computed variable in a subgraph that doesn't require differentiation "
+                    "use var_no_grad = var.detach()."
+                )
+            return self
+        if requires_grad and not self.dtype.is_floating_point:
+            raise RuntimeError(
+                f"only Tensors of floating point dtype can require gradients, got {self.dtype}"
+            )
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def data(self) -> Tensor:
+        """A tensor sharing this one's storage, detached from the graph (as torch's ``.data``)."""
+        return Tensor._from_op(self.array, None)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self.array = value.array if isinstance(value, Tensor) else np.asarray(value)
+
+    @property
+    def shape(self) -> Size:
+        return Size(self.array.shape)
+
+    @property
+    def dtype(self) -> dtypes.dtype:
+        return dtypes.from_numpy(self.array.dtype)
+
+    @property
+    def device(self):
+        return device_of(self.array)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    def dim(self) -> int:
+        return self.array.ndim
+
+    def size(self, dim: int | None = None):
+        if dim is None:
+            return Size(self.array.shape)
+        return self.array.shape[dim]
+
+    def numel(self) -> int:
+        return int(self.array.size)
+
+    def nelement(self) -> int:
+        return int(self.array.size)
+
+    def element_size(self) -> int:
+        return self.array.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def is_contiguous(self) -> bool:
+        return bool(self.array.flags.c_contiguous)
+
+    def contiguous(self) -> Tensor:
+        if self.array.flags.c_contiguous:
+            return self
+        return ops.contiguous(self)
+
+    def data_ptr(self) -> int:
+        if isinstance(self.array, np.ndarray):
+            return self.array.__array_interface__["data"][0]
+        return self.array.data.ptr
+
+    # ------------------------------------------------------------------------------ conversion
+    def item(self):
+        if self.array.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {self.array.size} elements cannot be converted to Scalar"
+            )
+        return self.array.reshape(()).item()
+
+    def tolist(self):
+        return _to_host(self.array).tolist()
+
+    def numpy(self) -> np.ndarray:
+        """The NumPy array behind a CPU tensor (shared storage); refuses tensors needing grad."""
+        if self._requires_grad:
+            raise RuntimeError(
+                "Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
+                "instead."
+            )
+        if not isinstance(self.array, np.ndarray):
+            raise TypeError(
+                f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to "
+                f"copy the tensor to host memory first."
+            )
+        return self.array
+
+    def __array__(self, dtype=None, copy=None):
+        array = _to_host(self.array)
+        return array if dtype is None else array.astype(dtype)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.is_floating_point or self.array.size != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.array.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {self.array.size} values is ambiguous"
+            )
+        return bool(self.item())
+
+    def __len__(self) -> int:
+        if self.array.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.array.shape[0]
+
+    def __iter__(self):
+        if self.array.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.array.shape[0]))
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        from ddp.tensor_repr import tensor_repr
+
+        return tensor_repr(self)
+
+    def __format__(self, spec: str) -> str:
+        if self.array.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("ddp tensors are not pickled; use ddp.save / ddp.load")
+
+    # ------------------------------------------------------------------------ dtype / device
+    def to(self, *args, **kwargs) -> Tensor:
+        """``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or ``to(other_tensor)``."""
+        target_device = kwargs.pop("device", None)
+        target_dtype = kwargs.pop("dtype", None)
+        kwargs.pop("non_blocking", None)
+        copy = kwargs.pop("copy", False)
+        if kwargs:
+            raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+        for arg in args:
+            if isinstance(arg, Tensor):
+                target_device, target_dtype = arg.device, arg.dtype
+            elif isinstance(arg, dtypes.dtype) or arg in (float, int, bool):
+                target_dtype = arg
+            else:
+                target_device = arg
+        result = self
+        if target_device is not None:
+            dev = as_device(target_device)
+            if dev != self.device:
+                result = ops.to_device(result, dev)
+        if target_dtype is not None:
+            np_dtype = dtypes.to_numpy_dtype(target_dtype)
+            if np_dtype != result.array.dtype:
+                result = ops.cast(result, np_dtype)
+        if copy and result is self:
+            result = self.clone()
+        return result
+
+    def type(self, dtype=None):
+        if dtype is None:
+            return f"ddp.{self.dtype.name.capitalize()}Tensor"
+        return self.to(dtype)
+
+    def cuda(self, device=None) -> Tensor:
+        return self.to("cuda" if device is None else as_device(device))
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def float(self) -> Tensor:
+        return self.to(dtypes.float32)
+
+    def double(self) -> Tensor:
+        return self.to(dtypes.float64)
+
+    def half(self) -> Tensor:
+        return self.to(dtypes.float16)
+
+    def long(self) -> Tensor:
+        return self.to(dtypes.int64)
+
+    def int(self) -> Tensor:
+        return self.to(dtypes.int32)
+
+    def bool(self) -> Tensor:
+        return self.to(dtypes.bool_)
+
+    # -------------------------------------------------------------------------------- autograd
+    def _gradient_edge(self):
+        """The node that receives this tensor's gradient: ``grad_fn`` or the leaf's sink."""
+        if self.grad_fn is not None:
+            return self.grad_fn
+        node = self._accumulator() if self._accumulator is not None else None
+        if node is None:
+            node = AccumulateGrad(self)
+            self._accumulator = weakref.ref(node)
+        return node
+
+    def backward(self, gradient=None, retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs=None) -> None:
+        """Accumulate d(self)/d(leaf) into every reachable leaf's ``.grad``.
+
+        Args:
+            gradient: d(loss)/d(self); may be omitted only when ``self`` has one element.
+            retain_graph: keep saved values so backward can run through the graph again.
+
+        Raises:
+            RuntimeError: ``self`` does not require grad, is not a scalar and no ``gradient``
+                was given, ``gradient`` has the wrong shape, or the graph was already freed.
+        """
+        if create_graph:
+            raise NotImplementedError("ddp does not support create_graph=True (double backward)")
+        if inputs is not None:
+            raise NotImplementedError("backward(inputs=...) is not supported")
+        backward([self], None if gradient is None else [gradient], retain_graph=retain_graph)
+
+    def register_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(grad)`` when this tensor's gradient is computed; it may return a new one."""
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            if self.grad_fn.pre_hooks is None:
+                self.grad_fn.pre_hooks = {}
+            registry = self.grad_fn.pre_hooks
+        else:
+            registry = self._grad_hooks
+        handle = RemovableHandle(registry)
+        registry[handle.id] = hook
+        return handle
+
+    def register_post_accumulate_grad_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(self)`` on a leaf as soon as its ``.grad`` is final for this backward."""
+        if self.grad_fn is not None:
+            raise RuntimeError(
+                "post accumulate grad hooks cannot be registered on non-leaf tensors"
+            )
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        handle = RemovableHandle(self._post_accumulate_hooks)
+        self._post_accumulate_hooks[handle.id] = hook
+        return handle
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on a non-leaf tensor after backward."""
+        if self.grad_fn is None or self._retains_grad:
+            return
+        if not self._requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        self._retains_grad = True
+        ref = weakref.ref(self)
+
+        def keep(grad: Tensor) -> None:
+            tensor = ref()
+            if tensor is None:
+                return
+            if tensor.grad is None:
+                tensor.grad = Tensor(grad.array.copy())
+            else:
+                tensor.grad.array = tensor.grad.array + grad.array
+
+        self.register_hook(keep)
+
+    def detach(self) -> Tensor:
+        """A tensor sharing storage with this one, outside the graph."""
+        return Tensor._from_op(self.array, None)
+
+    def detach_(self) -> Tensor:
+        self.grad_fn = None
+        self._requires_grad = False
+        return self
+
+    def clone(self, memory_format=None) -> Tensor:
+        return ops.clone(self)
+
+    # -------------------------------------------------------------------------------- in place
+    def _check_inplace(self) -> bool:
+        """True when an in-place op must be recorded in the graph (non-leaf under grad mode)."""
+        if not is_grad_enabled():
+            return False
+        if self.grad_fn is None and self._requires_grad:
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        return self.grad_fn is not None
+
+    def _rebase(self, result: Tensor) -> Tensor:
+        """Make ``self`` the (recorded) result of an in-place op done out of place."""
+        self.array = result.array
+        self.grad_fn = result.grad_fn
+        self._requires_grad = result._requires_grad
+        return self
+
+    def _inplace(self, fn, *args) -> Tensor:
+        """Apply binary/unary ``fn`` in place: in the array when no graph needs it."""
+        if self._check_inplace() or any(
+            isinstance(a, Tensor) and a._requires_grad and is_grad_enabled() for a in args
+        ):
+            return self._rebase(fn(self, *args))
+        with no_grad():
+            result = fn(self, *args)
+        _assign(self.array, result.array)
+        return self
+
+    def add_(self, other, alpha=1) -> Tensor:
+        return self._inplace(lambda a, b: ops.add(a, b, alpha=alpha), other)
+
+    def sub_(self, other, alpha=1) -> Tensor:
+        return self._inplace(lambda a, b: ops.sub(a, b, alpha=alpha), other)
+
+    def mul_(self, other) -> Tensor:
+        return self._inplace(ops.mul, other)
+
+    def div_(self, other) -> Tensor:
+        return self._inplace(ops.div, other)
+
+    def pow_(self, exponent) -> Tensor:
+        return self._inplace(ops.pow, exponent)
+
+    def clamp_(self, min=None, max=None) -> Tensor:  # noqa: A002
+        return self._inplace(lambda a: ops.clamp(a, min, max))
+
+    clip_ = clamp_
+
+    def masked_fill_(self, mask, value) -> Tensor:
+        return self._inplace(lambda a, m: ops.masked_fill(a, m, value), mask)
+
+    def relu_(self) -> Tensor:
+        return self._inplace(ops.relu)
+
+    def neg_(self) -> Tensor:
+        return self._inplace(ops.neg)
+
+    def addcmul_(self, t1, t2, value=1) -> Tensor:
+        return self._inplace(lambda a, b, c: ops.add(a, ops.mul(b, c), alpha=value), t1, t2)
+
+    def addcdiv_(self, t1, t2, value=1) -> Tensor:
+        return self._inplace(lambda a, b, c: ops.add(a, ops.div(b, c), alpha=value), t1, t2)
+
+    def lerp_(self, end, weight) -> Tensor:
+        return self._inplace(lambda a, b: ops.add(a, ops.mul(ops.sub(b, a), weight)), end)
+
+    def copy_(self, src) -> Tensor:
+        """Copy ``src`` (broadcast, cast, moved across devices) into this tensor's storage."""
+        if self._check_inplace() or (isinstance(src, Tensor) and src._requires_grad
+                                     and is_grad_enabled()):
+            src_t = src if isinstance(src, Tensor) else Tensor(np.asarray(src))
+            return self._rebase(ops.copy_into(self, src_t))
+        value = src.array if isinstance(src, Tensor) else src
+        value = move_array(value, self.device) if hasattr(value, "shape") else value
+        _assign(self.array, value)
+        return self
+
+    def fill_(self, value) -> Tensor:
+        if self._check_inplace():
+            return self._rebase(ops.full_like_graph(self, value))
+        self.array[...] = value.item() if isinstance(value, Tensor) else value
+        return self
+
+    def zero_(self) -> Tensor:
+        return self.fill_(0)
+
+    def uniform_(self, a: float = 0.0, b: float = 1.0, generator=None) -> Tensor:
+        from ddp import random
+
+        with no_grad():
+            self.copy_(random.uniform_array(self.array.shape, a, b, self.array.dtype, generator))
+        return self
+
+    def normal_(self, mean: float = 0.0, std: float = 1.0, generator=None) -> Tensor:
+        from ddp import random
+
+        with no_grad():
+            self.copy_(random.normal_array(self.array.shape, mean, std, self.array.dtype,
+                                           generator))
+        return self
+
+    def __setitem__(self, index, value) -> None:
+        if self._check_inplace() or (isinstance(value, Tensor) and value._requires_grad
+                                     and is_grad_enabled()):
+            self._rebase(ops.index_put(self, index, value))
+            return
+        index = ops.normalize_index(index)
+        self.array[index] = value.array if isinstance(value, Tensor) else value
+
+    def __iadd__(self, other):
+        return self.add_(other)
+
+    def __isub__(self, other):
+        return self.sub_(other)
+
+    def __imul__(self, other):
+        return self.mul_(other)
+
+    def __itruediv__(self, other):
+        return self.div_(other)
+
+    # ------------------------------------------------------------------------------ operators
+    def __add__(self, other):
+        return ops.add(self, other)
+
+    def __radd__(self, other):
+        return ops.add(other, self)
+
+    def __sub__(self, other):
+        return ops.sub(self, other)
+
+    def __rsub__(self, other):
+        return ops.sub(other, self)
+
+    def __mul__(self, other):
+        return ops.mul(self, other)
+
+    def __rmul__(self, other):
+        return ops.mul(other, self)
+
+    def __truediv__(self, other):
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        return ops.div(other, self)
+
+    def __floordiv__(self, other):
+        return ops.floor_divide(self, other)
+
+    def __mod__(self, other):
+        return ops.remainder(self, other)
+
+    def __pow__(self, other):
+        return ops.pow(self, other)
+
+    def __rpow__(self, other):
+        return ops.pow(other, self)
+
+    def __matmul__(self, other):
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return ops.matmul(other, self)
+
+    def __neg__(self):
+        return ops.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return ops.abs(self)
+
+    def __invert__(self):
+        return ops.logical_not(self) if self.array.dtype == np.bool_ else ops.bitwise_not(self)
+
+    def __and__(self, other):
+        return ops.logical_and(self, other)
+
+    def __or__(self, other):
+        return ops.logical_or(self, other)
+
+    def __xor__(self, other):
+        return ops.logical_xor(self, other)
+
+    def __eq__(self, other):
+        return ops.eq(self, other)
+
+    def __ne__(self, other):
+        return ops.ne(self, other)
+
+    def __lt__(self, other):
+        return ops.lt(self, other)
+
+    def __le__(self, other):
+        return ops.le(self, other)
+
+    def __gt__(self, other):
+        return ops.gt(self, other)
+
+    def __ge__(self, other):
+        return ops.ge(self, other)
+
+    def __getitem__(self, index):
+        return ops.getitem(self, index)
+
+
+    # ----------------------------------------------------------------------------- op methods
+    def exp(self):
+        return ops.exp(self)
+
+    def log(self):
+        return ops.log(self)
+
+    def sqrt(self):
+        return ops.sqrt(self)
+
+    def rsqrt(self):
+        return ops.rsqrt(self)
+
+    def abs(self):
+        return ops.abs(self)
+
+    def tanh(self):
+        return ops.tanh(self)
+
+    def sigmoid(self):
+        return ops.sigmoid(self)
+
+    def relu(self):
+        return ops.relu(self)
+
+    def sin(self):
+        return ops.sin(self)
+
+    def cos(self):
+        return ops.cos(self)
+
+    def floor(self):
+        return ops.floor(self)
+
+    def ceil(self):
+        return ops.ceil(self)
+
+    def round(self):
+        return ops.round(self)
+
+    def sign(self):
+        return ops.sign(self)
+
+    def clamp(self, min=None, max=None):  # noqa: A002
+        return ops.clamp(self, min, max)
+
+    clip = clamp
+
+    def pow(self, exponent):
+        return ops.pow(self, exponent)
+
+    def add(self, other, alpha=1):
+        return ops.add(self, other, alpha=alpha)
+
+    def sub(self, other, alpha=1):
+        return ops.sub(self, other, alpha=alpha)
+
+    def mul(self, other):
+        return ops.mul(self, other)
+
+    def div(self, other, rounding_mode=None):
+        return ops.div(self, other, rounding_mode=rounding_mode)
+
+    def neg(self):
+        return ops.neg(self)
+
+    def matmul(self, other):
+        return ops.matmul(self, other)
+
+    def mm(self, other):
+        return ops.mm(self, other)
+
+    def bmm(self, other):
+        return ops.bmm(self, other)
+
+    def maximum(self, other):
+        return ops.maximum(self, other)
+
+    def minimum(self, other):
+        return ops.minimum(self, other)
+
+    def eq(self, other):
+        return ops.eq(self, other)
+
+    def ne(self, other):
+        return ops.ne(self, other)
+
+    def lt(self, other):
+        return ops.lt(self, other)
+
+    def le(self, other):
+        return ops.le(self, other)
+
+    def gt(self, other):
+        return ops.gt(self, other)
+
+    def ge(self, other):
+        return ops.ge(self, other)
+
+    def logical_not(self):
+        return ops.logical_not(self)
+
+    def isfinite(self):
+        return ops.isfinite(self)
+
+    def isnan(self):
+        return ops.isnan(self)
+
+    def equal(self, other) -> bool:
+        return ops.equal(self, other)
+
+    def allclose(self, other, rtol=1e-5, atol=1e-8, equal_nan=False) -> bool:
+        return ops.allclose(self, other, rtol, atol, equal_nan)
+
+    def any(self, dim=None, keepdim=False):
+        return ops.any(self, dim, keepdim)
+
+    def all(self, dim=None, keepdim=False):
+        return ops.all(self, dim, keepdim)
+
+    def sum(self, dim=None, keepdim=False, dtype=None):
+        return ops.sum(self, dim, keepdim, dtype=dtype)
+
+    def mean(self, dim=None, keepdim=False, dtype=None):
+        return ops.mean(self, dim, keepdim, dtype=dtype)
+
+    def var(self, dim=None, unbiased=None, keepdim=False, correction=None):
+        return ops.var(self, dim, unbiased=unbiased, keepdim=keepdim, correction=correction)
+
+    def std(self, dim=None, unbiased=None, keepdim=False, correction=None):
+        return ops.std(self, dim, unbiased=unbiased, keepdim=keepdim, correction=correction)
+
+    def max(self, dim=None, keepdim=False):
+        return ops.max(self, dim, keepdim)
+
+    def min(self, dim=None, keepdim=False):
+        return ops.min(self, dim, keepdim)
+
+    def amax(self, dim=None, keepdim=False):
+        return ops.amax(self, dim, keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        return ops.amin(self, dim, keepdim)
+
+    def argmax(self, dim=None, keepdim=False):
+        return ops.argmax(self, dim, keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        return ops.argmin(self, dim, keepdim)
+
+    def softmax(self, dim, dtype=None):
+        return ops.softmax(self, dim, dtype=dtype)
+
+    def log_softmax(self, dim, dtype=None):
+        return ops.log_softmax(self, dim, dtype=dtype)
+
+    def logsumexp(self, dim, keepdim=False):
+        return ops.logsumexp(self, dim, keepdim)
+
+    def norm(self, p=2, dim=None, keepdim=False):
+        if p == 2 or p == "fro":
+            return ops.sqrt(ops.sum(self * self, dim, keepdim))
+        if p == 1:
+            return ops.sum(ops.abs(self), dim, keepdim)
+        if p == float("inf"):
+            return ops.amax(ops.abs(self), dim, keepdim)
+        return ops.pow(ops.sum(ops.pow(ops.abs(self), p), dim, keepdim), 1.0 / p)
+
+    def reshape(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def view(self, *shape):
+        if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)):
+            return self.to(shape[0])
+        return ops.view(self, *shape)
+
+    def view_as(self, other):
+        return ops.view(self, other.shape)
+
+    def reshape_as(self, other):
+        return ops.reshape(self, other.shape)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return ops.flatten(self, start_dim, end_dim)
+
+    def unflatten(self, dim, sizes):
+        return ops.unflatten(self, dim, sizes)
+
+    def transpose(self, dim0, dim1):
+        return ops.transpose(self, dim0, dim1)
+
+    def t(self):
+        return ops.t(self)
+
+    @property
+    def T(self):  # noqa: N802
+        return ops.permute(self, tuple(reversed(range(self.ndim))))
+
+    @property
+    def mT(self):  # noqa: N802
+        return ops.transpose(self, -2, -1)
+
+    def permute(self, *dims):
+        return ops.permute(self, *dims)
+
+    def unsqueeze(self, dim):
+        return ops.unsqueeze(self, dim)
+
+    def squeeze(self, dim=None):
+        return ops.squeeze(self, dim)
+
+    def expand(self, *sizes):
+        return ops.expand(self, *sizes)
+
+    def expand_as(self, other):
+        return ops.expand_as(self, other)
+
+    def repeat(self, *sizes):
+        return ops.repeat(self, *sizes)
+
+    def split(self, split_size, dim=0):
+        return ops.split(self, split_size, dim)
+
+    def chunk(self, chunks, dim=0):
+        return ops.chunk(self, chunks, dim)
+
+    def unbind(self, dim=0):
+        return ops.unbind(self, dim)
+
+    def narrow(self, dim, start, length):
+        return ops.narrow(self, dim, start, length)
+
+    def flip(self, dims):
+        return ops.flip(self, dims)
+
+    def tril(self, diagonal=0):
+        return ops.tril(self, diagonal)
+
+    def triu(self, diagonal=0):
+        return ops.triu(self, diagonal)
+
+    def masked_fill(self, mask, value):
+        return ops.masked_fill(self, mask, value)
+
+    def where(self, condition, other):
+        return ops.where(condition, self, other)
+
+    def gather(self, dim, index):
+        return ops.gather(self, dim, index)
+
+    def index_select(self, dim, index):
+        return ops.index_select(self, dim, index)
+
+
+class Size(tuple):
+    """Shape of a tensor: a tuple that prints like torch's ``Size``."""
+
+    def __repr__(self) -> str:
+        return f"ddp.Size({list(self)})"
+
+    def numel(self) -> int:
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+
+def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> None:
+    """``ddp.autograd.backward``: backpropagate from several roots at once."""
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    if grad_tensors is None:
+        grad_tensors = [None] * len(tensors)
+    elif isinstance(grad_tensors, Tensor):
+        grad_tensors = [grad_tensors]
+    roots, grads = [], []
+    for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
+        if not t._requires_grad:
+            raise RuntimeError(
+                f"element {i} of tensors does not require grad and does not have a grad_fn"
+            )
+        if g is None:
+            if t.array.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs (got a tensor of "
+                    f"shape {tuple(t.shape)}); pass gradient= to backward()"
+                )
+            xp = _xp(t.array)
+            g_array = xp.ones(t.array.shape, dtype=t.array.dtype)
+        else:
+            g_array = g.array if isinstance(g, Tensor) else np.asarray(g, dtype=t.array.dtype)
+            if tuple(g_array.shape) != tuple(t.array.shape):
+                raise RuntimeError(
+                    f"Mismatch in shape: grad_output[{i}] has a shape of {tuple(g_array.shape)} "
+                    f"and output[{i}] has a shape of {tuple(t.array.shape)}."
+                )
+        roots.append(t._gradient_edge())
+        grads.append(g_array)
+    engine.run_backward(roots, grads, retain_graph=bool(retain_graph))
+
+
+def _xp(array):
+    from ddp.backend import get_array_module
+
+    return get_array_module(array)
+
+
+def _to_host(array) -> np.ndarray:
+    from ddp.backend import to_numpy
+
+    return to_numpy(array)
+
+
+def _assign(target, value) -> None:
+    """Write ``value`` into ``target`` in place, broadcasting and casting like torch's copy_."""
+    if hasattr(value, "dtype") and value.dtype != target.dtype:
+        value = value.astype(target.dtype)
+    target[...] = value
+
+
+from ddp import ops  # noqa: E402  (ops import Tensor; Tensor's methods call ops)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine with only Python:
+#   bash dev.sh train [ARGS...]   set up .venv, then train the main job on 4 MPI ranks
+#   bash dev.sh test              set up .venv, then run the whole test suite (1, 2 and 3 ranks)
+#   bash dev.sh setup             set up .venv only
+# Set-up is idempotent: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${DDP_VENV:-.venv}"
+PY="$VENV/bin/python"
+NRANKS="${DDP_NRANKS:-4}"
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.ddp-installed"
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        "$PY" -m pip install --quiet --upgrade pip
+        "$PY" -m pip install --quiet -e ".[test,examples]"
+        # torch is only a test/benchmark oracle; its tests skip when it cannot be installed.
+        if [ "${DDP_NO_TORCH:-0}" != "1" ]; then
+            "$PY" -m pip install --quiet "torch==2.13.0" \
+                || echo "dev.sh: torch oracle not installed; torch comparison tests will skip"
+        fi
+        echo "$want" > "$stamp"
+    fi
+}
+
+# pytest exits 5 when it collected no test: for us that is a broken suite, not a pass.
+run_pytest() {
+    local rc=0
+    "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "dev.sh: pytest collected no tests in: $*" >&2
+        return 1
+    fi
+    return "$rc"
+}
+
+run_tests() {
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    run_pytest "$PY" -m pytest -q -m "not mpi" tests
+    for n in 2 3; do
+        echo "== MPI tests on $n ranks =="
+        run_pytest timeout 900 "$VENV/bin/mpiexec" -n "$n" \
+            "$PY" -m pytest -q --with-mpi -m mpi -p no:cacheprovider tests
+    done
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    test) setup; run_tests ;;
+    train) setup; exec "$VENV/bin/mpiexec" -n "$NRANKS" "$PY" examples/train.py "$@" ;;
+    *) echo "usage: bash dev.sh {train [ARGS...]|test|setup}" >&2; exit 2 ;;
+esac
