@@ -151,3 +151,11 @@ def get_default_dtype():
 
 
 __version__ = "0.1.0"
+
+from ddp import distributed as distributed  # noqa: E402 - needs the names above
+from ddp import nn as nn  # noqa: E402 - nn builds on the names above
+from ddp import optim as optim  # noqa: E402
+from ddp import utils as utils  # noqa: E402
+from ddp.serialization import load as load  # noqa: E402
+from ddp.serialization import save as save  # noqa: E402
+from ddp.utils import data as _data  # noqa: E402, F401 - sets ddp.utils.data, as torch.utils.data

@@ -34,12 +34,14 @@ def _infer_array(data) -> np.ndarray:
     if isinstance(data, (list, tuple)):
         data = _unwrap_nested(data)
     array = np.array(data)
-    if array.dtype == np.float64:
-        array = array.astype(dtypes.default_float.np_dtype)
-    elif array.dtype.kind in "iu" and not isinstance(data, np.generic):
-        array = array.astype(np.int64)
-    elif array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf":
         raise TypeError(f"could not build a tensor from data of type {type(data).__name__}")
+    if isinstance(data, np.generic):  # a NumPy scalar keeps its dtype, as in torch
+        return array
+    if array.dtype == np.float64:
+        return array.astype(dtypes.default_float.np_dtype)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
     return array
 
 

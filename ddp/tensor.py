@@ -33,6 +33,8 @@ class Tensor:
             data = data.array
         elif data is None:
             data = np.empty((0,), dtype=dtypes.default_float.np_dtype)
+        elif isinstance(data, (list, tuple, float, int)):
+            data = np.asarray(data, dtype=dtypes.default_float.np_dtype)  # torch.Tensor(list)
         elif not hasattr(data, "__array_namespace__") and not isinstance(data, np.ndarray):
             data = np.asarray(data)
         if isinstance(data, np.generic):
@@ -232,6 +234,18 @@ class Tensor:
     def __reduce_ex__(self, protocol):
         raise TypeError("ddp tensors are not pickled; use ddp.save / ddp.load")
 
+    def __deepcopy__(self, memo: dict) -> Tensor:
+        """Copy a leaf (data, requires_grad, grad) so that ``copy.deepcopy(module)`` works."""
+        if self.grad_fn is not None:
+            raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) "
+                               "support the deepcopy protocol at the moment.")
+        if id(self) not in memo:
+            result = Tensor(self.array.copy(), requires_grad=self._requires_grad)
+            if self.grad is not None:
+                result.grad = Tensor(self.grad.array.copy())
+            memo[id(self)] = result
+        return memo[id(self)]
+
     # ------------------------------------------------------------------------ dtype / device
     def to(self, *args, **kwargs) -> Tensor:
         """``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or ``to(other_tensor)``."""
@@ -263,7 +277,7 @@ class Tensor:
 
     def type(self, dtype=None):
         if dtype is None:
-            return f"ddp.{self.dtype.name.capitalize()}Tensor"
+            return f"ddp.{_TYPE_NAMES.get(self.dtype.name, 'Tensor')}"
         return self.to(dtype)
 
     def cuda(self, device=None) -> Tensor:
@@ -555,13 +569,13 @@ class Tensor:
         return ops.logical_not(self) if self.array.dtype == np.bool_ else ops.bitwise_not(self)
 
     def __and__(self, other):
-        return ops.logical_and(self, other)
+        return ops.bitwise_and(self, other)
 
     def __or__(self, other):
-        return ops.logical_or(self, other)
+        return ops.bitwise_or(self, other)
 
     def __xor__(self, other):
-        return ops.logical_xor(self, other)
+        return ops.bitwise_xor(self, other)
 
     def __eq__(self, other):
         return ops.eq(self, other)
@@ -861,7 +875,7 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> No
     elif isinstance(grad_tensors, Tensor):
         grad_tensors = [grad_tensors]
     roots, grads = [], []
-    for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
+    for i, (t, g) in enumerate(zip(tensors, grad_tensors, strict=True)):
         if not t._requires_grad:
             raise RuntimeError(
                 f"element {i} of tensors does not require grad and does not have a grad_fn"
@@ -876,6 +890,8 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> No
             g_array = xp.ones(t.array.shape, dtype=t.array.dtype)
         else:
             g_array = g.array if isinstance(g, Tensor) else np.asarray(g, dtype=t.array.dtype)
+            if g_array.dtype != t.array.dtype:
+                g_array = g_array.astype(t.array.dtype)
             if tuple(g_array.shape) != tuple(t.array.shape):
                 raise RuntimeError(
                     f"Mismatch in shape: grad_output[{i}] has a shape of {tuple(g_array.shape)} "
@@ -884,6 +900,13 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> No
         roots.append(t._gradient_edge())
         grads.append(g_array)
     engine.run_backward(roots, grads, retain_graph=bool(retain_graph))
+
+
+_TYPE_NAMES = {
+    "float16": "HalfTensor", "float32": "FloatTensor", "float64": "DoubleTensor",
+    "int8": "CharTensor", "uint8": "ByteTensor", "int16": "ShortTensor", "int32": "IntTensor",
+    "int64": "LongTensor", "bool": "BoolTensor",
+}
 
 
 def _xp(array):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ddp.autograd.function import AccumulateGrad, is_owned
+from ddp.autograd.function import _FREED_MESSAGE, AccumulateGrad, _array_of, is_owned
 from ddp.utils.hooks import RemovableHandle
 
 _local = threading.local()
@@ -112,7 +112,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
                 priority = 0 if type(node) is AccumulateGrad else 1
                 heapq.heappush(ready, (priority, -node.sequence_nr, id(node), node))
 
-        for node, grad in zip(roots, root_grads):
+        for node, grad in zip(roots, root_grads, strict=True):
             dependencies[node] = dependencies.get(node, 0) + 1
             deliver(node, grad, False)
 
@@ -120,8 +120,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
             node = heapq.heappop(ready)[3]
             grad, owned = buffers.pop(node)
             if type(node) is AccumulateGrad:
-                if grad is not None:
-                    node.accumulate(grad, owned)
+                node.accumulate(grad, owned)
                 continue
             if grad is None:  # nothing flows through this node: release what waits on it
                 for child in node.next_edges:
@@ -130,11 +129,11 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
                 continue
             if node.pre_hooks:
                 for hook in tuple(node.pre_hooks.values()):
-                    result = hook(Tensor(grad))
+                    result = hook(Tensor._from_op(grad, None))
                     if result is not None:
-                        grad = result.array
+                        grad = _array_of(result, "a tensor hook")
             if node._had_saved and node._saved is None:
-                node.saved_tensors  # raises the "backward a second time" error
+                raise RuntimeError(_FREED_MESSAGE)
             grads = node.backward(node, grad)
             if type(grads) is not tuple:
                 grads = (grads,)
@@ -143,7 +142,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
                 raise RuntimeError(
                     f"{node.name()} returned {len(grads)} gradients for {len(edges)} inputs"
                 )
-            for child, child_grad in zip(edges, grads):
+            for child, child_grad in zip(edges, grads, strict=False):
                 if child is None:
                     continue
                 if child_grad is not None and not hasattr(child_grad, "shape"):

@@ -40,10 +40,11 @@ _FREED_MESSAGE = (
 class Node:
     """A vertex of the backward graph. ``next_edges[i]`` receives the gradient of input ``i``."""
 
+    next_edges: tuple = ()  # class defaults: most nodes never change them, so no per-node write
+    pre_hooks: dict | None = None  # id -> fn(grad Tensor) -> Tensor | None
+
     def __init__(self):
         self.sequence_nr = next(_sequence)
-        self.next_edges: tuple = ()
-        self.pre_hooks: dict | None = None  # id -> fn(grad Tensor) -> Tensor | None
 
     def name(self) -> str:
         return type(self).__name__
@@ -63,14 +64,25 @@ class AccumulateGrad(Node):
         return "AccumulateGrad"
 
     def accumulate(self, grad, owned: bool) -> None:
-        """Add ``grad`` (an array) into ``variable.grad``; ``owned`` says it may be kept as is."""
+        """Add ``grad`` (an array) into ``variable.grad``; ``owned`` says it may be kept as is.
+
+        ``grad`` None means the leaf was reachable but received no gradient in this backward:
+        ``.grad`` stays as it is, and the post-accumulate hooks still fire, so that code waiting
+        for every reachable leaf (DDP's buckets) is not left waiting.
+        """
         from ddp.tensor import Tensor
 
         var = self.variable
-        for hook in tuple(var._grad_hooks.values()):
-            result = hook(Tensor(grad))
-            if result is not None:
-                grad, owned = _array_of(result, "a tensor hook"), False
+        if grad is None:
+            for hook in tuple(var._post_accumulate_hooks.values()):
+                hook(var)
+            return
+        if var._grad_hooks:
+            owned = False  # a hook may keep the tensor it was given: never adopt that array
+            for hook in tuple(var._grad_hooks.values()):
+                result = hook(Tensor._from_op(grad, None))
+                if result is not None:
+                    grad = _array_of(result, "a tensor hook")
         if grad.shape != var.array.shape:
             raise RuntimeError(
                 f"autograd produced a gradient of shape {tuple(grad.shape)} for a leaf of shape "
@@ -92,9 +104,10 @@ class Function(Node):
     _saved: tuple | None = ()
     _had_saved = False
     needs_input_grad: tuple = ()
+    backward_name: str | None = None  # torch's node name when it differs from <Class>Backward0
 
     def name(self) -> str:
-        return type(self).__name__ + "Backward0"
+        return self.backward_name or type(self).__name__ + "Backward0"
 
     def __repr__(self) -> str:
         return f"<{self.name()} object>"
@@ -129,39 +142,43 @@ class Function(Node):
 
         Positional arguments may be tensors or plain values; keyword arguments are plain values.
         """
-        from ddp.tensor import Tensor
-
+        tensor_type = _Tensor or _tensor_class()
         ctx = cls()
-        arrays = []
         record = is_grad_enabled()
-        needs = []
-        edges = []
-        any_grad = False
+        arrays = []
+        needs = edges = None
         first = None
-        for arg in args:
-            if isinstance(arg, Tensor):
+        for i, arg in enumerate(args):
+            if isinstance(arg, tensor_type):
                 array = arg.array
                 if first is None:
                     first = array
                 elif type(array) is not type(first):
                     _raise_device_mismatch(cls, args)
                 arrays.append(array)
-                if record and arg.requires_grad:
-                    any_grad = True
-                    needs.append(True)
-                    edges.append(arg._gradient_edge())
-                    continue
+                if record and arg._requires_grad:
+                    if needs is None:
+                        needs, edges = [False] * len(args), [None] * len(args)
+                    needs[i] = True
+                    edges[i] = arg._gradient_edge()
             else:
                 arrays.append(arg)
-            needs.append(False)
-            edges.append(None)
-        if any_grad:
+        if needs is not None:
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
         out = cls.forward(ctx, *arrays, **kwargs)
-        if any_grad:
-            return Tensor._from_op(out, ctx)
-        return Tensor._from_op(out, None)
+        return tensor_type._from_op(out, None if needs is None else ctx)
+
+
+_Tensor = None  # ddp.tensor.Tensor, bound on first use (ddp.tensor imports this module)
+
+
+def _tensor_class():
+    global _Tensor
+    from ddp.tensor import Tensor
+
+    _Tensor = Tensor
+    return Tensor
 
 
 def _array_of(value, what: str):

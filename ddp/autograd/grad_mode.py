@@ -43,13 +43,22 @@ class _GradModeContext:
         return wrapper
 
 
-class no_grad(_GradModeContext):  # noqa: N801
+class _NoArgDecorator(_GradModeContext):
+    """Also usable as a bare decorator: ``@no_grad`` as well as ``@no_grad()`` (as in torch)."""
+
+    def __new__(cls, orig_func=None):
+        if orig_func is None:
+            return super().__new__(cls)
+        return cls()(orig_func)
+
+
+class no_grad(_NoArgDecorator):  # noqa: N801
     """Context manager/decorator: no graph is recorded inside."""
 
     _target = False
 
 
-class enable_grad(_GradModeContext):  # noqa: N801
+class enable_grad(_NoArgDecorator):  # noqa: N801
     """Context manager/decorator: graphs are recorded inside, even within ``no_grad``."""
 
     _target = True
@@ -78,8 +87,23 @@ class set_grad_enabled(_GradModeContext):  # noqa: N801
         return wrapper
 
 
-class inference_mode(no_grad):  # noqa: N801
-    """Alias of ``no_grad`` (ddp has no separate inference tensors)."""
+class inference_mode(_GradModeContext):  # noqa: N801
+    """Alias of ``no_grad`` (ddp has no separate inference tensors); ``@inference_mode`` works."""
+
+    def __new__(cls, mode=True):
+        if callable(mode):
+            return cls()(mode)
+        return super().__new__(cls)
 
     def __init__(self, mode: bool = True):
         self._target = not mode
+
+    def __call__(self, fn):
+        target = self._target
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with inference_mode(not target):
+                return fn(*args, **kwargs)
+
+        return wrapper

@@ -3,6 +3,7 @@
 ``ddp.Tensor`` methods and the ``ddp.*`` free functions both call into here.
 """
 
+# ruff: noqa: F401  (this module re-exports the op functions)
 from ddp.ops.arithmetic import (
     add,
     bmm,
@@ -20,7 +21,10 @@ from ddp.ops.compare import (
     all,
     allclose,
     any,
+    bitwise_and,
     bitwise_not,
+    bitwise_or,
+    bitwise_xor,
     eq,
     equal,
     ge,

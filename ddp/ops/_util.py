@@ -26,7 +26,8 @@ def as_tensor_operand(value, like):
         array = xp.asarray(value, dtype=like_dtype if like_dtype != np.bool_ else np.int64)
     elif isinstance(value, float):
         kind = like_dtype.kind
-        array = xp.asarray(value, dtype=like_dtype if kind == "f" else dtypes.default_float.np_dtype)
+        target = like_dtype if kind == "f" else dtypes.default_float.np_dtype
+        array = xp.asarray(value, dtype=target)
     else:
         array = xp.asarray(value)
         if array.dtype == np.float64 and not isinstance(value, np.ndarray):
@@ -45,12 +46,23 @@ def binary_operands(a, b):
     da, db = a.array.dtype, b.array.dtype
     if da == db:
         return a, b
-    target = promote(da, db)
+    a0, b0 = a.array.ndim == 0, b.array.ndim == 0
+    if a0 != b0:
+        # A dimensioned operand decides unless the zero-dim one is of a higher category
+        # (bool < integer < float): float32 (n,) + float64 0-d -> float32, as in torch.
+        dim_dt, zero_dt = (db, da) if a0 else (da, db)
+        target = dim_dt if _category(zero_dt) <= _category(dim_dt) else zero_dt
+    else:
+        target = promote(da, db)
     if da != target:
         a = cast_tensor(a, target)
     if db != target:
         b = cast_tensor(b, target)
     return a, b
+
+
+def _category(dt: np.dtype) -> int:
+    return 2 if dt.kind == "f" else 0 if dt.kind == "b" else 1
 
 
 def promote(da: np.dtype, db: np.dtype) -> np.dtype:

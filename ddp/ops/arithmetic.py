@@ -72,6 +72,8 @@ class Div(Function):
 
 
 class PowScalar(Function):
+    backward_name = "PowBackward0"
+
     @staticmethod
     def forward(ctx, a, exponent):
         ctx.save_for_backward(a)
@@ -92,6 +94,8 @@ class PowScalar(Function):
 
 
 class Pow(Function):
+    backward_name = "PowBackward1"
+
     @staticmethod
     def forward(ctx, a, b):
         out = a**b
@@ -124,6 +128,11 @@ class Neg(Function):
 
 
 class MatMul(Function):
+    def name(self) -> str:
+        ranks = tuple(len(s) for s in self.shapes)
+        return {(2, 2): "MmBackward0", (1, 1): "DotBackward0", (2, 1): "MvBackward0"}.get(
+            ranks, "MatmulBackward0")
+
     @staticmethod
     def forward(ctx, a, b):
         if a.ndim == 0 or b.ndim == 0:
@@ -146,6 +155,9 @@ class MatMul(Function):
         a, b = ctx.saved_tensors
         sa, sb = ctx.shapes
         xp = get_array_module(grad)
+        if len(sa) == 1 and len(sb) == 1:  # dot product
+            return (grad * b if ctx.needs_input_grad[0] else None,
+                    grad * a if ctx.needs_input_grad[1] else None)
         # Lift 1-D operands to matrices, as matmul itself does, then undo at the end.
         g = grad
         if len(sa) == 1:

@@ -38,6 +38,9 @@ ge = _compare("greater_equal")
 logical_and = _compare("logical_and")
 logical_or = _compare("logical_or")
 logical_xor = _compare("logical_xor")
+bitwise_and = _compare("bitwise_and")  # ``&``: logical on bool tensors, bitwise on integers
+bitwise_or = _compare("bitwise_or")
+bitwise_xor = _compare("bitwise_xor")
 
 
 def logical_not(a):

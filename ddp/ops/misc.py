@@ -8,6 +8,8 @@ from ddp.device import device_of, move_array
 
 
 class Cast(Function):
+    backward_name = "ToCopyBackward0"
+
     @staticmethod
     def forward(ctx, a, np_dtype):
         ctx.dtype = a.dtype
@@ -71,6 +73,11 @@ class FullLike(Function):
 
 
 def cast(a, np_dtype):
+    """``a`` converted to ``np_dtype``; only a floating result stays in the graph (as torch)."""
+    if np_dtype.kind != "f" and a.requires_grad:
+        from ddp.tensor import Tensor
+
+        return Tensor._from_op(a.array.astype(np_dtype), None)
     return Cast.apply(a, np_dtype)
 
 

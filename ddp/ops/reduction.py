@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import builtins
+from collections import namedtuple
 
 import numpy as np
 
@@ -27,6 +26,9 @@ def _expand_back(grad, shape, axes, keepdim):
 
 
 class Sum(Function):
+    def name(self) -> str:
+        return "SumBackward0" if self.axes is None else "SumBackward1"
+
     @staticmethod
     def forward(ctx, a, axes, keepdim):
         ctx.shape = a.shape
@@ -40,6 +42,9 @@ class Sum(Function):
 
 
 class Mean(Function):
+    def name(self) -> str:
+        return "MeanBackward0" if self.axes is None else "MeanBackward1"
+
     @staticmethod
     def forward(ctx, a, axes, keepdim):
         ctx.shape = a.shape
@@ -79,21 +84,28 @@ class Var(Function):
 class MaxMin(Function):
     """Full reduction to the max/min: the gradient is shared evenly among ties (torch's rule)."""
 
+    def name(self) -> str:
+        return "MaxBackward1" if self.take_max else "MinBackward1"
+
     @staticmethod
     def forward(ctx, a, take_max):
         out = a.max() if take_max else a.min()
+        ctx.take_max = take_max
         ctx.save_for_backward(a, out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         a, out = ctx.saved_tensors
-        mask = a == out
+        mask = (a == out).astype(grad.dtype)
         return grad * mask / mask.sum(), None
 
 
 class AMaxAMin(Function):
     """``amax``/``amin`` over dims: ties share the gradient evenly."""
+
+    def name(self) -> str:
+        return "AmaxBackward0" if self.take_max else "AminBackward0"
 
     @staticmethod
     def forward(ctx, a, axes, keepdim, take_max):
@@ -101,18 +113,22 @@ class AMaxAMin(Function):
         ctx.save_for_backward(a, out)
         ctx.axes = axes
         ctx.keepdim = keepdim
+        ctx.take_max = take_max
         return out if keepdim else out.squeeze(axis=axes)
 
     @staticmethod
     def backward(ctx, grad):
         a, out = ctx.saved_tensors
-        mask = a == out
+        mask = (a == out).astype(grad.dtype)
         g = _expand_back(grad, a.shape, ctx.axes, ctx.keepdim)
         return g * mask / mask.sum(axis=ctx.axes, keepdims=True), None, None, None
 
 
 class MaxMinDim(Function):
     """``max(dim)``/``min(dim)``: the gradient goes to the index returned."""
+
+    def name(self) -> str:
+        return "MaxBackward0" if self.take_max else "MinBackward0"
 
     @staticmethod
     def forward(ctx, a, dim, keepdim, take_max):
@@ -123,6 +139,7 @@ class MaxMinDim(Function):
         ctx.shape = a.shape
         ctx.dim = dim
         ctx.keepdim = keepdim
+        ctx.take_max = take_max
         ctx.save_for_backward(idx_k)
         ctx.indices = idx_k if keepdim else idx
         return values if keepdim else values.squeeze(axis=dim)
@@ -172,6 +189,8 @@ class LogSoftmax(Function):
 
 
 class LogSumExp(Function):
+    backward_name = "LogsumexpBackward0"
+
     @staticmethod
     def forward(ctx, a, axes, keepdim):
         xp = get_array_module(a)

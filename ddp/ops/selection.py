@@ -32,6 +32,12 @@ def _is_basic(index) -> bool:
 
 
 class GetItem(Function):
+    def name(self) -> str:
+        if not _is_basic(self.index):
+            return "IndexBackward0"
+        items = self.index if isinstance(self.index, tuple) else (self.index,)
+        return "SelectBackward0" if any(isinstance(i, int) for i in items) else "SliceBackward0"
+
     @staticmethod
     def forward(ctx, a, index):
         ctx.shape = a.shape
@@ -94,12 +100,13 @@ class MaskedFill(Function):
     def forward(ctx, a, mask, value):
         xp = get_array_module(a)
         ctx.save_for_backward(mask)
+        ctx.shape = a.shape
         return xp.where(mask, xp.asarray(value, dtype=a.dtype), a)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return unbroadcast(grad * ~mask, grad.shape), None, None
+        return unbroadcast(grad * ~mask, ctx.shape), None, None
 
 
 class Gather(Function):
@@ -142,6 +149,9 @@ class IndexSelect(Function):
 
 
 class Maximum(Function):
+    def name(self) -> str:
+        return "MaximumBackward0" if self.take_max else "MinimumBackward0"
+
     @staticmethod
     def forward(ctx, a, b, take_max):
         xp = get_array_module(a)
@@ -152,11 +162,16 @@ class Maximum(Function):
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
+        # The winner takes the gradient; a tie splits it evenly (torch's rule). Weights are
+        # built in the gradient's dtype so a float32 graph stays float32.
         pick_a = (a > b) if ctx.take_max else (a < b)
-        tie = (a == b) * 0.5
-        wa = pick_a + tie
-        wb = (~pick_a & (a != b)) + tie
-        return unbroadcast(grad * wa, a.shape), unbroadcast(grad * wb, b.shape), None
+        half = grad * (a == b).astype(grad.dtype) * 0.5
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = unbroadcast(grad * pick_a + half, a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = unbroadcast(grad * (~pick_a & (a != b)) + half, b.shape)
+        return ga, gb, None
 
 
 def getitem(a, index):

@@ -8,6 +8,8 @@ from ddp.ops._util import normalize_dim, shape_arg
 
 
 class Reshape(Function):
+    backward_name = "ViewBackward0"
+
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
@@ -52,6 +54,8 @@ class Expand(Function):
 
 class Slice(Function):
     """Basic (view) indexing along one or more axes, used by split/chunk/narrow."""
+
+    backward_name = "SliceBackward0"
 
     @staticmethod
     def forward(ctx, a, index):
@@ -100,6 +104,9 @@ class Stack(Function):
 
 
 class Tri(Function):
+    def name(self) -> str:
+        return "TrilBackward0" if self.lower else "TriuBackward0"
+
     @staticmethod
     def forward(ctx, a, diagonal, lower):
         xp = get_array_module(a)
@@ -126,6 +133,8 @@ class Flip(Function):
 
 
 class Contiguous(Function):
+    backward_name = "CloneBackward0"
+
     @staticmethod
     def forward(ctx, a):
         return get_array_module(a).ascontiguousarray(a)
@@ -143,8 +152,6 @@ def _infer_shape(shape: tuple, size: int) -> tuple:
 
 def reshape(a, *shape):
     shape = _infer_shape(shape_arg(shape), a.array.size)
-    if tuple(shape) == a.array.shape:
-        return a
     return Reshape.apply(a, shape)
 
 
@@ -179,7 +186,7 @@ def permute(a, *dims):
 
 def transpose(a, dim0, dim1):
     if a.ndim < 2 and dim0 in (0, -1) and dim1 in (0, -1):
-        return a
+        return Permute.apply(a, tuple(range(a.ndim)))
     d0, d1 = normalize_dim(dim0, a.ndim), normalize_dim(dim1, a.ndim)
     axes = list(range(a.ndim))
     axes[d0], axes[d1] = axes[d1], axes[d0]
@@ -189,7 +196,7 @@ def transpose(a, dim0, dim1):
 def t(a):
     if a.ndim > 2:
         raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {a.ndim}D")
-    return transpose(a, 0, 1) if a.ndim == 2 else a
+    return transpose(a, 0, 1) if a.ndim == 2 else Permute.apply(a, tuple(range(a.ndim)))
 
 
 def unsqueeze(a, dim):
@@ -243,6 +250,13 @@ def broadcast_to(a, shape):
 
 def narrow(a, dim, start, length):
     d = normalize_dim(dim, a.ndim)
+    size = a.array.shape[d]
+    if start < 0:
+        start += size
+    if not 0 <= start <= size or length < 0 or start + length > size:
+        raise IndexError(
+            f"narrow(): start {start} + length {length} exceeds dimension {d} of size {size}"
+        )
     index = (slice(None),) * d + (slice(start, start + length),)
     return Slice.apply(a, index)
 
@@ -363,9 +377,11 @@ def repeat(a, *sizes):
     x = reshape(a, (1,) * lead + a.array.shape)
     expanded_shape = []
     target_shape = []
-    for rep, size in zip(sizes, x.array.shape):
+    interleaved = []  # (1, s0, 1, s1, ...) expands to (r0, s0, r1, s1, ...), then merges
+    for rep, size in zip(sizes, x.array.shape, strict=True):
         expanded_shape += [rep, size]
+        interleaved += [1, size]
         target_shape.append(rep * size)
-    x = reshape(x, tuple(s for pair in zip((1,) * len(sizes), x.array.shape) for s in pair))
+    x = reshape(x, tuple(interleaved))
     x = expand(x, tuple(expanded_shape))
     return reshape(contiguous(x), tuple(target_shape))

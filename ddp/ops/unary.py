@@ -122,6 +122,8 @@ class Relu(Function):
 
 
 class Clamp(Function):
+    backward_name = "ClampBackward1"
+
     @staticmethod
     def forward(ctx, a, lo, hi):
         xp = get_array_module(a)

@@ -1,0 +1,175 @@
+"""The ``mpi`` backend: mpi4py's upper-case buffer methods on a duplicate of COMM_WORLD.
+
+``Allreduce``/``Bcast``/``Allgather``/``Reduce_scatter_block`` move contiguous memory at C
+speed without pickling; only the ``*_object`` collectives (and the error path of the mismatch
+check) pickle. CuPy arrays are staged through host memory. mpi4py initialises MPI with
+``MPI_THREAD_MULTIPLE``, so a group may be driven from any thread (one at a time per group).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ddp.backend import get_array_module, to_numpy
+from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
+from ddp.distributed.reduce_op import ReduceOp, Work
+
+
+def _mpi():
+    from mpi4py import MPI  # imported lazily: the local backend never touches MPI
+
+    return MPI
+
+
+def _op(op: ReduceOp):
+    MPI = _mpi()
+    return {
+        ReduceOp.SUM: MPI.SUM,
+        ReduceOp.AVG: MPI.SUM,  # then divided by the group size
+        ReduceOp.PRODUCT: MPI.PROD,
+        ReduceOp.MIN: MPI.MIN,
+        ReduceOp.MAX: MPI.MAX,
+    }[op]
+
+
+class _HostStage:
+    """A host array for MPI to work on; for CuPy arrays a copy that ``commit()`` writes back."""
+
+    def __init__(self, array):
+        self.array = array
+        self.host = to_numpy(array)
+
+    def commit(self) -> None:
+        if self.host is not self.array:
+            self.array[...] = get_array_module(self.array).asarray(self.host)
+
+
+class MPIProcessGroup(ProcessGroup):
+    """A group over an MPI communicator owned by this object."""
+
+    backend = "mpi"
+
+    def __init__(self, comm, global_ranks: list[int], name: str = "WORLD",
+                 local_rank: int | None = None):
+        super().__init__(comm.Get_rank(), comm.Get_size(), global_ranks, name)
+        self.comm = comm
+        self.local_rank = local_rank
+        self._header = np.empty(2, dtype=np.int64)
+
+    # The mismatch check: one tiny Allreduce of [h, -h] with MAX gives [max h, -min h]; the
+    # ranks agree iff both equal this rank's h. Every rank sees the same verdict.
+    def _verify(self, description: str) -> None:
+        h = fingerprint(description)
+        header = self._header
+        header[0] = h
+        header[1] = -h
+        self.comm.Allreduce(_mpi().IN_PLACE, header, op=_mpi().MAX)
+        if header[0] != h or header[1] != -h:
+            descriptions = self.comm.allgather(description)
+            raise RuntimeError(mismatch_message(self.name, "mpi", descriptions))
+
+    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
+        if desc is not None:
+            self._verify(desc)
+        stage = _HostStage(array)
+        self.comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        if op is ReduceOp.AVG:
+            stage.host /= self._size
+        stage.commit()
+
+    def _allreduce_async(self, array, op: ReduceOp, desc: str | None) -> Work:
+        if desc is not None:
+            self._verify(desc)
+        stage = _HostStage(array)
+        request = self.comm.Iallreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+
+        def finish() -> None:
+            request.Wait()
+            if op is ReduceOp.AVG:
+                stage.host /= self._size
+            stage.commit()
+
+        return Work(finish)
+
+    def _broadcast(self, array, src: int, desc: str | None) -> None:
+        if desc is not None:
+            self._verify(desc)
+        stage = _HostStage(array)
+        self.comm.Bcast(stage.host, root=src)
+        stage.commit()
+
+    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+        if desc is not None:
+            self._verify(desc)
+        out = _HostStage(out_array)
+        self.comm.Allgather(to_numpy(in_array), out.host)
+        out.commit()
+
+    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+        if desc is not None:
+            self._verify(desc)
+        out = _HostStage(out_array)
+        self.comm.Reduce_scatter_block(to_numpy(in_array), out.host, op=_op(op))
+        if op is ReduceOp.AVG:
+            out.host /= self._size
+        out.commit()
+
+    def _barrier(self, desc: str | None) -> None:
+        if desc is not None:
+            self._verify(desc)
+        self.comm.Barrier()
+
+    def _allgather_object(self, obj: Any, desc: str | None) -> list:
+        if desc is not None:
+            self._verify(desc)
+        return self.comm.allgather(obj)
+
+    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
+        if desc is not None:
+            self._verify(desc)
+        return self.comm.bcast(obj, root=src)
+
+    def _dup(self, desc: str) -> ProcessGroup:
+        self._verify(desc)
+        return MPIProcessGroup(self.comm.Dup(), self.global_ranks, self.name + ".dup",
+                               self.local_rank)
+
+    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
+        self._verify(desc)
+        members = self.comm.Get_group().Incl(ranks)
+        comm = self.comm.Create(members)  # collective over self.comm; COMM_NULL off-group
+        members.Free()
+        if comm == _mpi().COMM_NULL:
+            return None
+        return MPIProcessGroup(comm, [self.global_ranks[r] for r in ranks],
+                               f"group{[self.global_ranks[r] for r in ranks]}")
+
+    def _destroy(self) -> None:
+        MPI = _mpi()
+        if self.comm != MPI.COMM_NULL and not MPI.Is_finalized():
+            self.comm.Free()
+        self.comm = MPI.COMM_NULL
+
+
+def init_mpi_world() -> MPIProcessGroup:
+    """The WORLD group over ``COMM_WORLD.Dup()``; sets torchrun's env vars and the abort hooks.
+
+    ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` come from ``Split_type(COMM_TYPE_SHARED)`` (the ranks
+    sharing this node's memory); ``RANK`` and ``WORLD_SIZE`` from COMM_WORLD.
+    """
+    MPI = _mpi()
+    world = MPI.COMM_WORLD
+    node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node.Free()
+    os.environ["RANK"] = str(world.Get_rank())
+    os.environ["WORLD_SIZE"] = str(world.Get_size())
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    os.environ["LOCAL_WORLD_SIZE"] = str(local_size)
+    from ddp.distributed.failure import install_abort_hooks
+
+    install_abort_hooks(world.Get_rank(), world.Get_size())
+    return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank)

@@ -1,0 +1,372 @@
+"""``ZeroRedundancyOptimizer``: ZeRO stages 1 and 2 over an exact, equal flat partition.
+
+Construction (a collective) lays the parameters out in one flat buffer per dtype (see
+``flat_layout.py``), copies them in and makes every ``p.array`` a view of its slot, so the model
+keeps using the same Parameter objects. Rank ``r`` owns the ``r``-th of ``world`` equal slices and
+runs the wrapped optimizer on *shard parameters*, tensors viewing that slice (one per param
+group and dtype it intersects, usually exactly one), so optimizer state is exactly ``1/world``.
+
+``step()`` (a collective): the wrapped optimizer updates this rank's slice in place, then one
+all-gather per dtype writes every rank's updated slice into every rank's flat buffer, and with
+it into the parameters. Gradients come from ``sharded_grads.py``: stage 1 reads the slice of the
+replicated gradient (DDP averaged it); stage 2 reduce-scatters during backward and keeps only the
+slice. Communication per step: stage 2 = reduce-scatter + all-gather = one all-reduce, i.e. plain
+DDP's volume; stage 1 adds an all-gather to DDP's all-reduce.
+
+Collective points (every rank, same order): construction, every ``step``, the end of every
+stage-2 backward, ``clip_grad_norm_``, ``has_nonfinite_grad``, ``consolidate_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from ddp.backend import get_array_module
+from ddp.distributed.optim import shard_state
+from ddp.distributed.optim.flat_layout import FlatLayout
+from ddp.distributed.optim.sharded_grads import ReplicatedGrads, ShardedGrads
+from ddp.distributed.optim.shard_state import ShardParam
+from ddp.distributed.reduce_op import ReduceOp
+from ddp.optim.optimizer import Optimizer
+from ddp.tensor import Tensor
+
+
+class _GroupView(MutableMapping):
+    """A user-facing param group: the real ``params``, every other key read from and written
+    to the wrapped optimizer's group (so an lr scheduler setting ``group["lr"]`` just works)."""
+
+    def __init__(self, params: list[Tensor], inner: dict):
+        self._params = params
+        self._inner = inner
+
+    def __getitem__(self, key: str) -> Any:
+        return self._params if key == "params" else self._inner[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "params":
+            raise KeyError("ZeroRedundancyOptimizer: the parameters of a group are fixed")
+        self._inner[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._inner[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "params"
+        yield from (k for k in self._inner if k != "params")
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class ZeroRedundancyOptimizer(Optimizer):
+    """Shard ``optimizer_class``'s state (stage 1) and the gradients (stage 2) over the ranks.
+
+    Training code is unchanged: ``loss.backward(); opt.step(); opt.zero_grad()``.
+
+    Args:
+        params: tensors or param-group dicts, as for any optimizer. Every rank must pass the
+            same shapes and dtypes in the same order (verified at construction).
+        optimizer_class: e.g. ``ddp.optim.AdamW``; built on this rank's shard parameters with
+            the group hyperparameters and ``defaults``.
+        process_group: the ranks to shard over (default: the default group).
+        stage: 1 (shard optimizer state; gradients must be replicated, e.g. by DDP) or 2 (also
+            shard gradients: reduce-scattered during backward, ``p.grad`` is None afterwards).
+        defaults: hyperparameters for ``optimizer_class`` (``lr=...``).
+
+    A parameter without a gradient in a step counts as a zero gradient (its weight decay and
+    momentum still apply), since its elements share a flat shard with the others.
+
+    Raises:
+        ValueError: ``stage`` is not 1 or 2, or the ranks' parameters differ (on every rank).
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], optimizer_class: type,
+                 process_group=None, stage: int = 1, **defaults: Any):
+        from ddp.distributed.api import resolve_group
+
+        if stage not in (1, 2):
+            raise ValueError(f"ZeroRedundancyOptimizer: stage must be 1 or 2, got {stage!r}")
+        self._building = True
+        super().__init__(params, dict(defaults))
+        self._building = False
+        self.stage = stage
+        self.optimizer_class = optimizer_class
+        user_groups, self.param_groups = self.param_groups, []
+        self._params = [p for g in user_groups for p in g["params"]]
+        pg = resolve_group(process_group)
+        self.rank, self.world = pg.rank(), pg.size()
+        self.layout = FlatLayout.of_groups(user_groups, None, self.world)
+        # A private channel: never interleaves with the user's collectives. Checked once here,
+        # then the per-collective consensus check is skipped (the order is fixed by the layout).
+        self._pg = pg.dup()
+        self._pg.verify(f"ZeroRedundancyOptimizer stage={stage} {optimizer_class.__name__}: "
+                        f"{self.layout.describe()}")
+        self._pg.check_collectives = False
+
+        self.flat_params: dict = {}
+        for d, buf in self.layout.buffers.items():
+            first = self._params[buf.entries[0].index].array
+            self.flat_params[d] = get_array_module(first).zeros(buf.padded, dtype=first.dtype)
+        self._views = []
+        for e in self.layout.entries:
+            view = self.flat_params[e.dtype][e.offset:e.stop].reshape(e.shape)
+            view[...] = self._params[e.index].array
+            self._params[e.index].array = view
+            self._views.append(view)
+
+        self.shard_params = self._make_shard_params()
+        inner_groups = []
+        for g, group in enumerate(user_groups):
+            inner = {k: v for k, v in group.items() if k != "params"}
+            inner["params"] = [sp.tensor for sp in self.shard_params if sp.group == g]
+            inner_groups.append(inner)
+        self.optim = optimizer_class(inner_groups, **defaults)
+        self.param_groups = [_GroupView(g["params"], inner)
+                             for g, inner in zip(user_groups, self.optim.param_groups,
+                                                 strict=True)]
+        self.defaults = self.optim.defaults
+        self.state = self.optim.state
+        if stage == 1:
+            self.grads = ReplicatedGrads(self._params, self.layout, self.flat_params, self.rank)
+        else:
+            self.grads = ShardedGrads(self._params, self.layout, self.flat_params, self._pg)
+        self._consolidated: dict | None = None
+
+    def _make_shard_params(self) -> list[ShardParam]:
+        shards = []
+        for d, buf in self.layout.buffers.items():
+            lo, hi = buf.slice_of(self.rank)
+            runs = buf.group_ranges()
+            g_last, r_lo, _ = runs[-1]
+            runs[-1] = (g_last, r_lo, buf.padded)  # padding joins the last group: exactly S
+            for g, a, b in runs:
+                a, b = max(a, lo), min(b, hi)
+                if a < b:
+                    shards.append(ShardParam(Tensor(self.flat_params[d][a:b]), g, d, a, b))
+        return shards
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not getattr(self, "_building", False):
+            raise NotImplementedError(
+                "ZeroRedundancyOptimizer: the flat layout is fixed at construction; pass every "
+                "param group to the constructor"
+            )
+        super().add_param_group(param_group)
+
+    # -------------------------------------------------------------------------------- steps
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop (or zero) every gradient: the parameters' ``.grad`` and this rank's slices."""
+        self.grads.zero_grad(set_to_none)
+
+    def _readopt(self) -> None:
+        # Something (``p.data = ...``) replaced a parameter's array: copy it back into its slot.
+        for e, view in zip(self.layout.entries, self._views, strict=True):
+            p = self._params[e.index]
+            if p.array is not view:
+                view[...] = p.array
+                p.array = view
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Collective: update this rank's slice, then all-gather every rank's slice.
+
+        Does nothing (and communicates nothing) when no gradient exists since ``zero_grad``.
+        """
+        loss = self._run_closure(closure)
+        self._readopt()
+        slices = self.grads.slices()
+        if slices is None:
+            return loss
+        for sp in self.shard_params:
+            lo = self.layout.buffers[sp.dtype].slice_of(self.rank)[0]
+            sp.tensor.grad = Tensor(slices[sp.dtype][sp.lo - lo:sp.hi - lo])
+        try:
+            self.optim.step()
+        finally:
+            for sp in self.shard_params:
+                sp.tensor.grad = None
+        self._allgather_params()
+        return loss
+
+    def _allgather_params(self) -> None:
+        if self.world == 1:
+            return
+        for d, flat in self.flat_params.items():
+            lo, hi = self.layout.buffers[d].slice_of(self.rank)
+            self._pg.allgather(flat, flat[lo:hi].copy())  # MPI forbids aliased send/recv
+
+    # ------------------------------------------------------------------------- global checks
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False) -> Tensor:
+        """Collective: clip by the GLOBAL gradient norm and return it (as a 0-d tensor).
+
+        Each rank takes the norm of its own slice only (replicated stage-1 gradients are thus
+        counted once) and one all-reduce combines them; equals ``nn.utils.clip_grad_norm_``
+        over the full, averaged gradients. Scales by ``max_norm / (norm + 1e-6)`` when below 1.
+        """
+        max_norm, norm_type = float(max_norm), float(norm_type)
+        slices = self.grads.slices() or {}
+        dtype = next(iter(self.flat_params.values())).dtype
+        local = np.zeros(1, dtype=np.float64)
+        for g in slices.values():
+            if norm_type == math.inf:
+                local[0] = max(local[0], float(abs(g).max()) if g.size else 0.0)
+            elif norm_type == 2.0:
+                local[0] += float(g.dot(g))
+            else:
+                local[0] += float((abs(g.astype(np.float64)) ** norm_type).sum())
+        if norm_type == math.inf:
+            self._pg.allreduce(local, ReduceOp.MAX)
+            total = local[0]
+        else:
+            self._pg.allreduce(local, ReduceOp.SUM)
+            total = local[0] ** (1.0 / norm_type)
+        total = np.asarray(total, dtype=dtype)
+        if error_if_nonfinite and not np.isfinite(total):
+            raise RuntimeError(
+                f"The total norm of order {norm_type} for gradients is non-finite, so it cannot "
+                "be clipped. To disable this error and scale the gradients by the non-finite "
+                "norm anyway, set `error_if_nonfinite=False`"
+            )
+        coef = max_norm / (float(total) + 1e-6)
+        if coef < 1.0 and slices:
+            self.grads.scale_(coef)
+        return Tensor(total)
+
+    def has_nonfinite_grad(self) -> bool:
+        """Collective: True on every rank when any rank's gradient slice holds inf or nan."""
+        slices = self.grads.slices() or {}
+        flag = np.zeros(1, dtype=np.int32)
+        for g in slices.values():
+            if not bool(get_array_module(g).isfinite(g).all()):
+                flag[0] = 1
+        self._pg.allreduce(flag, ReduceOp.MAX)
+        return bool(flag[0])
+
+    # ---------------------------------------------------------------------------- memory
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds now: ``params`` (flat buffers), ``grads`` and ``state``."""
+        state = sum(v.array.nbytes for s in self.optim.state.values() for v in s.values()
+                    if isinstance(v, Tensor))
+        return {"params": sum(a.nbytes for a in self.flat_params.values()),
+                "grads": self.grads.nbytes(), "state": state}
+
+    # ------------------------------------------------------------------------ state dicts
+    def local_state(self) -> shard_state.LocalState:
+        """This rank's optimizer state as slices of flat state buffers (no communication)."""
+        lo = {d: b.slice_of(self.rank)[0] for d, b in self.layout.buffers.items()}
+        shard = {d: b.shard for d, b in self.layout.buffers.items()}
+        return shard_state.local_state(self.shard_params, self.optim.state, lo, shard)
+
+    def load_local_state(self, read_slice, group_keys: dict, scalars: dict) -> None:
+        """Install state from slices; see ``shard_state.install_state`` (no communication)."""
+        shard_state.install_state(self.shard_params, self.optim.state, read_slice, group_keys,
+                                  scalars)
+
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Collective: assemble the full, torch-layout state on rank ``to``.
+
+        Afterwards ``state_dict()`` on rank ``to`` returns what ``optimizer_class`` over the
+        unsharded parameters would return. (Every rank transiently holds one full state array
+        at a time: the assembly is an all-gather per state key and dtype.)
+        """
+        local = self.local_state()
+        meta = ({k: str(a.dtype) for k, a in local.slices.items()}, local.group_keys,
+                local.scalars)
+        dtypes, group_keys, scalars = shard_state.merge_meta(self._pg.allgather_object(meta))
+        full: dict = {}
+        for (d, key), sdtype in sorted(dtypes.items()):
+            buf = self.layout.buffers[d]
+            xp = get_array_module(self.flat_params[d])
+            mine = local.slices.get((d, key))
+            if mine is None:
+                mine = xp.zeros(buf.shard, dtype=sdtype)
+            out = xp.empty(buf.padded, dtype=sdtype)
+            self._pg.allgather(out, mine)
+            if self.rank == to:
+                full[(d, key)] = out
+        if self.rank != to:
+            self._consolidated = None
+            return
+        state = {}
+        for e in self.layout.entries:
+            entry = {k: (Tensor(np.array(v)) if isinstance(v, np.ndarray) else v)
+                     for k, v in scalars.get(e.group, {}).items()}
+            for key in group_keys.get(e.group, []):
+                entry[key] = Tensor(full[(e.dtype, key)][e.offset:e.stop].reshape(e.shape).copy())
+            if entry:
+                state[e.index] = entry
+        self._consolidated = {"state": state, "param_groups": self._packed_groups()}
+
+    def _packed_groups(self) -> list[dict]:
+        packed, index = [], 0
+        for group in self.param_groups:
+            g = {k: v for k, v in group.items() if k != "params"}
+            g["params"] = list(range(index, index + len(group["params"])))
+            index += len(group["params"])
+            packed.append(g)
+        return packed
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full torch-layout state; only on the rank a ``consolidate_state_dict`` targeted.
+
+        Raises:
+            RuntimeError: ``consolidate_state_dict(to=this rank)`` was not called.
+        """
+        if self._consolidated is None:
+            raise RuntimeError(
+                f"Optimizer state has not been consolidated on rank {self.rank}. Please call "
+                "`consolidate_state_dict(to=...)` on all ranks beforehand."
+            )
+        return self._consolidated
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a full torch-layout state (from ``state_dict()`` here or from the unsharded
+        optimizer); each rank keeps the slice it owns. Not a collective.
+
+        Raises:
+            ValueError: the group structure differs from this optimizer's.
+        """
+        saved_groups = state_dict["param_groups"]
+        sizes = [len(g["params"]) for g in saved_groups]
+        if sizes != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(
+                f"loaded state dict has groups of sizes {sizes}, this optimizer has "
+                f"{[len(g['params']) for g in self.param_groups]}"
+            )
+        saved_ids = [i for g in saved_groups for i in g["params"]]
+        per_entry = [state_dict["state"].get(i, {}) for i in saved_ids]
+        group_keys: dict = {}
+        scalars: dict = {}
+        for e, entry in zip(self.layout.entries, per_entry, strict=True):
+            for key, value in entry.items():
+                if isinstance(value, Tensor) and tuple(value.shape) == e.shape and e.shape:
+                    keys = group_keys.setdefault(e.group, [])
+                    if key not in keys:
+                        keys.append(key)
+                else:
+                    array = value.array if isinstance(value, Tensor) else None
+                    scalars.setdefault(e.group, {}).setdefault(
+                        key, np.array(shard_state._to_host(array)) if array is not None else value)
+
+        def read_slice(d, key, lo, hi, like):
+            xp = get_array_module(like)
+            out = xp.zeros(hi - lo, dtype=like.dtype)
+            for e, entry in zip(self.layout.entries, per_entry, strict=True):
+                a, b = max(lo, e.offset), min(hi, e.stop)
+                if e.dtype == d and a < b and key in entry:
+                    src = entry[key].array.reshape(-1)[a - e.offset:b - e.offset]
+                    out[a - lo:b - lo] = src
+            return out
+
+        self.load_local_state(read_slice, group_keys, scalars)
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
+            for k, v in saved.items():
+                if k != "params":
+                    group[k] = v

@@ -1,0 +1,46 @@
+"""``ddp.nn``: modules, ``functional``, ``init`` and ``utils`` with PyTorch's names and semantics.
+
+``ddp.nn.parallel`` (``DistributedDataParallel``) is imported on first access.
+"""
+
+from ddp.nn import functional, init, utils
+from ddp.nn.modules import (
+    GELU,
+    Conv2d,
+    CrossEntropyLoss,
+    Dropout,
+    Embedding,
+    Flatten,
+    Identity,
+    LayerNorm,
+    Linear,
+    LogSoftmax,
+    MaxPool2d,
+    Module,
+    ModuleDict,
+    ModuleList,
+    MSELoss,
+    NLLLoss,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from ddp.nn.parameter import Parameter
+
+
+def __getattr__(name: str):
+    if name == "parallel":
+        import importlib
+
+        return importlib.import_module("ddp.nn.parallel")
+    raise AttributeError(f"module 'ddp.nn' has no attribute '{name}'")
+
+
+__all__ = [
+    "GELU", "Conv2d", "CrossEntropyLoss", "Dropout", "Embedding", "Flatten", "Identity",
+    "LayerNorm", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleDict",
+    "ModuleList", "NLLLoss", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "functional", "init", "utils",
+]

@@ -1,0 +1,1 @@
+"""The differentiable functions behind ``ddp.nn.functional``, one family per module."""

@@ -1,0 +1,68 @@
+"""``linear`` and ``embedding`` as single graph nodes (one GEMM / one gather each way)."""
+
+from __future__ import annotations
+
+from ddp.autograd.function import Function
+from ddp.backend import get_array_module
+
+
+class Linear(Function):
+    """``y = x @ W.T + b`` over the last dim of ``x``; all leading dims fold into one GEMM."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        out = x2 @ weight.T
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[1:2] == (True,) else None,
+                              weight if ctx.needs_input_grad[:1] == (True,) else None)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = (g2 @ weight).reshape(ctx.x_shape) if needs[0] else None
+        gw = g2.T @ x2 if needs[1] else None
+        gb = g2.sum(axis=0) if ctx.has_bias and needs[2] else None
+        return gx, gw, gb
+
+
+class Embedding(Function):
+    """Rows of ``weight`` picked by integer ``indices``; backward sums rows per index."""
+
+    @staticmethod
+    def forward(ctx, weight, indices, padding_idx):
+        ctx.save_for_backward(indices)
+        ctx.num_embeddings = weight.shape[0]
+        ctx.padding_idx = padding_idx
+        return weight[indices]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        xp = get_array_module(grad)
+        flat = indices.reshape(-1)
+        g = grad.reshape(flat.shape[0], -1)
+        out = xp.zeros((ctx.num_embeddings, g.shape[1]), dtype=grad.dtype)
+        if flat.shape[0]:
+            # Sort-based segmented sum: one gather, one reduceat, one scatter of unique rows
+            # (much faster than add.at, and deterministic).
+            order = xp.argsort(flat, kind="stable") if xp.__name__ == "numpy" else \
+                xp.argsort(flat)
+            sorted_idx = flat[order]
+            starts = xp.concatenate([xp.zeros(1, dtype=bool), sorted_idx[1:] != sorted_idx[:-1]])
+            starts = xp.flatnonzero(starts)
+            starts = xp.concatenate([xp.zeros(1, dtype=starts.dtype), starts])
+            if xp.__name__ == "numpy":
+                sums = xp.add.reduceat(g[order], starts, axis=0)
+                out[sorted_idx[starts]] = sums
+            else:  # CuPy has no reduceat; its add.at is an atomic scatter and fast
+                xp.add.at(out, flat, g)
+        if ctx.padding_idx is not None:
+            out[ctx.padding_idx] = 0
+        return out.reshape((ctx.num_embeddings,) + grad.shape[indices.ndim:]), None, None

@@ -1,0 +1,55 @@
+"""Layer normalisation as one graph node with its analytic backward."""
+
+from __future__ import annotations
+
+from ddp.autograd.function import Function
+from ddp.backend import get_array_module
+
+
+class LayerNorm(Function):
+    """Normalise over the trailing ``k`` dims: ``y = (x - mean) * rstd * weight + bias``.
+
+    Backward, with ``xhat = (x - mean) * rstd`` and ``gh = grad * weight``::
+
+        dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
+        dweight = sum(grad * xhat),  dbias = sum(grad)   (over the leading dims)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ndims, eps):
+        xp = get_array_module(x)
+        axes = tuple(range(x.ndim - ndims, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        xhat = x - mean
+        var = (xhat * xhat).mean(axis=axes, keepdims=True)
+        var += eps
+        rstd = 1.0 / xp.sqrt(var)
+        xhat *= rstd
+        out = xhat * weight if weight is not None else xhat.copy()
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.axes = axes
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, weight = ctx.saved_tensors
+        axes = ctx.axes
+        needs = ctx.needs_input_grad
+        lead = tuple(range(grad.ndim - len(axes)))
+        gx = gw = gb = None
+        if weight is not None and needs[1]:
+            gw = (grad * xhat).sum(axis=lead)
+        if ctx.has_bias and needs[2]:
+            gb = grad.sum(axis=lead)
+        if needs[0]:
+            gh = grad * weight if weight is not None else grad.copy()
+            mean_gh = gh.mean(axis=axes, keepdims=True)
+            mean_ghx = (gh * xhat).mean(axis=axes, keepdims=True)
+            gh -= mean_gh
+            gh -= xhat * mean_ghx
+            gh *= rstd
+            gx = gh
+        return gx, gw, gb, None, None

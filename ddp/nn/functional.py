@@ -1,0 +1,248 @@
+"""``ddp.nn.functional``: torch's functional API; validation here, maths in ``_functions``.
+
+Each function checks its arguments (shapes, dtypes, ranges) and raises errors that name them,
+then applies one graph node from ``ddp.nn._functions`` (or a core op from ``ddp.ops``).
+"""
+
+from __future__ import annotations
+
+from ddp import ops
+from ddp.nn._functions import activation as _act
+from ddp.nn._functions import conv as _conv
+from ddp.nn._functions import linear as _lin
+from ddp.nn._functions import loss as _loss
+from ddp.nn._functions import normalization as _norm
+from ddp.nn._functions.erf import erf as _erf_array
+from ddp.ops._util import normalize_dim
+from ddp.tensor import Tensor
+
+__all__ = [
+    "conv2d", "cross_entropy", "dropout", "embedding", "erf", "gelu", "layer_norm", "linear",
+    "log_softmax", "max_pool2d", "mse_loss", "nll_loss", "relu", "sigmoid", "softmax", "tanh",
+]
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _loss._REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+# --------------------------------------------------------------------------- linear / sparse
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002
+    """``input @ weight.T + bias`` over the last dim of ``input``."""
+    if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
+        raise RuntimeError(
+            f"linear: input of shape {tuple(input.shape)} does not match weight of shape "
+            f"{tuple(weight.shape)} (expected input.shape[-1] == {weight.shape[-1]})"
+        )
+    return _lin.Linear.apply(input, weight, bias)
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # noqa: A002
+              max_norm: float | None = None, **unsupported) -> Tensor:
+    """Rows of ``weight`` at the integer indices ``input``."""
+    if max_norm is not None or any(unsupported.values()):
+        raise NotImplementedError("embedding: max_norm/scale_grad_by_freq/sparse are unsupported")
+    if input.dtype.is_floating_point:
+        raise RuntimeError(
+            f"Expected tensor for argument 'indices' to have an integer dtype, got {input.dtype}"
+        )
+    num = weight.shape[0]
+    if input.numel() and (int(input.array.min()) < 0 or int(input.array.max()) >= num):
+        bad = int(input.array.max()) if int(input.array.max()) >= num else int(input.array.min())
+        raise IndexError(f"index {bad} is out of range for an embedding of {num} rows")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += num
+    return _lin.Embedding.apply(weight, input, padding_idx)
+
+
+# -------------------------------------------------------------------------------- conv/pool
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+           stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution of an ``(N, C, H, W)`` input with an ``(O, C, kh, kw)`` weight."""
+    if groups != 1:
+        raise NotImplementedError("conv2d: groups != 1 is not supported")
+    if input.ndim != 4:
+        raise RuntimeError(
+            f"conv2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}"
+        )
+    if weight.ndim != 4 or input.shape[1] != weight.shape[1]:
+        raise RuntimeError(
+            f"conv2d: input of shape {tuple(input.shape)} has {input.shape[1]} channels, but "
+            f"weight of shape {tuple(weight.shape)} expects {weight.shape[1]}"
+        )
+    if isinstance(padding, str):
+        raise NotImplementedError("conv2d: string padding is not supported")
+    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
+                                 _pair(dilation, "dilation"))
+    kh, kw = weight.shape[2:]
+    for axis, size, k, p, d in ((2, input.shape[2], kh, padding[0], dilation[0]),
+                                (3, input.shape[3], kw, padding[1], dilation[1])):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise RuntimeError(
+                f"conv2d: kernel size {d * (k - 1) + 1} (dilated) is larger than the padded "
+                f"input size {size + 2 * p} in dim {axis} of input {tuple(input.shape)}"
+            )
+    return _conv.Conv2d.apply(input, weight, bias, stride, padding, dilation)
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,  # noqa: A002
+               ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
+    """Maximum over ``kernel_size`` windows of an ``(N, C, H, W)`` input."""
+    if ceil_mode or return_indices:
+        raise NotImplementedError("max_pool2d: ceil_mode/return_indices are not supported")
+    if input.ndim != 4:
+        raise RuntimeError(
+            f"max_pool2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}"
+        )
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride == () else _pair(stride, "stride")
+    padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise RuntimeError(
+            f"max_pool2d: pad should be at most half of effective kernel size, but got "
+            f"pad={padding} and kernel_size={kernel}"
+        )
+    return _conv.MaxPool2d.apply(input, kernel, stride, padding, dilation)
+
+
+# ---------------------------------------------------------------------------- normalization
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,  # noqa: A002
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims, then scale and shift."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if tuple(input.shape[input.ndim - k:]) != normalized_shape or input.ndim < k:
+        raise RuntimeError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size "
+            f"{list(input.shape)}"
+        )
+    return _norm.LayerNorm.apply(input, weight, bias, k, float(eps))
+
+
+# ------------------------------------------------------------------------------ activations
+def relu(input: Tensor, inplace: bool = False) -> Tensor:  # noqa: A002
+    return input.relu_() if inplace else ops.relu(input)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: A002
+    """``x * Phi(x)`` with the exact normal CDF (``'none'``) or its ``'tanh'`` approximation."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+    return _act.GELU.apply(input, approximate)
+
+
+def tanh(input: Tensor) -> Tensor:  # noqa: A002
+    return ops.tanh(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:  # noqa: A002
+    return ops.sigmoid(input)
+
+
+def softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:  # noqa: A002
+    return ops.softmax(input, dim, dtype=dtype)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:  # noqa: A002
+    return ops.log_softmax(input, dim, dtype=dtype)
+
+
+def erf(input: Tensor) -> Tensor:  # noqa: A002
+    """Elementwise error function (not differentiable here; ``gelu`` has its own backward)."""
+    return Tensor._from_op(_erf_array(input.array), None)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,  # noqa: A002
+            inplace: bool = False, generator=None) -> Tensor:
+    """Zero elements with probability ``p`` (default generator) and scale by ``1/(1-p)``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    out = _act.Dropout.apply(input, float(p), generator)
+    return input._rebase(out) if inplace else out
+
+
+# ------------------------------------------------------------------------------------ losses
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+                  size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Cross entropy between logits ``(N, C[, d...])`` and class indices ``(N[, d...])``.
+
+    Class-probability targets (a float ``target`` of the input's shape) are also accepted.
+    """
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    _check_classes(input, weight, "cross_entropy")
+    if target.dtype.is_floating_point:
+        return _soft_cross_entropy(input, target, weight, reduction, label_smoothing)
+    return _loss.CrossEntropy.apply(input, target, weight, int(ignore_index), reduction,
+                                    float(label_smoothing))
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+             size_average=None, ignore_index: int = -100, reduce=None,
+             reduction: str = "mean") -> Tensor:
+    """Negative log likelihood of log-probabilities ``(N, C[, d...])`` at class indices."""
+    _check_reduction(reduction)
+    _check_classes(input, weight, "nll_loss")
+    return _loss.NLLLoss.apply(input, target, weight, int(ignore_index), reduction)
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,  # noqa: A002
+             reduction: str = "mean") -> Tensor:
+    """Mean (or summed, or elementwise) squared error."""
+    _check_reduction(reduction)
+    if isinstance(target, Tensor) and target.array.dtype != input.array.dtype:
+        target = target.to(input.dtype)
+    return _loss.MSELoss.apply(input, target, reduction)
+
+
+def _check_classes(input: Tensor, weight: Tensor | None, name: str) -> None:  # noqa: A002
+    if input.ndim == 0:
+        raise ValueError(f"{name}: input must have at least one dimension (the classes)")
+    c = input.shape[1] if input.ndim > 1 else input.shape[0]
+    if weight is not None and tuple(weight.shape) != (c,):
+        raise RuntimeError(
+            f"{name}: weight tensor should be defined either for all {c} classes or no "
+            f"classes but got weight tensor of shape: {list(weight.shape)}"
+        )
+
+
+def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):  # noqa: A002
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(
+            f"cross_entropy: probability target of shape {tuple(target.shape)} must match the "
+            f"input shape {tuple(input.shape)}"
+        )
+    class_dim = normalize_dim(1 if input.ndim > 1 else 0, input.ndim)
+    c = input.shape[class_dim]
+    if label_smoothing > 0.0:
+        target = target * (1.0 - label_smoothing) + label_smoothing / c
+    logp = ops.log_softmax(input, class_dim)
+    if weight is not None:
+        shape = [1] * input.ndim
+        shape[class_dim] = c
+        logp = logp * weight.reshape(shape)
+    per_sample = -(logp * target).sum(class_dim)
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.sum() / (per_sample.numel() if per_sample.ndim else 1)

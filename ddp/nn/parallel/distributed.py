@@ -1,0 +1,236 @@
+"""``DistributedDataParallel``: synchronous data parallelism by gradient averaging.
+
+Each rank runs the same model on its own shard of the batch; during ``loss.backward()`` the
+gradients are averaged over the ranks in buckets (see ``reducer.py``), overlapping the
+communication with the rest of backward, so that after backward every rank holds the gradient
+of the global batch and ``optimizer.step()`` keeps the replicas identical.
+
+Collective points (every rank must reach them, in the same order):
+  * construction: model check (one small all-gather), parameter and buffer broadcast from
+    rank 0, and the creation of the reducer's private process group;
+  * every ``forward`` with grad enabled outside ``no_sync()``: buffer broadcast from rank 0
+    (when ``broadcast_buffers`` and the module has buffers);
+  * the ``backward`` that follows such a forward: the bucket all-reduces (plus one bitmap
+    all-reduce with ``find_unused_parameters=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ddp.autograd.grad_mode import is_grad_enabled
+from ddp.backend import get_array_module
+from ddp.nn.modules.module import Module
+from ddp.nn.parallel.reducer import Reducer
+
+_BROADCAST_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+class DistributedDataParallel(Module):
+    """Wrap ``module`` so that backward averages its gradients over ``process_group``.
+
+    Must be constructed on every rank of the group, with the same model (same parameter
+    names, shapes, dtypes, in the same registration order: that order fixes the buckets).
+
+    Args:
+        module: the model; its parameters are overwritten with rank 0's values.
+        device_ids: accepted for torch compatibility: None, or one device index that must be
+            the device of the module's parameters (CPU modules take None).
+        output_device: accepted for torch compatibility; outputs stay where the module puts them.
+        broadcast_buffers: broadcast the module's buffers from rank 0 at every forward that
+            will synchronise (grad enabled, outside ``no_sync``), as torch does.
+        process_group: the group to average over; the default group when None.
+        bucket_cap_mb: largest gradient bucket, in MiB.
+        find_unused_parameters: reduce a per-parameter usage bitmap in every synchronised
+            backward, so a parameter that got no gradient on ANY rank keeps ``.grad`` None (as
+            it would without DDP). When False (default, no extra collective), a parameter
+            unused on this rank contributes zeros and always ends with a ``.grad`` (the average,
+            zero when no rank used it). Either way an unused parameter never causes a hang.
+        gradient_as_bucket_view: after a synchronised backward each ``.grad`` is a view into
+            its bucket buffer, saving one copy per step and the memory of separate grads.
+
+    Raises:
+        RuntimeError: on every rank, when the ranks' models differ (naming the ranks and the
+            first differing parameter).
+
+    Example::
+
+        model = DistributedDataParallel(Net())
+        loss = loss_fn(model(x_shard), y_shard)   # mean over the local batch
+        loss.backward()                           # grads now averaged over all ranks
+        optimizer.step()
+    """
+
+    def __init__(self, module: Module, device_ids=None, output_device=None,
+                 broadcast_buffers: bool = True, process_group=None, bucket_cap_mb: float = 25,
+                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False):
+        super().__init__()
+        if bucket_cap_mb is None:
+            bucket_cap_mb = 25
+        if bucket_cap_mb <= 0:
+            raise ValueError(f"Invalid bucket_cap_mb: {bucket_cap_mb} (must be positive)")
+        named = list(module.named_parameters())
+        if not any(p.requires_grad for _, p in named):
+            raise RuntimeError(
+                "DistributedDataParallel is not needed when a module doesn't have any parameter "
+                "that requires a gradient."
+            )
+        _check_device_ids(device_ids, named)
+        self.module = module
+        self.device_ids = device_ids
+        self.output_device = output_device
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        self.require_backward_grad_sync = True
+        self.process_group = _resolve_group(process_group)
+        pg = self.process_group
+
+        _verify_same_model(pg, named, list(module.named_buffers()))
+        _broadcast_coalesced(pg, [p.array for _, p in named] +
+                             [b.array for b in module.buffers()], src=0)
+
+        trained = [(name, p) for name, p in named if p.requires_grad]
+        comm_pg = pg.dup()  # the reducer's own channel: never interleaves with user collectives
+        self.reducer = Reducer([p for _, p in trained], [name for name, _ in trained], comm_pg,
+                               bucket_cap_mb=bucket_cap_mb,
+                               find_unused_parameters=find_unused_parameters,
+                               gradient_as_bucket_view=gradient_as_bucket_view)
+        layout = "; ".join(
+            f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
+            for b in self.reducer.buckets
+        )
+        comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters}: {layout}")
+        # Bucket order is now known to agree on all ranks, and it alone fixes the order of the
+        # reducer's collectives: skip the per-collective consensus check on this channel.
+        comm_pg.check_collectives = False
+
+    def forward(self, *inputs, **kwargs):
+        """Run the wrapped module; arms gradient synchronisation for the next backward."""
+        if is_grad_enabled() and self.require_backward_grad_sync:
+            if self.broadcast_buffers and self.process_group.size() > 1:
+                buffers = [b.array for b in self.module.buffers()]
+                if buffers:
+                    _broadcast_coalesced(self.process_group, buffers, src=0)
+            self.reducer.prepare_for_backward()
+        return self.module(*inputs, **kwargs)
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Context manager: backward passes inside accumulate gradients locally, without
+        communication. The first synchronised backward after it (forward outside ``no_sync``)
+        averages everything accumulated.
+
+        Example::
+
+            with ddp_model.no_sync():
+                ddp_model(x1).sum().backward()     # local accumulation
+            ddp_model(x2).sum().backward()         # synchronises grads of x1 and x2
+        """
+        previous = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = previous
+
+
+def _resolve_group(process_group):
+    from ddp.distributed.api import resolve_group
+
+    return resolve_group(process_group)  # None or group.WORLD: the default group
+
+
+def _check_device_ids(device_ids, named: list) -> None:
+    if device_ids is None:
+        return
+    device_ids = list(device_ids)
+    devices = {str(p.device) for _, p in named}
+    if len(device_ids) > 1 or len(devices) > 1:
+        raise ValueError(
+            f"DistributedDataParallel supports single-device modules only, got device_ids "
+            f"{device_ids} and module parameters on {sorted(devices)}"
+        )
+    if device_ids and devices == {"cpu"}:
+        raise ValueError(
+            f"DistributedDataParallel device_ids and output_device arguments only work with "
+            f"single-device GPU modules, but got device_ids {device_ids} and module parameters "
+            f"on {sorted(devices)}; pass device_ids=None for a CPU module"
+        )
+
+
+def _describe(named: list, buffers: list) -> list[tuple]:
+    return ([("parameter", name, tuple(p.shape), str(p.dtype), bool(p.requires_grad))
+             for name, p in named] +
+            [("buffer", name, tuple(b.shape), str(b.dtype), False) for name, b in buffers])
+
+
+def _verify_same_model(pg, named: list, buffers: list) -> None:
+    """Collective: raise on every rank unless all ranks have the same parameters and buffers."""
+    description = _describe(named, buffers)
+    digest = hashlib.blake2b(repr(description).encode(), digest_size=16).hexdigest()
+    digests = pg.allgather_object(digest)
+    if len(set(digests)) == 1:
+        return
+    # Every rank sees the same digests, so every rank takes this branch: safe collective.
+    descriptions = pg.allgather_object(description)
+    differing = [r for r, d in enumerate(digests) if d != digests[0]]
+    detail = _first_difference(descriptions[0], descriptions[differing[0]], differing[0])
+    raise RuntimeError(
+        f"DistributedDataParallel: the model differs across ranks: rank(s) {differing} differ "
+        f"from rank 0; first difference (rank {differing[0]} vs rank 0): {detail}. Every rank "
+        f"must build the same model, registering parameters in the same order."
+    )
+
+
+def _first_difference(reference: list[tuple], other: list[tuple], rank: int) -> str:
+    def show(entry: tuple) -> str:
+        kind, name, shape, dtype, requires_grad = entry
+        grad = f", requires_grad={requires_grad}" if kind == "parameter" else ""
+        return f"{kind} '{name}' (shape {shape}, {dtype}{grad})"
+
+    for position, (mine, theirs) in enumerate(zip(reference, other, strict=False)):
+        if mine != theirs:
+            return f"entry #{position} is {show(theirs)} on rank {rank} but {show(mine)} on rank 0"
+    if len(other) > len(reference):
+        return (f"rank {rank} has {len(other)} parameters and buffers, rank 0 has "
+                f"{len(reference)}; first extra on rank {rank}: {show(other[len(reference)])}")
+    return (f"rank {rank} has {len(other)} parameters and buffers, rank 0 has {len(reference)}; "
+            f"first missing on rank {rank}: {show(reference[len(other)])}")
+
+
+def _broadcast_coalesced(pg, arrays: list, src: int) -> None:
+    """Collective: overwrite ``arrays`` in place with rank ``src``'s values.
+
+    Arrays are packed per dtype into flat buffers of at most 256 MiB, so a model costs a few
+    broadcasts rather than one per tensor. Non-contiguous arrays are handled.
+    """
+    if pg.size() == 1 or not arrays:
+        return
+    groups: dict = {}
+    for a in arrays:
+        groups.setdefault((str(a.dtype), type(a).__module__), []).append(a)
+    for members in groups.values():
+        chunk: list = []
+        nbytes = 0
+        for a in members + [None]:
+            if a is None or (chunk and nbytes + a.nbytes > _BROADCAST_CHUNK_BYTES):
+                _broadcast_flat(pg, chunk, src)
+                chunk, nbytes = [], 0
+            if a is not None:
+                chunk.append(a)
+                nbytes += a.nbytes
+
+
+def _broadcast_flat(pg, arrays: list, src: int) -> None:
+    if not arrays:
+        return
+    xp = get_array_module(arrays[0])
+    flat = xp.concatenate([a.reshape(-1) for a in arrays])
+    pg.broadcast(flat, src)
+    offset = 0
+    for a in arrays:
+        a[...] = flat[offset:offset + a.size].reshape(a.shape)
+        offset += a.size

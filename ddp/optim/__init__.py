@@ -1,0 +1,9 @@
+"""``ddp.optim``: optimizers and learning-rate schedulers with torch's API."""
+
+from ddp.optim import lr_scheduler
+from ddp.optim.adam import Adam
+from ddp.optim.adamw import AdamW
+from ddp.optim.optimizer import Optimizer
+from ddp.optim.sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "lr_scheduler"]

@@ -1,0 +1,172 @@
+"""Shared test helpers: a finite-difference gradient checker and a torch comparison.
+
+Both take a function of tensors and NumPy inputs, so one expression serves every check::
+
+    from _helpers import check_grad, check_torch   # tests/ is on sys.path (conftest.py)
+
+    def f(T, x, w):                 # T is the module: ddp, or torch
+        return T.tanh(x @ w).sum(1)
+
+    check_grad(f, [(3, 4), (4, 2)])      # ddp analytic gradients vs finite differences (float64)
+    check_torch(f, [(3, 4), (4, 2)])     # ddp vs torch: values, dtypes and input gradients
+
+Inputs are NumPy arrays or shapes (then filled with seeded normal values). Floating inputs
+require grad; integer/bool inputs are passed as tensors without grad. A function may return one
+tensor or a tuple/list of them; backward runs from ``sum(out_i * w_i)`` with fixed random
+weights ``w_i``, so every output element gets a distinct gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+import ddp
+from ddp.autograd.function import AccumulateGrad
+
+Inputs = Sequence  # of np.ndarray or shape tuples
+
+
+def make_inputs(inputs: Inputs, dtype=np.float64, seed: int = 0, low: float | None = None):
+    """Arrays from ``inputs``: shapes become normal samples (or uniform in [low, low+1])."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in inputs:
+        if isinstance(spec, np.ndarray):
+            arrays.append(spec.astype(dtype) if spec.dtype.kind == "f" else spec)
+        elif low is not None:
+            arrays.append((low + rng.random(spec)).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(spec).astype(dtype))
+    return arrays
+
+
+def _outputs(result) -> list:
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _weights(outputs, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(o.shape)) for o in outputs]
+
+
+def _differentiable(o) -> bool:
+    return o.dtype.is_floating_point and o.requires_grad
+
+
+def _loss(T, outputs, weights):
+    total = None
+    for o, w in zip(outputs, weights, strict=True):
+        if not _differentiable(o):
+            continue
+        term = (o * T.tensor(w, dtype=o.dtype)).sum()
+        total = term if total is None else total + term
+    return total
+
+
+def ddp_forward(fn: Callable, arrays, requires_grad: bool = True):
+    """Run ``fn(ddp, *tensors)``; float arrays become leaves requiring grad."""
+    tensors = [ddp.tensor(a, requires_grad=requires_grad and a.dtype.kind == "f") for a in arrays]
+    return tensors, _outputs(fn(ddp, *tensors))
+
+
+@contextlib.contextmanager
+def strict_grad_dtypes():
+    """Fail when a gradient reaching a leaf has another dtype than the leaf (a silent upcast)."""
+    original = AccumulateGrad.accumulate
+
+    def accumulate(self, grad, owned):
+        assert grad.dtype == self.variable.array.dtype, (
+            f"gradient of dtype {grad.dtype} reached a leaf of dtype {self.variable.array.dtype}"
+        )
+        return original(self, grad, owned)
+
+    AccumulateGrad.accumulate = accumulate
+    try:
+        yield
+    finally:
+        AccumulateGrad.accumulate = original
+
+
+def check_grad(fn: Callable, inputs: Inputs, *, eps: float = 1e-6, atol: float = 1e-5,
+               rtol: float = 1e-4, low: float | None = None, seed: int = 0) -> bool:
+    """Compare ddp's gradients of ``fn(ddp, *xs)`` with central differences in float64.
+
+    Returns False (checking nothing) when no output is differentiable, True otherwise.
+    """
+    arrays = make_inputs(inputs, np.float64, seed, low)
+    tensors, outputs = ddp_forward(fn, arrays)
+    weights = _weights(outputs)
+    loss = _loss(ddp, outputs, weights)
+    if loss is None:
+        return False
+    with strict_grad_dtypes():
+        loss.backward()
+
+    def value(perturbed) -> float:
+        with ddp.no_grad():
+            outs = _outputs(fn(ddp, *[ddp.tensor(a) for a in perturbed]))
+            pairs = zip(outs, weights, strict=True)
+            return float(sum((np.asarray(o.array, np.float64) * w).sum()
+                             for o, w in pairs if o.dtype.is_floating_point))
+
+    for i, (t, a) in enumerate(zip(tensors, arrays, strict=True)):
+        if a.dtype.kind != "f":
+            continue
+        numeric = np.zeros_like(a)
+        for j in np.ndindex(a.shape):
+            plus, minus = a.copy(), a.copy()
+            plus[j] += eps
+            minus[j] -= eps
+            args_p = [plus if k == i else b for k, b in enumerate(arrays)]
+            args_m = [minus if k == i else b for k, b in enumerate(arrays)]
+            numeric[j] = (value(args_p) - value(args_m)) / (2 * eps)
+        analytic = np.zeros_like(a) if t.grad is None else t.grad.numpy()
+        np.testing.assert_allclose(analytic, numeric, atol=atol, rtol=rtol,
+                                   err_msg=f"gradient of input {i}")
+    return True
+
+
+def check_torch(fn: Callable, inputs: Inputs, torch_fn: Callable | None = None, *,
+                dtype=np.float32, atol: float = 1e-5, rtol: float = 1e-4,
+                low: float | None = None, seed: int = 0, grad: bool = True) -> None:
+    """Build ``fn`` in ddp and ``torch_fn`` (default ``fn``) in torch from the same inputs.
+
+    Compares output shapes, dtypes and values, and (when ``grad``) every input's gradient,
+    including that a gradient is None in ddp exactly when it is None in torch.
+    """
+    import torch
+
+    torch_fn = torch_fn or fn
+    arrays = make_inputs(inputs, dtype, seed, low)
+    d_in, d_out = ddp_forward(fn, arrays, grad)
+    t_in = [torch.tensor(a, requires_grad=grad and a.dtype.kind == "f") for a in arrays]
+    t_out = _outputs(torch_fn(torch, *t_in))
+    assert len(d_out) == len(t_out), f"{len(d_out)} outputs, torch has {len(t_out)}"
+    for k, (d, t) in enumerate(zip(d_out, t_out, strict=True)):
+        assert str(d.dtype) == str(t.dtype).replace("torch.", "ddp."), (
+            f"output {k}: dtype {d.dtype}, torch {t.dtype}")
+        assert tuple(d.shape) == tuple(t.shape), f"output {k}: shape {d.shape}, torch {t.shape}"
+        assert d.requires_grad == t.requires_grad, f"output {k}: requires_grad differs"
+        np.testing.assert_allclose(d.detach().numpy(), t.detach().numpy(), atol=atol, rtol=rtol,
+                                   err_msg=f"output {k}")
+    if not grad:
+        return
+    weights = _weights(t_out)
+    d_loss, t_loss = _loss(ddp, d_out, weights), _loss(torch, t_out, weights)
+    if t_loss is None:
+        assert d_loss is None, "ddp output requires grad where torch's does not"
+        return
+    with strict_grad_dtypes():
+        d_loss.backward()
+    t_loss.backward()
+    for i, (d, t) in enumerate(zip(d_in, t_in, strict=True)):
+        if t.grad is None:
+            assert d.grad is None or not d.requires_grad, f"input {i}: torch has no grad"
+            continue
+        assert d.grad is not None, f"input {i}: ddp has no grad, torch does"
+        assert d.grad.dtype == d.dtype, f"input {i}: grad dtype {d.grad.dtype} != {d.dtype}"
+        np.testing.assert_allclose(d.grad.numpy(), t.grad.numpy(), atol=atol, rtol=rtol,
+                                   err_msg=f"gradient of input {i}")
