@@ -87,7 +87,7 @@ def gpt(lib, vocab: int = 96, context: int = 128, width: int = 256, heads: int =
 
         def forward(self, idx):
             time = idx.shape[1]
-            x = self.tok(idx) + self.pos(lib.arange(time))
+            x = self.tok(idx) + self.pos(lib.arange(time, device=idx.device))
             return self.head(self.ln_f(self.blocks(x)))
 
     return GPT()

@@ -6,7 +6,8 @@ from ddp import backend
 
 
 class device:  # noqa: N801 - torch spells it in lower case
-    """A device: ``device("cpu")``, ``device("cuda")``, ``device("cuda:1")``, ``device("cuda", 1)``."""
+    """A device: ``device("cpu")``, ``device("cuda")``, ``device("cuda:1")``,
+    ``device("cuda", 1)``."""
 
     def __init__(self, type_or_spec, index: int | None = None):
         if isinstance(type_or_spec, device):
@@ -62,14 +63,33 @@ def as_device(spec) -> device:
     return device(spec)
 
 
+def same_device(a: device, b: device) -> bool:
+    """True when ``a`` and ``b`` name one device (``cuda`` means the current GPU)."""
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        return _cuda_index(a) == _cuda_index(b)
+    return a.index == b.index
+
+
+def _cuda_index(dev: device) -> int | None:
+    if dev.index is not None or dev.type != "cuda":
+        return dev.index
+    cp = backend.cupy_module()
+    return None if cp is None else int(cp.cuda.runtime.getDevice())
+
+
 def move_array(array, target: device):
-    """Return ``array`` on ``target`` (the same object when it is already there)."""
+    """Return ``array`` on ``target`` (the same object when it is already there).
+
+    ``cuda`` without an index means the current GPU (``ddp.cuda.set_device``).
+    """
     if target.type == "cpu":
         return backend.to_numpy(array)
     cp = backend.cupy_module()
     if cp is None:
         raise RuntimeError(f"cannot move a tensor to {target}: {backend.cupy_unavailable_reason()}")
-    index = 0 if target.index is None else target.index
+    index = int(cp.cuda.runtime.getDevice()) if target.index is None else target.index
     if backend.is_cupy_array(array) and array.device.id == index:
         return array
     with cp.cuda.Device(index):

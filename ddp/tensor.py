@@ -19,7 +19,7 @@ from ddp import dtypes
 from ddp.autograd import engine
 from ddp.autograd.function import AccumulateGrad
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
-from ddp.device import as_device, device_of, move_array
+from ddp.device import as_device, device_of, move_array, same_device
 from ddp.utils.hooks import RemovableHandle
 
 
@@ -265,7 +265,7 @@ class Tensor:
         result = self
         if target_device is not None:
             dev = as_device(target_device)
-            if dev != self.device:
+            if not same_device(dev, self.device):
                 result = ops.to_device(result, dev)
         if target_dtype is not None:
             np_dtype = dtypes.to_numpy_dtype(target_dtype)

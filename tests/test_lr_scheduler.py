@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import pytest
@@ -74,7 +75,7 @@ def test_initial_lr_recorded_and_last_epoch_counts():
 
 
 @pytest.mark.parametrize("name", ["CosineAnnealingLR", "MultiStepLR", "SequentialLR",
-                                  "LambdaLR"])
+                                  "LambdaLR", "LinearLR"])
 def test_state_dict_round_trip_continues_identically(name):
     opt = _optimizer(ddp)
     sched = SCHEDULERS[name](lr_scheduler, opt)
@@ -89,10 +90,14 @@ def test_state_dict_round_trip_continues_identically(name):
         sched.step()
         expected.append(sched.get_last_lr())
 
+    buf = io.BytesIO()  # through a checkpoint file, as a training job resumes
+    ddp.save({"sched": saved_sched, "opt": saved_opt}, buf)
+    buf.seek(0)
+    checkpoint = ddp.load(buf)
     opt2 = _optimizer(ddp)
     sched2 = SCHEDULERS[name](lr_scheduler, opt2)
-    opt2.load_state_dict(saved_opt)
-    sched2.load_state_dict(saved_sched)
+    opt2.load_state_dict(checkpoint["opt"])
+    sched2.load_state_dict(checkpoint["sched"])
     got = []
     for _ in range(6):
         opt2.step()

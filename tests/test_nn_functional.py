@@ -21,6 +21,8 @@ def test_erf_matches_math_erf_to_1e_15():
     np.testing.assert_allclose(erf(x), ref, rtol=2e-15, atol=1e-16)
     assert erf(np.array([np.inf, -np.inf])).tolist() == [1.0, -1.0]
     assert np.isnan(erf(np.array([np.nan])))[0]
+    big = np.random.default_rng(0).standard_normal((3, 40001)) * 3  # the blocked path
+    np.testing.assert_allclose(erf(big), np.vectorize(math.erf)(big), rtol=2e-15, atol=1e-16)
     x32 = np.linspace(-5, 5, 1001, dtype=np.float32)
     assert erf(x32).dtype == np.float32
     np.testing.assert_allclose(erf(x32), [math.erf(v) for v in x32.astype(float)], atol=3e-7)

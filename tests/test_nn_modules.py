@@ -96,7 +96,7 @@ def test_state_dict_round_trip_in_place():
     result = b.load_state_dict(a.state_dict())
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert b.fc1.weight is weight_obj and b.fc1.weight.array is array_obj
-    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         np.testing.assert_array_equal(pa.numpy() if not pa.requires_grad else pa.detach().numpy(),
                                       pb.detach().numpy())
     sd = a.state_dict()
@@ -130,7 +130,7 @@ def test_to_dtype_keeps_parameter_objects_and_grads():
     returned = net.to(ddp.float64)
     assert returned is net
     assert list(net.parameters()) == params
-    assert all(a is b for a, b in zip(net.parameters(), params))
+    assert all(a is b for a, b in zip(net.parameters(), params, strict=True))
     assert all(p.dtype == ddp.float64 and p.grad.dtype == ddp.float64 for p in params)
     assert net.steps.dtype == ddp.float64
     out = net(ddp.randn(2, 4, dtype=ddp.float64))
@@ -258,14 +258,14 @@ def test_clip_grad_norm_and_value_vs_torch():
     for norm_type in (2.0, 1.0, math.inf, 3.0):
         dp = [nn.Parameter(ddp.zeros(*g.shape)) for g in grads]
         tp = [torch.nn.Parameter(torch.zeros(*g.shape)) for g in grads]
-        for d, t, g in zip(dp, tp, grads):
+        for d, t, g in zip(dp, tp, grads, strict=True):
             d.grad = ddp.tensor(g.copy())
             t.grad = torch.tensor(g.copy())
         dn = nn.utils.clip_grad_norm_(dp, 0.5, norm_type=norm_type)
         tn = torch.nn.utils.clip_grad_norm_(tp, 0.5, norm_type=norm_type)
         assert isinstance(dn, ddp.Tensor)
         np.testing.assert_allclose(float(dn), float(tn), rtol=1e-5)
-        for d, t in zip(dp, tp):
+        for d, t in zip(dp, tp, strict=True):
             np.testing.assert_allclose(d.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
     p = nn.Parameter(ddp.zeros(3))
     p.grad = ddp.tensor([float("nan"), 1.0, 2.0])

@@ -153,8 +153,9 @@ class Function(Node):
                 array = arg.array
                 if first is None:
                     first = array
-                elif type(array) is not type(first):
-                    _raise_device_mismatch(cls, args)
+                elif type(array) is not type(first) or (
+                        type(first) is not np.ndarray and array.device != first.device):
+                    _raise_device_mismatch(cls, args)  # NumPy vs CuPy, or two GPUs
                 arrays.append(array)
                 if record and arg._requires_grad:
                     if needs is None:

@@ -13,7 +13,7 @@ import threading
 
 from ddp.distributed.process_group import ProcessGroup
 
-BACKENDS = ("local", "threads", "mpi")
+BACKENDS = ("local", "threads", "mpi", "nccl")
 
 _process_group: ProcessGroup | None = None
 _local = threading.local()  # .group (threads backend), .init_pending (spawn did init for fn)
@@ -80,7 +80,9 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
     Args:
         backend: "mpi", "local" or None (auto: "mpi" when launched by mpiexec/mpirun/srun with
             more than one rank, otherwise "local", a world of one that never imports mpi4py).
-            "gloo" and "nccl" are accepted as aliases of auto. "threads" is only available
+            "nccl": GPU collectives through CuPy's NCCL bindings over an MPI bootstrap (one
+            rank per GPU); without a usable GPU it falls back to auto, so torch scripts that
+            ask for it still run on CPU. "gloo" is an alias of auto. "threads" is only available
             inside :func:`ddp.distributed.spawn` (or ``ddprun --threads``), which initialises
             each rank itself; calling this there once is allowed and does nothing.
         init_method, world_size, rank: accepted for torch compatibility; with MPI the launcher
@@ -103,7 +105,12 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
             f"init_process_group: the default process group is already initialised (backend "
             f"{_process_group.backend}); call destroy_process_group() first"
         )
-    if backend in (None, "gloo", "nccl", "auto"):
+    if backend == "nccl":
+        from ddp.backend import cupy_module
+
+        if cupy_module() is None:
+            backend = None  # no GPU here: run the torch script on CPU (see the docstring)
+    if backend in (None, "gloo", "auto"):
         backend = "mpi" if launched_with_several_ranks() else "local"
     backend = backend.lower()
     if backend == "local":
@@ -114,6 +121,10 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
         from ddp.distributed.mpi_backend import init_mpi_world
 
         pg = init_mpi_world()
+    elif backend == "nccl":
+        from ddp.distributed.nccl_backend import init_nccl_world
+
+        pg = init_nccl_world()
     elif backend == "threads":
         raise RuntimeError(
             "init_process_group('threads'): simulated ranks are threads started by "

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ddp.backend import get_array_module, to_numpy
+from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
 from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
 from ddp.distributed.reduce_op import ReduceOp, Work
 
@@ -35,16 +35,46 @@ def _op(op: ReduceOp):
     }[op]
 
 
+# With a CUDA-aware MPI (Open MPI/MVAPICH built with CUDA) set DDP_MPI_CUDA_AWARE=1 to hand
+# CuPy arrays to MPI directly (mpi4py reads __cuda_array_interface__) instead of staging them.
+CUDA_AWARE = os.environ.get("DDP_MPI_CUDA_AWARE", "0") == "1"
+
+
+def _mpi_buffer(array):
+    """What MPI reads: the array itself (NumPy, or CuPy with CUDA-aware MPI) or a host copy."""
+    if isinstance(array, np.ndarray):
+        return array
+    if CUDA_AWARE and is_cupy_array(array):
+        cupy_module().cuda.get_current_stream().synchronize()  # MPI does not see our streams
+        return array
+    return to_numpy(array)
+
+
 class _HostStage:
-    """A host array for MPI to work on; for CuPy arrays a copy that ``commit()`` writes back."""
+    """A buffer for MPI to work on; for staged CuPy arrays a copy ``commit()`` writes back."""
 
     def __init__(self, array):
         self.array = array
-        self.host = to_numpy(array)
+        self.host = _mpi_buffer(array)
 
     def commit(self) -> None:
         if self.host is not self.array:
             self.array[...] = get_array_module(self.array).asarray(self.host)
+
+
+class _RequestWork(Work):
+    """Work of a non-blocking MPI collective; ``is_completed()`` tests the request.
+
+    MPI progresses non-blocking collectives only inside MPI calls, so polling
+    ``is_completed()`` while computing is what moves the data along.
+    """
+
+    def __init__(self, request, finish):
+        super().__init__(finish)
+        self._request = request
+
+    def is_completed(self) -> bool:
+        return self._done or bool(self._request.Test())
 
 
 class MPIProcessGroup(ProcessGroup):
@@ -92,7 +122,7 @@ class MPIProcessGroup(ProcessGroup):
                 stage.host /= self._size
             stage.commit()
 
-        return Work(finish)
+        return _RequestWork(request, finish)
 
     def _broadcast(self, array, src: int, desc: str | None) -> None:
         if desc is not None:
@@ -105,14 +135,14 @@ class MPIProcessGroup(ProcessGroup):
         if desc is not None:
             self._verify(desc)
         out = _HostStage(out_array)
-        self.comm.Allgather(to_numpy(in_array), out.host)
+        self.comm.Allgather(_mpi_buffer(in_array), out.host)
         out.commit()
 
     def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
         if desc is not None:
             self._verify(desc)
         out = _HostStage(out_array)
-        self.comm.Reduce_scatter_block(to_numpy(in_array), out.host, op=_op(op))
+        self.comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
         if op is ReduceOp.AVG:
             out.host /= self._size
         out.commit()

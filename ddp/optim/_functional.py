@@ -11,6 +11,9 @@ The formulas mirror ``torch.optim.sgd._single_tensor_sgd`` and
 
 from __future__ import annotations
 
+import numpy as np
+
+from ddp import kernels
 from ddp.backend import get_array_module
 
 
@@ -77,6 +80,11 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_a
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         step_t += 1
         step = float(step_t)
+        if type(param) is not np.ndarray and not amsgrad:  # GPU: one fused launch
+            kernels.adam_update(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                                beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                decoupled=decoupled_weight_decay, maximize=maximize)
+            continue
 
         if weight_decay != 0 and decoupled_weight_decay:
             param *= 1.0 - lr * weight_decay

@@ -21,7 +21,7 @@ from ddp.tensor import Tensor
 
 @dataclass
 class ShardParam:
-    """A tensor viewing ``[lo, hi)`` (global offsets) of the flat ``dtype`` buffer, group ``group``."""
+    """A tensor viewing ``[lo, hi)`` (global offsets) of flat buffer ``dtype``, in ``group``."""
 
     tensor: Tensor
     group: int

@@ -28,8 +28,8 @@ import numpy as np
 from ddp.backend import get_array_module
 from ddp.distributed.optim import shard_state
 from ddp.distributed.optim.flat_layout import FlatLayout
-from ddp.distributed.optim.sharded_grads import ReplicatedGrads, ShardedGrads
 from ddp.distributed.optim.shard_state import ShardParam
+from ddp.distributed.optim.sharded_grads import ReplicatedGrads, ShardedGrads
 from ddp.distributed.reduce_op import ReduceOp
 from ddp.optim.optimizer import Optimizer
 from ddp.tensor import Tensor

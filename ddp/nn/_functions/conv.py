@@ -8,6 +8,8 @@ Backward is two GEMMs and a ``col2im`` that adds the column gradient back at eac
 
 from __future__ import annotations
 
+import numpy as np
+
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 
@@ -30,9 +32,11 @@ def _windows(xp_arr, kernel, stride, dilation):
     wo = (w - dw * (kw - 1) - 1) // sw + 1
     s = xp_arr.strides
     xp = get_array_module(xp_arr)
-    return xp.lib.stride_tricks.as_strided(
-        xp_arr, (n, c, ho, wo, kh, kw),
-        (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
+    shape = (n, c, ho, wo, kh, kw)
+    strides = (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw)
+    if xp is not np:  # CuPy's as_strided has no ``writeable`` argument
+        return xp.lib.stride_tricks.as_strided(xp_arr, shape, strides)
+    return np.lib.stride_tricks.as_strided(xp_arr, shape, strides, writeable=False)
 
 
 def _col2im(dwin, padded_shape, stride, dilation, dtype, xp):
@@ -105,8 +109,8 @@ class Conv2d(Function):
 class MaxPool2d(Function):
     """Maximum over each window; the gradient goes to the first maximal element, as in torch.
 
-    The running maximum and the offset that holds it are updated one kernel offset at a time
-    (kh*kw vectorised passes over the output), which avoids copying the windows.
+    Both directions make kh*kw vectorised passes, one per kernel offset, over strided views of
+    the input: no window copies. Backward finds, per window, the first offset equal to the max.
     """
 
     @staticmethod
@@ -116,39 +120,35 @@ class MaxPool2d(Function):
         win = _windows(xpad, kernel, stride, dilation)
         kh, kw = kernel
         best = win[:, :, :, :, 0, 0].copy()
-        arg = xp.zeros(best.shape, dtype=xp.int16)
         for t in range(1, kh * kw):
-            v = win[:, :, :, :, t // kw, t % kw]
-            better = v > best
-            xp.copyto(best, v, where=better)
-            xp.copyto(arg, t, where=better)
-        ctx.save_for_backward(arg)
-        ctx.meta = (x.shape, xpad.shape, kernel, stride, padding, dilation)
+            xp.maximum(best, win[:, :, :, :, t // kw, t % kw], out=best)
+        ctx.save_for_backward(xpad, best)
+        ctx.meta = (kernel, stride, padding, dilation)
         return best
 
     @staticmethod
     def backward(ctx, grad):
-        (arg,) = ctx.saved_tensors
-        x_shape, pad_shape, (kh, kw), stride, padding, dilation = ctx.meta
+        xpad, best = ctx.saved_tensors
+        (kh, kw), stride, padding, dilation = ctx.meta
         xp = get_array_module(grad)
-        n, c, ho, wo = grad.shape
-        if stride == (kh, kw) and padding == (0, 0) and dilation == (1, 1):
-            # Non-overlapping windows: build (N, C, Ho, kh, Wo, kw) in one vectorised select.
-            offsets = (xp.arange(kh)[:, None] * kw + xp.arange(kw)).astype(arg.dtype)
-            hit = arg[:, :, :, None, :, None] == offsets[None, None, None, :, None, :]
-            blocks = xp.where(hit, grad[:, :, :, None, :, None], grad.dtype.type(0))
-            tiled = blocks.reshape(n, c, ho * kh, wo * kw)
-            if tiled.shape[2:] == tuple(x_shape[2:]):
-                return tiled, None, None, None, None
-            out = xp.zeros(x_shape, dtype=grad.dtype)
-            out[:, :, :ho * kh, :wo * kw] = tiled
-            return out, None, None, None, None
+        ho, wo = grad.shape[2:]
         sh, sw = stride
         dh, dw = dilation
-        out = xp.zeros(pad_shape, dtype=grad.dtype)
+        overlapping = sh < dh * (kh - 1) + 1 or sw < dw * (kw - 1) + 1
+        out = xp.zeros(xpad.shape, dtype=grad.dtype)
+        taken = None
         for i in range(kh):
             for j in range(kw):
-                out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += xp.where(
-                        arg == i * kw + j, grad, grad.dtype.type(0))
+                rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+                hit = xpad[:, :, rows, cols] == best
+                if taken is None:
+                    taken = hit
+                else:
+                    hit &= ~taken
+                    taken |= hit
+                if overlapping:
+                    out[:, :, rows, cols] += grad * hit
+                else:
+                    xp.multiply(grad, hit, out=out[:, :, rows, cols])
         return _crop(out, padding), None, None, None, None

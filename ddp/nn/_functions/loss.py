@@ -6,6 +6,9 @@ and flattened to ``(M, C)`` inside the node, so the graph holds one node per los
 
 from __future__ import annotations
 
+import numpy as np
+
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import unbroadcast
@@ -88,13 +91,20 @@ class CrossEntropy(Function):
         m, c = x2.shape
         safe, w_t, valid = _prepare_targets(target, sample_shape, c, ignore_index, weight,
                                             x.dtype)
+        eps = label_smoothing
+        if xp is not np and eps == 0.0:  # GPU: softmax and NLL in one fused launch
+            e, nll = kernels.softmax_nll(x2, safe)
+            ctx.save_for_backward(e, safe, w_t, valid, weight)
+            ctx.x_shape = x.shape
+            ctx.reduction = reduction
+            ctx.eps = eps
+            return _reduce(nll * w_t, w_t, reduction, sample_shape, ctx)
         shifted = x2 - x2.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
         lse = xp.log(s)[:, 0]
         rows = xp.arange(m)
         per_sample = (lse - shifted[rows, safe]) * w_t
-        eps = label_smoothing
         if eps > 0.0:
             if weight is None:
                 smooth = c * lse - shifted.sum(axis=1)

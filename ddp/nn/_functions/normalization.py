@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 
@@ -19,6 +22,14 @@ class LayerNorm(Function):
     def forward(ctx, x, weight, bias, ndims, eps):
         xp = get_array_module(x)
         axes = tuple(range(x.ndim - ndims, x.ndim))
+        ctx.axes = axes
+        ctx.has_bias = bias is not None
+        if xp is not np:  # GPU: one fused launch over (rows, normalised size)
+            rows = x.reshape(-1, int(np.prod(x.shape[x.ndim - ndims:], dtype=np.int64)))
+            out, xhat, rstd = kernels.layer_norm_forward(rows, weight, bias, eps)
+            ctx.save_for_backward(xhat.reshape(x.shape), rstd, weight)
+            ctx.fused_rows = rows.shape
+            return out.reshape(x.shape)
         mean = x.mean(axis=axes, keepdims=True)
         xhat = x - mean
         var = (xhat * xhat).mean(axis=axes, keepdims=True)
@@ -40,6 +51,11 @@ class LayerNorm(Function):
         needs = ctx.needs_input_grad
         lead = tuple(range(grad.ndim - len(axes)))
         gx = gw = gb = None
+        if getattr(ctx, "fused_rows", None) is not None and needs[0]:
+            gx = kernels.layer_norm_backward_input(grad.reshape(ctx.fused_rows),
+                                                   xhat.reshape(ctx.fused_rows), rstd,
+                                                   weight).reshape(grad.shape)
+            needs = (False,) + tuple(needs[1:])
         if weight is not None and needs[1]:
             gw = (grad * xhat).sum(axis=lead)
         if ctx.has_bias and needs[2]:

@@ -17,6 +17,8 @@ Collective points (every rank must reach them, in the same order):
 from __future__ import annotations
 
 import hashlib
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,7 +67,8 @@ class DistributedDataParallel(Module):
 
     def __init__(self, module: Module, device_ids=None, output_device=None,
                  broadcast_buffers: bool = True, process_group=None, bucket_cap_mb: float = 25,
-                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False):
+                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False,
+                 comm_mode: str | None = None):
         super().__init__()
         if bucket_cap_mb is None:
             bucket_cap_mb = 25
@@ -97,7 +100,8 @@ class DistributedDataParallel(Module):
         self.reducer = Reducer([p for _, p in trained], [name for name, _ in trained], comm_pg,
                                bucket_cap_mb=bucket_cap_mb,
                                find_unused_parameters=find_unused_parameters,
-                               gradient_as_bucket_view=gradient_as_bucket_view)
+                               gradient_as_bucket_view=gradient_as_bucket_view,
+                               comm_mode=comm_mode or default_comm_mode())
         layout = "; ".join(
             f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
             for b in self.reducer.buckets
@@ -106,6 +110,8 @@ class DistributedDataParallel(Module):
         # Bucket order is now known to agree on all ranks, and it alone fixes the order of the
         # reducer's collectives: skip the per-collective consensus check on this channel.
         comm_pg.check_collectives = False
+        for _, p in trained:  # lets a sharded optimizer take gradient sync over (ZeRO stage 2)
+            p._ddp_reducer = weakref.ref(self.reducer)
 
     def forward(self, *inputs, **kwargs):
         """Run the wrapped module; arms gradient synchronisation for the next backward."""
@@ -135,6 +141,11 @@ class DistributedDataParallel(Module):
             yield
         finally:
             self.require_backward_grad_sync = previous
+
+
+def default_comm_mode() -> str:
+    """``DDP_COMM_MODE`` from the environment, else "thread" (see ``comm_mode``)."""
+    return os.environ.get("DDP_COMM_MODE", "thread")
 
 
 def _resolve_group(process_group):

@@ -8,12 +8,22 @@ Life of one synchronised backward (see ``DistributedDataParallel`` for the user-
    engine task, marks every parameter the loss cannot reach as ready at once (so nothing waits
    for a hook that will never fire) and queues ``_finalize`` for the end of the task.
 3. A leaf's post-accumulate-grad hook copies its ``.grad`` into its slot of a flat bucket
-   buffer. When a bucket's last slot is filled, the bucket and any ready successors are handed,
-   strictly in bucket-index order, to the communication thread, which all-reduces and divides by
-   the world size while backward goes on.
+   buffer, divided by the world size on the way when that is exact (see ``__init__``). When a
+   bucket's last slot is filled, the bucket and any ready successors are launched, strictly in
+   bucket-index order, according to ``comm_mode``:
+
+   * ``"thread"``: handed to the communication thread, which runs blocking all-reduces while
+     backward goes on (NumPy and MPI release the GIL);
+   * ``"nonblocking"``: started at once with a non-blocking all-reduce (``MPI_Iallreduce``)
+     from the backward thread, which tests it at every later hook so MPI progresses it;
+   * ``"sync"``: nothing yet; ``_finalize`` all-reduces every bucket in the backward thread.
 4. ``_finalize`` marks any parameter still missing as ready (a reachable leaf whose gradient was
    None never fires its hook), optionally all-reduces the usage bitmap, waits for every bucket
    and writes the averages back into ``.grad``.
+
+The modes differ only in when and from which thread the same collectives run; which is fastest
+depends on the machine (see docs/benchmarks.md): a communication thread needs a spare core to
+overlap, and costs a GIL hand-off per bucket.
 
 Every rank issues the same collectives in the same order: bucket ``k`` is launched only after
 buckets ``0..k-1``, bucket membership is a function of the (verified identical) parameter list,
@@ -37,6 +47,7 @@ from ddp.profiler import timeline
 from ddp.tensor import Tensor
 
 _MB = 1024 * 1024
+COMM_MODES = ("thread", "nonblocking", "sync")
 
 
 @dataclass
@@ -74,12 +85,12 @@ def assign_buckets(arrays: list, cap_bytes: int, first_cap_bytes: int) -> list[l
     return closed
 
 
-def _allreduce_mean(process_group, buffer, world_size: int, label: str = "allreduce",
-                    rank: int | None = None) -> None:
+def _allreduce_sum(process_group, buffer, divisor: int | None, label: str = "allreduce",
+                   rank: int | None = None) -> None:
     with timeline.span(label, "comm", rank=rank, bytes=int(buffer.nbytes)):
         process_group.allreduce(buffer)
-        if world_size > 1:
-            buffer /= world_size
+        if divisor is not None:
+            buffer /= divisor
 
 
 class Reducer:
@@ -97,18 +108,32 @@ class Reducer:
         gradient_as_bucket_view: after a synchronised backward, ``p.grad`` is a view into its
             bucket buffer (no copy back; the next backward accumulates directly into the bucket).
         first_bucket_cap_mb: cap of the first bucket (at most ``bucket_cap_mb``).
+        comm_mode: ``"thread"``, ``"nonblocking"`` or ``"sync"``: how buckets are all-reduced
+            (module docstring). Must be the same on all ranks.
     """
 
     def __init__(self, params: list[Tensor], names: list[str], process_group,
                  bucket_cap_mb: float = 25.0, find_unused_parameters: bool = False,
-                 gradient_as_bucket_view: bool = False, first_bucket_cap_mb: float = 1.0):
+                 gradient_as_bucket_view: bool = False, first_bucket_cap_mb: float = 1.0,
+                 comm_mode: str = "thread"):
         if bucket_cap_mb <= 0:
             raise ValueError(f"Invalid bucket_cap_mb: {bucket_cap_mb} (must be positive)")
+        if comm_mode not in COMM_MODES:
+            raise ValueError(f"Invalid comm_mode: {comm_mode!r} (expected one of {COMM_MODES})")
+        self.comm_mode = comm_mode
+        self._works: list = []  # comm_mode "nonblocking": (bucket, Work) in launch order
         self._params = list(params)
         self._names = list(names)
         self._pg = process_group
         self._rank = process_group.rank()
         self._world = process_group.size()
+        # Averaging: divide each gradient by the world size while copying it into its bucket
+        # (as torch's reducer does), so the SUM all-reduce yields the average with no extra pass.
+        # Exact only for a power-of-two world ((a/2 + b/2) == (a + b)/2 bitwise); otherwise the
+        # bucket is divided after the all-reduce, so results equal sum-then-divide either way.
+        exact = self._world & (self._world - 1) == 0
+        self._prescale = 1.0 / self._world if exact and self._world > 1 else None
+        self._postdivide = None if exact else self._world  # Python numbers: float32 stays so
         self.find_unused_parameters = find_unused_parameters
         self.gradient_as_bucket_view = gradient_as_bucket_view
 
@@ -144,6 +169,7 @@ class Reducer:
         self._next_bucket = 0
         self._backward_start = 0.0
         self.last_timeline: dict | None = None
+        self.sync_handed_over = False  # see hand_over_gradient_sync
 
     # ---------------------------------------------------------------------------- lifecycle
     def prepare_for_backward(self) -> None:
@@ -152,6 +178,8 @@ class Reducer:
         self._forward_thread = threading.get_ident()
 
     def _on_backward_start(self, task) -> None:
+        if self.sync_handed_over:
+            return
         if not self._expect_backward or threading.get_ident() != self._forward_thread:
             return
         if self._task is not None:  # the previous backward raised before finishing
@@ -159,6 +187,13 @@ class Reducer:
         reachable = {id(t) for t in task.leaves}
         if not any(id(p) in reachable for p in self._params):
             return  # a backward through something else: keep waiting for the real one
+        self._arm(task)
+        task.queue_callback(self._finalize)
+        for i, p in enumerate(self._params):
+            if id(p) not in reachable:
+                self._mark_ready(i)
+
+    def _arm(self, task) -> None:
         self._task = task
         self._ready = [False] * len(self._params)
         self._used[:] = 0
@@ -166,11 +201,25 @@ class Reducer:
         for bucket in self.buckets:
             bucket.pending = len(bucket.params)
         self._comm.events.clear()
+        self._works.clear()
         self._backward_start = time.perf_counter()
-        task.queue_callback(self._finalize)
-        for i, p in enumerate(self._params):
-            if id(p) not in reachable:
-                self._mark_ready(i)
+
+    def allreduce_grads(self) -> None:
+        """Collective: average every parameter's current ``.grad`` over the group, now.
+
+        The same buckets, collectives and write-back as a synchronised backward, for gradients
+        produced outside one (and to time the synchronisation alone). Call it on all ranks,
+        outside backward; a forward that armed synchronisation stays armed.
+        """
+        if self._task is not None or self.sync_handed_over:
+            raise RuntimeError("allreduce_grads() cannot run during a synchronised backward "
+                               "or after hand_over_gradient_sync()")
+        expect, forward_thread = self._expect_backward, self._forward_thread
+        self._arm(object())
+        for i in range(len(self._params)):
+            self._mark_ready(i)
+        self._finalize()
+        self._expect_backward, self._forward_thread = expect, forward_thread
 
     def _on_grad_ready(self, index: int) -> None:
         if self._task is None or engine.current_task() is not self._task:
@@ -189,23 +238,35 @@ class Reducer:
             view[...] = 0
         else:
             self._used[index] = 1
-            if grad.array is not view:  # with gradient_as_bucket_view it already is the slot
+            if grad.array is view:  # gradient_as_bucket_view: it already is the slot
+                if self._prescale is not None:
+                    view *= self._prescale
+            elif self._prescale is not None:
+                get_array_module(view).multiply(grad.array, self._prescale, out=view)
+            else:
                 view[...] = grad.array
         self._ready[index] = True
         bucket.pending -= 1
         if bucket.pending == 0:
             self._launch_ready_buckets()
+        elif self._works:
+            self._works[-1][1].is_completed()  # an MPI test call: lets the collectives progress
 
     def _launch_ready_buckets(self) -> None:
         buckets = self.buckets
         while self._next_bucket < len(buckets) and buckets[self._next_bucket].pending == 0:
             bucket = buckets[self._next_bucket]
             bucket.launched_at = time.perf_counter()
+            self._next_bucket += 1
+            if self.comm_mode == "sync":
+                continue  # all-reduced by _finalize
+            if self.comm_mode == "nonblocking":
+                self._works.append((bucket, self._pg.allreduce_async(bucket.buffer)))
+                continue
             self._comm.submit(f"bucket {bucket.index}",
-                              partial(_allreduce_mean, self._pg, bucket.buffer, self._world,
+                              partial(_allreduce_sum, self._pg, bucket.buffer, self._postdivide,
                                       f"allreduce bucket {bucket.index}",
                                       self._pg.global_ranks[self._rank]))
-            self._next_bucket += 1
 
     def _finalize(self) -> None:
         backward_end = time.perf_counter()
@@ -213,10 +274,11 @@ class Reducer:
             for i, ready in enumerate(self._ready):
                 if not ready:
                     self._mark_ready(i)
-            if self.find_unused_parameters:
+            if self.find_unused_parameters and self.comm_mode == "thread":
                 self._comm.submit("unused bitmap", partial(self._pg.allreduce, self._used))
             with timeline.span("ddp wait", "comm"):
                 self._comm.wait()
+                self._complete_in_this_thread()
         except BaseException as exc:
             self._reset(drain=True)
             message = (f"DistributedDataParallel: gradient synchronisation failed on rank "
@@ -238,12 +300,39 @@ class Reducer:
             "comm": list(self._comm.events),
         }
 
+    def _complete_in_this_thread(self) -> None:
+        """Finish the collectives of comm modes "nonblocking" and "sync", in bucket order."""
+        events = self._comm.events
+        if self.comm_mode == "nonblocking":
+            works, self._works = self._works, []
+            for bucket, work in works:
+                start = time.perf_counter()
+                work.wait()
+                if self._postdivide is not None:
+                    bucket.buffer /= self._postdivide
+                events.append((f"bucket {bucket.index}", start, time.perf_counter()))
+        elif self.comm_mode == "sync":
+            for bucket in self.buckets:
+                start = time.perf_counter()
+                _allreduce_sum(self._pg, bucket.buffer, self._postdivide,
+                               f"allreduce bucket {bucket.index}",
+                               self._pg.global_ranks[self._rank])
+                events.append((f"bucket {bucket.index}", start, time.perf_counter()))
+        if self.comm_mode != "thread" and self.find_unused_parameters:
+            self._pg.allreduce(self._used)
+
     def _reset(self, drain: bool) -> None:
         if drain:
             try:
                 self._comm.wait()
             except BaseException:  # noqa: S110 - already failing; the caller reports
                 pass
+            works, self._works = self._works, []
+            for _, work in works:  # MPI must be done with the buffers before they are reused
+                try:
+                    work.wait()
+                except BaseException:  # noqa: S110
+                    pass
         self._task = None
         self._expect_backward = False
 
@@ -262,6 +351,18 @@ class Reducer:
                 p.grad = Tensor(view.copy())
             else:
                 grad.array[...] = view
+
+    def hand_over_gradient_sync(self) -> None:
+        """Stop synchronising gradients for good: another component reduces them itself.
+
+        ZeRO stage 2 calls this (it reduce-scatters the same gradients), so gradients are not
+        all-reduced AND reduce-scattered. Must be called on every rank (not a collective); the
+        bucket buffers are released.
+        """
+        self.sync_handed_over = True
+        for bucket in self.buckets:
+            bucket.buffer = bucket.buffer[:0]
+        self._slots = [None] * len(self._slots)
 
     def close(self) -> None:
         """Stop the communication thread (the reducer is unusable afterwards)."""

@@ -1,0 +1,228 @@
+"""The ``nccl`` backend: GPU collectives through CuPy's NCCL bindings, bootstrapped over MPI.
+
+Rank 0 creates the NCCL unique id and sends it to the others with mpi4py; each rank then
+builds a ``cupy.cuda.nccl.NcclCommunicator`` on GPU ``local_rank % device_count``. NCCL refuses
+two ranks on one GPU, so run one rank per GPU (``mpiexec -n <GPUs per node>``).
+
+Ordering: every collective runs on the group's own CUDA stream. Before it starts, that stream
+waits on an event recorded on the caller's current (compute) stream, so it sees every kernel
+queued before the call; afterwards the caller's stream waits on an event recorded after the
+collective, so later kernels see the result. The host does not block (as in torch): the result
+is ready for any kernel or copy queued afterwards on the caller's stream. ``Work.wait()`` of an
+async collective does the same stream wait.
+
+Host (NumPy) arrays, object collectives, ``barrier`` and the mismatch check go through the MPI
+group underneath, so code that mixes small host buffers (ZeRO's norms and flags) keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddp.backend import cupy_module, cupy_unavailable_reason, is_cupy_array
+from ddp.distributed.mpi_backend import MPIProcessGroup
+from ddp.distributed.process_group import ProcessGroup
+from ddp.distributed.reduce_op import ReduceOp, Work
+
+_DTYPES = {  # NumPy dtype char -> name of the NCCL constant in cupy.cuda.nccl
+    "b": "NCCL_INT8", "B": "NCCL_UINT8", "?": "NCCL_UINT8", "i": "NCCL_INT32",
+    "I": "NCCL_UINT32", "l": "NCCL_INT64", "L": "NCCL_UINT64", "q": "NCCL_INT64",
+    "Q": "NCCL_UINT64", "e": "NCCL_FLOAT16", "f": "NCCL_FLOAT32", "d": "NCCL_FLOAT64",
+}
+_OPS = {ReduceOp.SUM: "NCCL_SUM", ReduceOp.AVG: "NCCL_SUM", ReduceOp.PRODUCT: "NCCL_PROD",
+        ReduceOp.MIN: "NCCL_MIN", ReduceOp.MAX: "NCCL_MAX"}
+
+
+def nccl_module():
+    """``cupy.cuda.nccl``; RuntimeError saying why when CuPy, a GPU or libnccl is missing."""
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError(f"backend 'nccl' needs CuPy and a GPU: {cupy_unavailable_reason()}")
+    nccl = cp.cuda.nccl  # a CuPy submodule, reached through backend's cupy
+
+    if not getattr(nccl, "available", True):
+        raise RuntimeError("backend 'nccl': CuPy cannot load libnccl.so.2 (install the "
+                           "nvidia-nccl-cu13 wheel or NCCL itself)")
+    return nccl
+
+
+def _nccl_dtype(nccl, array) -> int:
+    try:
+        return getattr(nccl, _DTYPES[array.dtype.char])
+    except KeyError:
+        raise TypeError(f"backend 'nccl' does not support dtype {array.dtype}") from None
+
+
+class NCCLProcessGroup(ProcessGroup):
+    """A group whose CuPy-array collectives run in NCCL; see the module docstring."""
+
+    backend = "nccl"
+
+    def __init__(self, mpi_group: MPIProcessGroup, device_index: int | None = None,
+                 name: str | None = None):
+        super().__init__(mpi_group.rank(), mpi_group.size(), mpi_group.global_ranks,
+                         name or mpi_group.name)
+        cp = cupy_module()
+        nccl = nccl_module()
+        self.mpi = mpi_group
+        self.local_rank = mpi_group.local_rank
+        if device_index is None:
+            local = mpi_group.local_rank if mpi_group.local_rank is not None else self._rank
+            device_index = local % cp.cuda.runtime.getDeviceCount()
+        self.device_index = device_index
+        self._nccl = nccl
+        uid = nccl.get_unique_id() if self._rank == 0 else None
+        uid = mpi_group.comm.bcast(uid, root=0)  # collective over the MPI group: all ranks
+        with cp.cuda.Device(device_index):
+            self._comm = nccl.NcclCommunicator(self._size, uid, self._rank)
+            self._stream = cp.cuda.Stream(non_blocking=True)
+
+    # ------------------------------------------------------------------ stream choreography
+    def _run(self, launch) -> Any:
+        """Run ``launch(stream_ptr)`` on the group's stream, ordered after the caller's work.
+
+        Returns the event recorded after it on the group's stream.
+        """
+        cp = cupy_module()
+        with cp.cuda.Device(self.device_index):
+            ready = cp.cuda.Event(disable_timing=True)
+            ready.record(cp.cuda.get_current_stream())
+            self._stream.wait_event(ready)
+            launch(self._stream.ptr)
+            done = cp.cuda.Event(disable_timing=True)
+            done.record(self._stream)
+        return done
+
+    @staticmethod
+    def _join(done) -> None:
+        """Make the caller's current stream wait for ``done`` (no host blocking)."""
+        cupy_module().cuda.get_current_stream().wait_event(done)
+
+    def _check_device(self, *arrays) -> None:
+        for a in arrays:
+            if a.device.id != self.device_index:
+                raise RuntimeError(
+                    f"backend 'nccl' rank {self._rank}: array on cuda:{a.device.id}, but this "
+                    f"rank's communicator is on cuda:{self.device_index}"
+                )
+
+    def _divide(self, array) -> None:
+        """``array /= size`` on the group's stream (AVG is SUM then a division)."""
+        with cupy_module().cuda.Device(self.device_index), self._stream:
+            array /= self._size
+
+    # ------------------------------------------------------------------- array collectives
+    def _verify(self, description: str) -> None:
+        self.mpi._verify(description)
+
+    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
+        done = self._allreduce_start(array, op, desc)
+        if done is not None:
+            self._join(done)
+
+    def _allreduce_async(self, array, op: ReduceOp, desc: str | None) -> Work:
+        if not is_cupy_array(array):
+            return self.mpi._allreduce_async(array, op, desc)
+        done = self._allreduce_start(array, op, desc)
+        return Work(lambda: self._join(done))
+
+    def _allreduce_start(self, array, op: ReduceOp, desc: str | None):
+        if not is_cupy_array(array):
+            self.mpi._allreduce(array, op, desc)
+            return None
+        if desc is not None:
+            self._verify(desc)
+        self._check_device(array)
+        nccl = self._nccl
+        kind, count = _nccl_dtype(nccl, array), array.size
+        nop = getattr(nccl, _OPS[op])
+        ptr = array.data.ptr
+        done = self._run(lambda s: self._comm.allReduce(ptr, ptr, count, kind, nop, s))
+        if op is ReduceOp.AVG:
+            self._divide(array)
+            done = self._record()
+        return done
+
+    def _record(self):
+        cp = cupy_module()
+        with cp.cuda.Device(self.device_index):
+            event = cp.cuda.Event(disable_timing=True)
+            event.record(self._stream)
+        return event
+
+    def _broadcast(self, array, src: int, desc: str | None) -> None:
+        if not is_cupy_array(array):
+            return self.mpi._broadcast(array, src, desc)
+        if desc is not None:
+            self._verify(desc)
+        self._check_device(array)
+        kind, ptr = _nccl_dtype(self._nccl, array), array.data.ptr
+        self._join(self._run(lambda s: self._comm.broadcast(ptr, ptr, array.size, kind, src, s)))
+
+    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+        if not (is_cupy_array(out_array) and is_cupy_array(in_array)):
+            return self.mpi._allgather(out_array, in_array, desc)
+        if desc is not None:
+            self._verify(desc)
+        self._check_device(out_array, in_array)
+        kind = _nccl_dtype(self._nccl, in_array)
+        sptr, rptr, n = in_array.data.ptr, out_array.data.ptr, in_array.size
+        self._join(self._run(lambda s: self._comm.allGather(sptr, rptr, n, kind, s)))
+
+    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+        if not (is_cupy_array(out_array) and is_cupy_array(in_array)):
+            return self.mpi._reduce_scatter(out_array, in_array, op, desc)
+        if desc is not None:
+            self._verify(desc)
+        self._check_device(out_array, in_array)
+        nccl = self._nccl
+        kind, nop = _nccl_dtype(nccl, in_array), getattr(nccl, _OPS[op])
+        sptr, rptr, n = in_array.data.ptr, out_array.data.ptr, out_array.size
+        self._run(lambda s: self._comm.reduceScatter(sptr, rptr, n, kind, nop, s))
+        if op is ReduceOp.AVG:
+            self._divide(out_array)
+        self._join(self._record())
+
+    def _barrier(self, desc: str | None) -> None:
+        """Host barrier after this rank's queued GPU work (compute and collectives) finished."""
+        cp = cupy_module()
+        with cp.cuda.Device(self.device_index):
+            cp.cuda.get_current_stream().synchronize()
+            self._stream.synchronize()
+        self.mpi._barrier(desc)
+
+    def _allgather_object(self, obj: Any, desc: str | None) -> list:
+        return self.mpi._allgather_object(obj, desc)
+
+    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
+        return self.mpi._broadcast_object(obj, src, desc)
+
+    def _dup(self, desc: str) -> ProcessGroup:
+        return NCCLProcessGroup(self.mpi._dup(desc), self.device_index, self.name + ".dup")
+
+    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
+        sub = self.mpi._new_subgroup(ranks, desc)
+        return None if sub is None else NCCLProcessGroup(sub, self.device_index)
+
+    def _destroy(self) -> None:
+        comm, self._comm = getattr(self, "_comm", None), None
+        if comm is not None:
+            self._stream.synchronize()
+            comm.destroy()
+        self.mpi._destroy()
+
+
+def init_nccl_world() -> NCCLProcessGroup:
+    """The WORLD group: MPI's WORLD for bootstrap/objects, NCCL on GPU local_rank % count."""
+    from ddp.distributed.mpi_backend import init_mpi_world
+
+    nccl_module()  # fail before touching MPI when NCCL cannot work here
+    mpi_world = init_mpi_world()
+    try:
+        pg = NCCLProcessGroup(mpi_world)
+    except BaseException:
+        mpi_world._destroy()
+        raise
+    cupy_module().cuda.Device(pg.device_index).use()  # tensors default to this rank's GPU
+    return pg
+

@@ -1,0 +1,68 @@
+"""Fused kernels behind one dispatch point: CUDA on CuPy arrays, NumPy reference otherwise.
+
+ops, nn and optim call these functions and never pick an implementation themselves::
+
+    y, saved = kernels.gelu_forward(x, "none")     # one CUDA launch on a GPU
+
+On NumPy arrays each function runs ``ddp.kernels.reference`` (the composed maths the CPU code
+uses); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``. ``DDP_FUSED_KERNELS=0``
+makes GPU arrays take the reference path too (for A/B timing and debugging).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ddp.kernels import reference
+
+FUSED = os.environ.get("DDP_FUSED_KERNELS", "1") != "0"
+
+
+def _impl(array):
+    """The implementation module for ``array``: ``reference`` unless a fused kernel applies."""
+    if type(array) is np.ndarray or not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
+        return reference
+    from ddp.backend import is_cupy_array
+
+    if not is_cupy_array(array):
+        return reference
+    from ddp.kernels import cuda
+
+    return cuda
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
+                beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                maximize: bool) -> None:
+    """One Adam/AdamW step in place; ``step`` counts this step (1 on the first)."""
+    _impl(param).adam_update(param, grad, exp_avg, exp_avg_sq, step=float(step), lr=float(lr),
+                             beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+                             weight_decay=float(weight_decay), decoupled=bool(decoupled),
+                             maximize=bool(maximize))
+
+
+def gelu_forward(x, approximate: str = "none"):
+    """``(gelu(x), saved)``; ``approximate`` is "none" (erf) or "tanh"."""
+    return _impl(x).gelu_forward(x, approximate)
+
+
+def gelu_backward(grad, x, saved, approximate: str = "none"):
+    """The input gradient of GELU from ``gelu_forward``'s ``saved``."""
+    return _impl(x).gelu_backward(grad, x, saved, approximate)
+
+
+def layer_norm_forward(x2, weight, bias, eps: float):
+    """Layer norm of the rows of a 2-D ``x2``: ``(out, xhat, rstd)``, rstd of shape (M, 1)."""
+    return _impl(x2).layer_norm_forward(x2, weight, bias, float(eps))
+
+
+def layer_norm_backward_input(grad2, xhat, rstd, weight):
+    """The input gradient of ``layer_norm_forward`` (rows of a 2-D ``grad2``)."""
+    return _impl(grad2).layer_norm_backward_input(grad2, xhat, rstd, weight)
+
+
+def softmax_nll(x2, target):
+    """Row softmax of a 2-D ``x2`` and ``logsumexp(row) - row[target]``: ``(prob, nll)``."""
+    return _impl(x2).softmax_nll(x2, target)

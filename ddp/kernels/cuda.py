@@ -1,0 +1,239 @@
+"""Fused CUDA kernels (CuPy ``ElementwiseKernel``/``RawKernel``), compiled on first use.
+
+One launch replaces the chain of element-wise launches that the composed NumPy-style code costs
+on a GPU. Each kernel follows the arithmetic of its reference in ``ddp.kernels.reference``;
+``tests/gpu/test_kernels_gpu.py`` checks them against each other. Contiguous float32/float64
+arrays only (callers make them so); nothing here runs without CuPy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ddp.backend import cupy_module
+from ddp.kernels import reference as ref
+
+
+def _cp():
+    cp = cupy_module()
+    if cp is None:  # dispatch never calls here without CuPy; this guards direct use
+        from ddp.backend import cupy_unavailable_reason
+
+        raise RuntimeError(f"fused CUDA kernels need CuPy: {cupy_unavailable_reason()}")
+    return cp
+
+
+# ------------------------------------------------------------------------------------ Adam
+@functools.cache
+def _adam_kernel():
+    return _cp().ElementwiseKernel(
+        "T grad, T decay_scale, T one_minus_b1, T beta2, T one_minus_b2, T eps, T step_size, "
+        "T bc2_sqrt, T wd, int32 decoupled, int32 maximize",
+        "T param, T m, T v",
+        """
+        T g = maximize ? -grad : grad;
+        if (decoupled) { param *= decay_scale; }
+        else if (wd != (T)0) { g = g + param * wd; }
+        m += (g - m) * one_minus_b1;
+        v = v * beta2 + (g * one_minus_b2) * g;
+        T denom = sqrt(v) / bc2_sqrt + eps;
+        param -= (m / denom) * step_size;
+        """,
+        "ddp_adam_update",
+    )
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps, weight_decay,
+                decoupled, maximize) -> None:
+    """Fused Adam/AdamW step in place (see ``reference.adam_update``)."""
+    decoupled = bool(decoupled and weight_decay != 0)
+    _adam_kernel()(
+        grad, 1.0 - lr * weight_decay, 1.0 - beta1, beta2, 1.0 - beta2, eps,
+        lr / (1.0 - beta1**step), (1.0 - beta2**step) ** 0.5, weight_decay,
+        int(decoupled), int(bool(maximize)), param, exp_avg, exp_avg_sq,
+    )
+
+
+# ------------------------------------------------------------------------------------ GELU
+@functools.cache
+def _gelu_kernels():
+    cp = _cp()
+    consts = (f"const T sqrt_half = (T){ref.SQRT_HALF!r}; "
+              f"const T inv_sqrt_2pi = (T){ref.INV_SQRT_2PI!r}; "
+              f"const T k = (T){ref.SQRT_2_OVER_PI!r}; const T c = (T){ref.GELU_TANH_C!r};")
+    fwd_erf = cp.ElementwiseKernel(
+        "T x", "T y, T saved",
+        consts + "T cdf = ((T)1 + erf(x * sqrt_half)) * (T)0.5; saved = cdf; y = x * cdf;",
+        "ddp_gelu_fwd_erf")
+    fwd_tanh = cp.ElementwiseKernel(
+        "T x", "T y, T saved",
+        consts + "T t = tanh(k * (x + c * x * x * x)); saved = t; y = (T)0.5 * x * ((T)1 + t);",
+        "ddp_gelu_fwd_tanh")
+    bwd_erf = cp.ElementwiseKernel(
+        "T grad, T x, T saved", "T gx",
+        consts + "gx = (exp((T)-0.5 * x * x) * x * inv_sqrt_2pi + saved) * grad;",
+        "ddp_gelu_bwd_erf")
+    bwd_tanh = cp.ElementwiseKernel(
+        "T grad, T x, T saved", "T gx",
+        consts + "T d = k * ((T)1 + (T)3 * c * x * x);"
+        "gx = grad * ((T)0.5 * ((T)1 + saved) + (T)0.5 * x * ((T)1 - saved * saved) * d);",
+        "ddp_gelu_bwd_tanh")
+    return {"none": (fwd_erf, bwd_erf), "tanh": (fwd_tanh, bwd_tanh)}
+
+
+def gelu_forward(x, approximate: str):
+    fwd, _ = _gelu_kernels()[approximate]
+    return fwd(x)
+
+
+def gelu_backward(grad, x, saved, approximate: str):
+    _, bwd = _gelu_kernels()[approximate]
+    return bwd(grad, x, saved)
+
+
+# ------------------------------------------------------------------- row kernels (one block/row)
+_BLOCK = 256  # threads per row; a multiple of the warp size (block_reduce relies on it)
+
+_ROW_HELPERS = r"""
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+// Sum (is_max = 0) or max (is_max = 1) over the block; every thread gets the result.
+__device__ T block_reduce(T v, T* buf, int is_max) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();  // buf may still be read by a previous call
+    if (lane == 0) buf[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        T init = is_max ? buf[0] : (T)0;
+        T w = lane < nw ? buf[lane] : init;
+        w = is_max ? warp_max(w) : warp_sum(w);
+        if (lane == 0) buf[0] = w;
+    }
+    __syncthreads();
+    return buf[0];
+}
+"""
+
+_LAYER_NORM_SRC = _ROW_HELPERS + r"""
+extern "C" __global__ void ddp_layer_norm_fwd(
+        const T* x, const T* w, const T* b, T* out, T* xhat, T* rstd_out,
+        long long d, T eps, int has_w, int has_b) {
+    __shared__ T buf[32];
+    long long off = (long long)blockIdx.x * d;
+    T s = 0;
+    for (long long i = threadIdx.x; i < d; i += blockDim.x) s += x[off + i];
+    T mean = block_reduce(s, buf, 0) / (T)d;
+    T q = 0;
+    for (long long i = threadIdx.x; i < d; i += blockDim.x) {
+        T c = x[off + i] - mean;
+        q += c * c;
+    }
+    T rstd = (T)1 / sqrt(block_reduce(q, buf, 0) / (T)d + eps);
+    for (long long i = threadIdx.x; i < d; i += blockDim.x) {
+        T h = (x[off + i] - mean) * rstd;
+        xhat[off + i] = h;
+        T o = has_w ? h * w[i] : h;
+        out[off + i] = has_b ? o + b[i] : o;
+    }
+    if (threadIdx.x == 0) rstd_out[blockIdx.x] = rstd;
+}
+
+extern "C" __global__ void ddp_layer_norm_bwd(
+        const T* grad, const T* xhat, const T* rstd, const T* w, T* gx, long long d, int has_w) {
+    __shared__ T buf[32];
+    long long off = (long long)blockIdx.x * d;
+    T s1 = 0, s2 = 0;
+    for (long long i = threadIdx.x; i < d; i += blockDim.x) {
+        T gh = has_w ? grad[off + i] * w[i] : grad[off + i];
+        s1 += gh;
+        s2 += gh * xhat[off + i];
+    }
+    T mean_gh = block_reduce(s1, buf, 0) / (T)d;
+    T mean_ghx = block_reduce(s2, buf, 0) / (T)d;
+    T r = rstd[blockIdx.x];
+    for (long long i = threadIdx.x; i < d; i += blockDim.x) {
+        T gh = has_w ? grad[off + i] * w[i] : grad[off + i];
+        gx[off + i] = (gh - mean_gh - xhat[off + i] * mean_ghx) * r;
+    }
+}
+"""
+
+_SOFTMAX_NLL_SRC = _ROW_HELPERS + r"""
+extern "C" __global__ void ddp_softmax_nll(
+        const T* x, const long long* target, T* prob, T* nll, long long c) {
+    __shared__ T buf[32];
+    long long off = (long long)blockIdx.x * c;
+    T m = x[off];  // c >= 1: the caller skips empty rows
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) m = max(m, x[off + i]);
+    m = block_reduce(m, buf, 1);
+    T s = 0;
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) s += exp(x[off + i] - m);
+    s = block_reduce(s, buf, 0);
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) prob[off + i] = exp(x[off + i] - m) / s;
+    if (threadIdx.x == 0) nll[blockIdx.x] = log(s) - (x[off + target[blockIdx.x]] - m);
+}
+"""
+
+
+@functools.cache
+def _row_kernel(source: str, name: str, ctype: str):
+    return _cp().RawKernel("typedef " + ctype + " T;\n" + source, name)
+
+
+def _ctype(dtype) -> str:
+    if dtype.name == "float32":
+        return "float"
+    if dtype.name == "float64":
+        return "double"
+    raise TypeError(f"fused row kernels support float32/float64, got {dtype}")
+
+
+def layer_norm_forward(x2, weight, bias, eps: float):
+    """Fused (M, D) layer norm: ``(out, xhat, rstd)``, rstd of shape (M, 1)."""
+    cp = _cp()
+    x2 = cp.ascontiguousarray(x2)
+    m, d = x2.shape
+    out, xhat = cp.empty_like(x2), cp.empty_like(x2)
+    rstd = cp.empty((m, 1), dtype=x2.dtype)
+    dummy = x2  # never read when the flag says absent
+    w = cp.ascontiguousarray(weight).reshape(-1) if weight is not None else dummy
+    b = cp.ascontiguousarray(bias).reshape(-1) if bias is not None else dummy
+    if m:
+        kernel = _row_kernel(_LAYER_NORM_SRC, "ddp_layer_norm_fwd", _ctype(x2.dtype))
+        kernel((m,), (_BLOCK,), (x2, w, b, out, xhat, rstd, cp.int64(d), x2.dtype.type(eps),
+                                  cp.int32(weight is not None), cp.int32(bias is not None)))
+    return out, xhat, rstd
+
+
+def layer_norm_backward_input(grad2, xhat, rstd, weight):
+    cp = _cp()
+    grad2 = cp.ascontiguousarray(grad2)
+    m, d = grad2.shape
+    gx = cp.empty_like(grad2)
+    w = cp.ascontiguousarray(weight).reshape(-1) if weight is not None else grad2
+    if m:
+        kernel = _row_kernel(_LAYER_NORM_SRC, "ddp_layer_norm_bwd", _ctype(grad2.dtype))
+        kernel((m,), (_BLOCK,), (grad2, cp.ascontiguousarray(xhat), cp.ascontiguousarray(rstd),
+                                  w, gx, cp.int64(d), cp.int32(weight is not None)))
+    return gx
+
+
+def softmax_nll(x2, target):
+    """Fused row softmax and ``logsumexp - x[target]``: ``(prob, nll)``."""
+    cp = _cp()
+    x2 = cp.ascontiguousarray(x2)
+    m, c = x2.shape
+    prob = cp.empty_like(x2)
+    nll = cp.empty((m,), dtype=x2.dtype)
+    if m and c:
+        kernel = _row_kernel(_SOFTMAX_NLL_SRC, "ddp_softmax_nll", _ctype(x2.dtype))
+        kernel((m,), (_BLOCK,), (x2, cp.ascontiguousarray(target, dtype=cp.int64), prob, nll,
+                                  cp.int64(c)))
+    return prob, nll

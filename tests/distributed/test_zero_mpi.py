@@ -1,0 +1,83 @@
+"""ZeroRedundancyOptimizer and checkpoints under MPI, one process per rank.
+
+Run with (any N >= 2; the cases compute their references themselves)::
+
+    OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 2 .venv/bin/python -m pytest -q --with-mpi -m mpi \\
+        tests/distributed/test_zero_mpi.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import ddp.distributed as dist
+from ddp.distributed.checkpoint import storage
+
+from . import _zero_cases as cases
+
+
+@pytest.fixture(scope="module")
+def mpi_world():
+    if not dist.is_initialized():
+        dist.init_process_group()
+    assert dist.get_backend() == "mpi", "run these tests under mpiexec -n N (N >= 2)"
+    return dist.get_default_group()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_matches_unsharded(mpi_world, stage, name):
+    # Stage 1 consumes DDP's all-reduced gradient: bitwise equal to DDP + the plain optimizer.
+    # Stage 2's reduce-scatter may sum in another order than MPI's all-reduce.
+    cases.case_matches_unsharded(stage, name, exact=stage == 1)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_state_is_exactly_one_nth(mpi_world, stage, name):
+    cases.case_memory(stage, name)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_clip_grad_norm_is_global(mpi_world, stage, norm_type):
+    cases.case_clip(stage, norm_type)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("stage", [1, 2])
+def test_nonfinite_agreed(mpi_world, stage):
+    cases.case_nonfinite(stage)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+def test_consolidate_state_dict(mpi_world, stage):
+    cases.case_consolidate(stage, "adamw")
+
+
+@pytest.mark.mpi(min_size=2)
+def test_checkpoint_reshard_down_and_up(mpi_world):
+    """N -> N-1 and N-1 -> N (3 -> 2 and 2 -> 3 under -n 3; 2 -> 1 and 1 -> 2 under -n 2)."""
+    n = mpi_world.size()
+    cases.case_reshard_resume(n, n - 1)
+    cases.case_reshard_resume(n - 1, n)
+    cases.case_reshard_resume(n, n, "plain", "zero")
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+def test_checkpoint_sharded_state_roundtrip(mpi_world, stage):
+    cases.case_sharded_state_roundtrip(stage)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_interrupted_save_keeps_previous(mpi_world, monkeypatch):
+    monkeypatch.setattr(storage, "write_array", cases.failing_write_array)
+    cases.case_interrupted_save()
