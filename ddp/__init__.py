@@ -3,6 +3,8 @@
 ``import ddp as torch`` runs small torch programs: tensors with autograd, ``nn`` modules,
 ``optim`` optimizers, and ``ddp.distributed`` / ``DistributedDataParallel`` across MPI ranks.
 """
+# ruff: noqa: F401 - this module re-exports the public API
+
 
 from ddp import autograd
 from ddp.autograd.grad_mode import (
@@ -37,6 +39,8 @@ from ddp.creation import (
 from ddp.device import device
 from ddp.dtypes import (
     bool_ as bool,  # noqa: A004 - torch.bool
+)
+from ddp.dtypes import (
     double,
     dtype,
     float16,
@@ -140,8 +144,8 @@ def is_tensor(obj) -> bool:
     return isinstance(obj, Tensor)
 
 
-def numel(t: Tensor) -> int:
-    return t.numel()
+def numel(input: Tensor) -> int:  # noqa: A002 - torch.numel(input)
+    return input.numel()
 
 
 def get_default_dtype():
