@@ -10,8 +10,9 @@ three kinds of memory are live: parameters (the arrays the model holds; ZeRO: it
 buffers), gradients (DDP: the ``.grad`` arrays; stage 1: ZeRO's flat gradient buffer; stage 2:
 the reduce-scattered slices), optimizer state (every state tensor). They are compared with the
 fp32 Adam formulas in bytes, Psi = parameter count: DDP 16 Psi, stage 1 8 Psi + 8 Psi / N, stage 2
-4 Psi + 12 Psi / N. DDP's bucket buffers are listed apart (``gradient_as_bucket_view=True``
-makes the grads of the DDP run *be* the buckets; ZeRO stage 2 releases them).
+4 Psi + 12 Psi / N. Communication buffers are listed apart: DDP's buckets
+(``gradient_as_bucket_view=True`` makes the grads of the DDP run *be* the buckets), ZeRO's
+reduce-scatter scratch and (stage 2) its pool of bucket staging buffers (ZeRO releases DDP's).
 
 Bytes sent per rank and step count what each collective moves under the bandwidth-optimal ring
 algorithms: all-reduce ``2 (N-1)/N B``, reduce-scatter ``(N-1)/N B_in``, all-gather
@@ -125,6 +126,8 @@ def measure(config: str) -> dict:
     state_bytes = sum(v.array.nbytes for s in state.values() for v in s.values()
                       if isinstance(v, ddp.Tensor))
     buckets = sum(b.buffer.nbytes for b in model.reducer.buckets)
+    if config != "ddp":
+        buckets += opt.memory_bytes()["comm"]
     dist.get_default_group().barrier()
     with _lock:
         sent = _sent.get(rank, 0.0)
@@ -135,7 +138,7 @@ def measure(config: str) -> dict:
 def memory_tables(worlds=(2, 3, 4)) -> None:
     install_counters()
     print("| N | config | params | grads | Adam state | total | formula | total/formula "
-          "| DDP buckets | bytes sent/step | sent / DDP's |")
+          "| comm buffers | bytes sent/step | sent / DDP's |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in worlds:
         rows = {c: dist.spawn(measure, n, args=(c,))[0] for c in CONFIGS}
@@ -152,25 +155,25 @@ def memory_tables(worlds=(2, 3, 4)) -> None:
 
 
 def step_times(steps: int) -> None:
+    """Configs interleaved step by step (the machine is shared and noisy); medians."""
     dist.init_process_group()
     pg = dist.get_default_group()
-    results = {}
+    built = {c: build(c) for c in CONFIGS}
     for c in CONFIGS:
-        model, opt = build(c)
         for s in range(3):
-            train_step(model, opt, s)
-        times = []
-        for s in range(steps):
+            train_step(*built[c], s)
+    times: dict = {c: [] for c in CONFIGS}
+    for s in range(steps):
+        for c in CONFIGS:
             pg.barrier()
             t0 = time.perf_counter()
-            train_step(model, opt, s)
-            times.append(time.perf_counter() - t0)
-        slowest = pg.allgather_object(statistics.median(times))
-        results[c] = max(slowest)
+            train_step(*built[c], s)
+            times[c].append(time.perf_counter() - t0)
+    results = {c: max(pg.allgather_object(statistics.median(times[c]))) for c in CONFIGS}
     if pg.rank() == 0:
         psi = sum(p.array.size for p in make_model().parameters())
         print(f"backend {pg.backend}, N = {pg.size()}, Ψ = {psi}, batch {BATCH} per rank, "
-              f"median of {steps} steps (slowest rank)")
+              f"median of {steps} interleaved steps (slowest rank)")
         print("| config | step time (ms) | vs DDP |")
         print("|---|---|---|")
         for c in CONFIGS:

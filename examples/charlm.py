@@ -162,6 +162,8 @@ def main(argv=None) -> float:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=0,
                         help="0: plain AdamW; 1/2: ZeroRedundancyOptimizer stage 1/2")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                        help="DDP bucket size; small values show overlap in a timeline")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--sample-length", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -179,7 +181,7 @@ def main(argv=None) -> float:
     train_data, val_data = data[:split], data[split:]
 
     model = GPT(len(itos), args.block_size, args.d_model, args.n_layer, args.n_head)
-    ddp_model = DistributedDataParallel(model)
+    ddp_model = DistributedDataParallel(model, bucket_cap_mb=args.bucket_cap_mb)
     optimizer = make_optimizer(ddp_model.parameters(), args)
     warmup = max(1, args.steps // 20)
     scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (

@@ -189,6 +189,11 @@ def test_timeline_two_ranks_buckets_overlap_backward(trace_dir):
         thread_names = {e["args"]["name"] for e in trace["traceEvents"]
                         if e["ph"] == "M" and e["name"] == "thread_name"}
         assert f"ddp-comm-rank{rank}" in thread_names
+    summary = timeline.summarize(trace_dir)
+    assert [line.split(":")[0] for line in summary] == ["rank 0", "rank 1"]
+    assert all("3 steps" in line and "during backward" in line for line in summary)
+    merged = json.loads(Path(timeline.merge(trace_dir)).read_text())["traceEvents"]
+    assert {e["pid"] for e in merged} == {0, 1}
 
 
 def test_timeline_user_spans_and_disabled_cost(trace_dir):
@@ -328,3 +333,16 @@ def test_debug_disabled_installs_nothing():
         for _ in range(2):
             model(_batch()[0]).sum().backward()
             optimizer.step()
+
+
+def test_debug_pitfalls_example_warns_once_per_mistake(debug_on, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _load("debug_pitfalls").main()
+    # "always" shows every repetition: bug 1 and 3 warn at each of 3 steps, bug 2 at 2 of them.
+    messages = list(dict.fromkeys(str(w.message) for w in caught
+                                  if w.category is DDPDebugWarning))
+    assert len(messages) == 3, messages
+    assert "'Net.encoder.weight' (shape (8, 4)), 'Net.encoder.bias'" in messages[0]
+    assert "was not reset" in messages[1] and "not parameters of the model" in messages[2]
+    assert "4. the correct loop" in capsys.readouterr().out

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 
 _installed = False
+_FORWARD_GRACE_S = 0.5
 
 
 def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> None:
@@ -26,6 +28,9 @@ def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> No
         )
         sys.stderr.flush()
         sys.stdout.flush()
+        # MPI_Abort makes the launcher kill every rank at once; give its I/O proxy a moment to
+        # forward this traceback first, or the job can die silently.
+        time.sleep(_FORWARD_GRACE_S)
     finally:
         from mpi4py import MPI
 

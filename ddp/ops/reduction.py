@@ -158,7 +158,8 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, a, dim):
         xp = get_array_module(a)
-        e = xp.exp(a - a.max(axis=dim, keepdims=True))
+        e = a - a.max(axis=dim, keepdims=True)
+        xp.exp(e, out=e)
         e /= e.sum(axis=dim, keepdims=True)
         ctx.save_for_backward(e)
         ctx.dim = dim
@@ -167,8 +168,11 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        gy = grad * y
-        return gy - y * gy.sum(axis=ctx.dim, keepdims=True), None
+        # y * (grad - sum(grad * y)): two fresh arrays instead of three
+        dot = (grad * y).sum(axis=ctx.dim, keepdims=True)
+        gx = grad - dot
+        gx *= y
+        return gx, None
 
 
 class LogSoftmax(Function):

@@ -3,8 +3,8 @@
 Switch it on with the environment variable ``DDP_TIMELINE=<dir>`` (read when ``ddp`` is
 imported) or with :func:`enable`; at exit (or on :func:`flush`) every rank's events are written
 to ``<dir>/timeline-rank<N>.json``, one process per rank (``pid`` = rank) and one row per thread.
-Open the files in https://ui.perfetto.dev (drag several in at once to see the ranks side by
-side) or ``chrome://tracing``.
+``python -m ddp.profiler <dir>`` prints a per-rank summary and merges the files into
+``<dir>/timeline-all.json``; open that in https://ui.perfetto.dev or ``chrome://tracing``.
 
 Recorded automatically once enabled:
   * ``forward``: the call of each top-level module (the DDP wrapper, or the model itself);
@@ -287,6 +287,59 @@ def _flush_at_exit() -> None:
             print(f"ddp.profiler.timeline: could not write the timeline: {exc}")
 
 
+def merge(directory: str | os.PathLike) -> str:
+    """Combine every ``timeline-rank<N>.json`` in ``directory`` into ``timeline-all.json``
+    (one file that ``chrome://tracing`` or Perfetto shows with all ranks); returns its path."""
+    directory = os.fspath(directory)
+    events: list[dict] = []
+    for path in _rank_files(directory):
+        with open(path) as f:
+            events.extend(json.load(f)["traceEvents"])
+    out = os.path.join(directory, "timeline-all.json")
+    with open(out, "w") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
+    return out
+
+
+def summarize(directory: str | os.PathLike) -> list[str]:
+    """One line per rank: time in forward, backward, bucket all-reduces (and the share of it
+    that ran while backward did), waiting for them, and in optimizer steps."""
+    lines = []
+    for path in _rank_files(os.fspath(directory)):
+        with open(path) as f:
+            spans = [e for e in json.load(f)["traceEvents"] if e["ph"] == "X"]
+        if not spans:
+            continue
+
+        def total(prefix: str, spans=spans) -> float:
+            return sum(e["dur"] for e in spans if e["name"].startswith(prefix)) / 1e3
+
+        backward = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] == "backward"]
+        comm = [(e["ts"], e["ts"] + e["dur"]) for e in spans
+                if e["name"].startswith("allreduce")]
+        hidden = sum(max(0.0, min(end, b1) - max(start, b0))
+                     for start, end in comm for b0, b1 in backward) / 1e3
+        comm_ms = total("allreduce")
+        share = f" ({100 * hidden / comm_ms:.0f}% during backward)" if comm_ms else ""
+        lines.append(
+            f"rank {spans[0]['pid']}: {sum(e['name'] == 'step' for e in spans)} steps; "
+            f"forward {total('forward'):.1f} ms, backward {total('backward'):.1f} ms, "
+            f"{len(comm)} all-reduces {comm_ms:.1f} ms{share}, ddp wait "
+            f"{total('ddp wait'):.1f} ms, step {total('step'):.1f} ms"
+        )
+    return lines
+
+
+def _rank_files(directory: str) -> list[str]:
+    names = [n for n in os.listdir(directory)
+             if n.startswith("timeline-rank") and n.endswith(".json")]
+    names.sort(key=lambda n: int(n[len("timeline-rank"):-len(".json")]))
+    if not names:
+        raise FileNotFoundError(f"no timeline-rank<N>.json in {directory}")
+    return [os.path.join(directory, n) for n in names]
+
+
 atexit.register(_flush_at_exit)
 if os.environ.get("DDP_TIMELINE"):
     enable(os.environ["DDP_TIMELINE"])
+

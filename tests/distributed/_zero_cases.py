@@ -25,6 +25,9 @@ from ddp.nn.parallel import DistributedDataParallel as DDP
 
 PER_RANK = 4
 TOTAL = 35
+# Buckets of 5 and (first) 2 elements, rounded down to multiples of N (at least N): several
+# buckets that split parameters, so a rank owns several pieces.
+SMALL = {"bucket_cap_mb": 20 / 2**20, "first_bucket_cap_mb": 8 / 2**20}
 
 
 class Net(nn.Module):
@@ -81,29 +84,36 @@ def train_reference(name: str, steps: int, rows: int,
     return params_of(model)
 
 
-def case_matches_unsharded(stage: int, name: str, steps: int = 4, exact: bool = True) -> None:
-    """ZeRO + DDP equals DDP + the plain optimizer (bitwise where ``exact``) and the
-    single-process reference on the global batch."""
+def case_matches_unsharded(stage: int, name: str, steps: int = 4, exact: bool = True,
+                           buckets: dict | None = None, wrap: bool = True,
+                           accumulate: int = 1) -> None:
+    """ZeRO (+ DDP when ``wrap``; a plain model otherwise) equals DDP + the plain optimizer
+    (bitwise where ``exact``) and the single-process reference on the global batch.
+    ``accumulate`` backwards (half batches) run before each step."""
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = PER_RANK * world
     cls, kw, _ = OPTIMIZERS[name]
     results = []
     for sharded in (True, False):
-        model = DDP(Net(0))
-        groups = groups_of(model.module)
+        model = DDP(Net(0)) if wrap or not sharded else Net(0)
+        module = model.module if isinstance(model, DDP) else model
+        groups = groups_of(module)
         if sharded:
-            opt = ZeroRedundancyOptimizer(groups, cls, stage=stage, **kw)
+            opt = ZeroRedundancyOptimizer(groups, cls, stage=stage, **(buckets or {}), **kw)
         else:
             opt = cls(groups, **kw)
         sched = ddp.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        part = PER_RANK // accumulate
         for step in range(steps):
             opt.zero_grad()
-            loss_of(model, step, rows, rank * PER_RANK, (rank + 1) * PER_RANK).backward()
-            if sharded and stage == 2:
-                assert all(p.grad is None for p in model.parameters()), "stage 2 keeps full grads"
+            for k in range(accumulate):
+                lo = rank * PER_RANK + k * part
+                (loss_of(model, step, rows, lo, lo + part) / accumulate).backward()
+            if sharded:
+                assert all(p.grad is None for p in model.parameters()), "ZeRO keeps p.grad"
             opt.step()
             sched.step()
-        results.append(params_of(model.module))
+        results.append(params_of(module))
     reference = train_reference(name, steps, rows, schedule=True)
     for mine, ddp_plain in zip(results[0], results[1], strict=True):
         if exact:
@@ -119,7 +129,7 @@ def case_memory(stage: int, name: str) -> None:
     world = dist.get_world_size()
     cls, kw, n_state = OPTIMIZERS[name]
     model = DDP(Net(0))
-    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **kw)
+    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **SMALL, **kw)
     loss_of(model, 0, PER_RANK * world).backward()
     shard = math.ceil(TOTAL / world)
     grad_bytes = opt.memory_bytes()["grads"]
@@ -137,7 +147,8 @@ def case_clip(stage: int, norm_type: float) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = PER_RANK * world
     model = DDP(Net(0))
-    opt = ZeroRedundancyOptimizer(model.parameters(), ddp.optim.SGD, stage=stage, lr=0.1)
+    opt = ZeroRedundancyOptimizer(model.parameters(), ddp.optim.SGD, stage=stage, lr=0.1,
+                                  **SMALL)
     loss_of(model, 0, rows, rank * PER_RANK, (rank + 1) * PER_RANK).backward()
     norm = opt.clip_grad_norm_(0.05, norm_type)
     assert not opt.has_nonfinite_grad()
@@ -174,7 +185,7 @@ def case_consolidate(stage: int, name: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     cls, kw, _ = OPTIMIZERS[name]
     model, ref = DDP(Net(0)), Net(0)
-    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **kw)
+    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **SMALL, **kw)
     ref_opt = cls(groups_of(ref), **kw)
     rows = PER_RANK * world
     for step in range(2):
@@ -207,10 +218,17 @@ def shared_tmpdir(pg=None) -> str:
 
 
 def _replicated_step(model: Net, opt, step: int) -> None:
-    """Every rank computes the full-batch gradient itself (no communication): stage 1 then
-    performs exactly the single-process arithmetic, at any world size."""
+    """Every rank computes the full-batch gradient itself (no communication) on a twin sharing
+    the parameters' storage, and assigns it by hand: ZeRO takes such gradients as replicated,
+    so it performs exactly the single-process arithmetic at any world size (a reduce-scatter
+    average of N equal values need not be bitwise equal to the value)."""
     opt.zero_grad()
-    loss_of(model, step, 8).backward()
+    twin = Net(0)
+    for mine, theirs in zip(twin.parameters(), model.parameters(), strict=True):
+        mine.array = theirs.array
+    loss_of(twin, step, 8).backward()
+    for mine, theirs in zip(twin.parameters(), model.parameters(), strict=True):
+        theirs.grad = mine.grad
     opt.step()
 
 
@@ -220,7 +238,7 @@ def _build(kind: str, pg, seed: int):
     if kind == "plain":
         return model, cls(groups_of(model), **kw)
     return model, ZeroRedundancyOptimizer(groups_of(model), cls, process_group=pg, stage=1,
-                                          **kw)
+                                          **SMALL, **kw)
 
 
 def case_reshard_resume(save_ranks: int, load_ranks: int, save_kind: str = "zero",
@@ -256,7 +274,7 @@ def case_sharded_state_roundtrip(stage: int) -> None:
     directory = shared_tmpdir()
     cls, kw, _ = OPTIMIZERS["adamw"]
     model = DDP(Net(0))
-    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **kw)
+    opt = ZeroRedundancyOptimizer(groups_of(model.module), cls, stage=stage, **SMALL, **kw)
     for step in range(2):
         opt.zero_grad()
         loss_of(model, step, PER_RANK * world, rank * PER_RANK, (rank + 1) * PER_RANK).backward()
@@ -264,7 +282,7 @@ def case_sharded_state_roundtrip(stage: int) -> None:
     checkpoint.save(directory, model=model, optimizer=opt)
     saved = opt.local_state()
     model2 = DDP(Net(3))
-    opt2 = ZeroRedundancyOptimizer(groups_of(model2.module), cls, stage=stage, **kw)
+    opt2 = ZeroRedundancyOptimizer(groups_of(model2.module), cls, stage=stage, **SMALL, **kw)
     checkpoint.load(directory, model=model2, optimizer=opt2)
     for mine, theirs in zip(params_of(model2.module), params_of(model.module), strict=True):
         np.testing.assert_array_equal(mine, theirs)
@@ -316,3 +334,31 @@ def case_interrupted_save() -> None:
     assert checkpoint.load(directory, model=model2, optimizer=opt2) == {"step": 1}
     for mine, ref in zip(params_of(model2), expected, strict=True):
         np.testing.assert_array_equal(mine, ref)
+
+
+def case_bytes_equal_ddp(stage: int, sent: dict) -> None:
+    """One training step sends exactly DDP's bytes: ``sent[(config, rank)]`` is filled by the
+    test's counting wrappers (ring costs: all-reduce 2(N-1)/N B, reduce-scatter (N-1)/N B_in,
+    all-gather (N-1)/N B_out). Equal up to the padding (< N elements)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = PER_RANK * world
+    for config in ("ddp", "zero"):
+        model = DDP(Net(0))
+        if config == "zero":
+            opt = ZeroRedundancyOptimizer(model.parameters(), ddp.optim.Adam, stage=stage,
+                                          lr=0.1, **SMALL)
+        else:
+            opt = ddp.optim.Adam(model.parameters(), lr=0.1)
+        loss_of(model, 0, rows, rank * PER_RANK, (rank + 1) * PER_RANK).backward()
+        opt.step()
+        dist.barrier()
+        sent[("counting", rank)] = config
+        opt.zero_grad()
+        loss_of(model, 1, rows, rank * PER_RANK, (rank + 1) * PER_RANK).backward()
+        opt.step()
+        sent[("counting", rank)] = None
+        dist.barrier()
+    padded = math.ceil(TOTAL / world) * world
+    ring = (world - 1) / world
+    assert sent.get(("ddp", rank), 0.0) == 2 * ring * TOTAL * 4
+    assert sent.get(("zero", rank), 0.0) == 2 * ring * padded * 4

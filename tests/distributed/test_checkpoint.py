@@ -62,10 +62,19 @@ def test_index_layout_and_no_pickle(tmp_path):
         "space": "state/exp_avg/float32", "offset": 7, "shape": [5, 3]}
     assert index["optimizer"]["state"]["w"]["step"] == {"scalar": 1.0, "dtype": "float32"}
     files = index["spaces"]["state/exp_avg_sq/float32"]["files"]
-    assert [(f["start"], f["stop"]) for f in files] == [(0, 12), (12, 24), (24, 35)]
-    for f in files:  # plain arrays, loadable without pickle
-        assert np.load(os.path.join(path, f["file"]), allow_pickle=False).shape == (
-            f["stop"] - f["start"],)
+    # Each rank's file holds its pieces (one per bucket), concatenated; together they cover
+    # every element exactly once.
+    covered = sorted((f["start"], f["stop"]) for f in files)
+    assert covered[0][0] == 0 and covered[-1][1] == 35
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))
+    assert {f["file"] for f in files} == {
+        f"state.exp_avg_sq.float32.rank{r}.npy" for r in range(3)}
+    for name in {f["file"] for f in files}:  # plain arrays, loadable without pickle
+        pieces = [f for f in files if f["file"] == name]
+        assert [f["offset"] for f in pieces] == list(
+            np.cumsum([0] + [f["stop"] - f["start"] for f in pieces])[:-1])
+        assert np.load(os.path.join(path, name), allow_pickle=False).shape == (
+            sum(f["stop"] - f["start"] for f in pieces),)
 
 
 def test_plain_single_process_without_init(tmp_path):

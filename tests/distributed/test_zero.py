@@ -37,7 +37,59 @@ def test_layout_is_exact_and_world_independent():
 @pytest.mark.parametrize("stage", [1, 2])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_matches_unsharded(world_size, stage, name):
-    run(cases.case_matches_unsharded, world_size, stage, name)
+    run(cases.case_matches_unsharded, world_size, stage, name)  # one bucket
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_matches_unsharded_small_buckets(world_size, stage):
+    run(cases.case_matches_unsharded, world_size, stage, "adamw", 4, True, cases.SMALL)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("wrap", [True, False])
+def test_accumulation_and_plain_model(stage, wrap):
+    """Two backwards per step, with DDP and on a plain model (ZeRO averages by itself)."""
+    # Not bitwise: DDP reduces avg(g1) + g2 on every element, ZeRO sum(g1) + g2 on its pieces.
+    run(cases.case_matches_unsharded, 3, stage, "sgd", 3, False, cases.SMALL, wrap, 2)
+
+
+def test_layout_buckets_split_evenly():
+    layout = FlatLayout(["a", "b"], [(7,), (13,)], ["float32"] * 2, [0, 0], 3, 5, 2)
+    buf = layout.buffers["float32"]
+    assert buf.buckets == [(18, 21), (15, 18), (12, 15), (9, 12), (6, 9), (3, 6), (0, 3)]
+    big = FlatLayout(["a", "b"], [(7,), (13,)], ["float32"] * 2, [0, 0], 3, 12, 6)
+    assert big.buffers["float32"].buckets == [(15, 21), (3, 15), (0, 3)]
+    assert big.buffers["float32"].owned(1, 3) == [(1, 2, 0), (7, 11, 1), (17, 19, 5)]
+    assert sum(hi - lo for lo, hi, _ in big.buffers["float32"].owned(2, 3)) == 7
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_bytes_sent_equal_ddp(world_size, stage, monkeypatch):
+    """Count what every collective moves (ring costs) during one step: ZeRO = DDP."""
+    from ddp.distributed.process_group import ProcessGroup as group_class
+
+    sent: dict = {}
+
+    def counting(name, cost):
+        original = getattr(group_class, name)
+
+        def wrapper(self, *args, **kw):
+            config = sent.get(("counting", self.global_ranks[self.rank()]))
+            if config is not None:
+                key = (config, self.global_ranks[self.rank()])
+                sent[key] = sent.get(key, 0.0) + cost(self, *args)
+            return original(self, *args, **kw)
+
+        monkeypatch.setattr(group_class, name, wrapper)
+
+    ring = lambda pg: (pg.size() - 1) / pg.size()  # noqa: E731
+    counting("allreduce", lambda pg, a, *_: 2 * ring(pg) * a.nbytes)
+    counting("reduce_scatter", lambda pg, out, inp, *_: ring(pg) * inp.nbytes)
+    counting("allgather", lambda pg, out, inp: ring(pg) * out.nbytes)
+    counting("broadcast", lambda pg, a, src: float(a.nbytes))
+    run(cases.case_bytes_equal_ddp, world_size, stage, sent)
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
@@ -94,3 +146,16 @@ def test_stage2_hands_over_ddp():
         assert opt.memory_bytes()["grads"] == math.ceil(35 / 2) * 4
 
     run(fn, 2)
+
+
+def _no_sync_under_zero(stage: int) -> None:
+    model = ddp.nn.parallel.DistributedDataParallel(ddp.nn.Linear(3, 2))
+    ZeroRedundancyOptimizer(model.parameters(), ddp.optim.SGD, stage=stage, lr=0.1)
+    with pytest.raises(RuntimeError, match="ZeroRedundancyOptimizer owns gradient"):
+        with model.no_sync():
+            pass
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_no_sync_under_zero_is_refused_clearly(stage):
+    run(_no_sync_under_zero, 2, stage)

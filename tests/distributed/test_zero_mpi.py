@@ -30,9 +30,10 @@ def mpi_world():
 @pytest.mark.parametrize("stage", [1, 2])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_matches_unsharded(mpi_world, stage, name):
-    # Stage 1 consumes DDP's all-reduced gradient: bitwise equal to DDP + the plain optimizer.
-    # Stage 2's reduce-scatter may sum in another order than MPI's all-reduce.
-    cases.case_matches_unsharded(stage, name, exact=stage == 1)
+    # ZeRO reduce-scatters (both stages; small buckets split the parameters), DDP all-reduces:
+    # MPI may sum in another order in the two collectives, so the comparison is to tolerance.
+    cases.case_matches_unsharded(stage, name, exact=False)
+    cases.case_matches_unsharded(stage, name, exact=False, buckets=cases.SMALL)
 
 
 @pytest.mark.mpi(min_size=2)

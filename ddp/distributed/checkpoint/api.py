@@ -81,14 +81,31 @@ def _scalar_value(info: dict):
     return np.array(info["scalar"], dtype=info["dtype"]) if info["dtype"] else info["scalar"]
 
 
-def _spaces_for(world: int, space: str, dtype: str, total: int,
-                shard: int) -> dict:
+def _spaces_for(world: int, space: str, dtype: str, total: int, buf=None) -> dict:
+    """Rank ``r``'s file holds its pieces of ``buf`` (a ZeRO layout buffer) clipped to
+    ``total``, concatenated: one ``{"file", "start", "stop", "offset"}`` per piece (``offset``:
+    where the piece starts in the file). Without ``buf``, rank 0's file holds everything."""
     files = []
     for r in range(world):
-        lo, hi = r * shard, min((r + 1) * shard, total)
-        if lo < hi:
-            files.append({"file": _file(space, r), "start": lo, "stop": hi})
+        pieces = buf.owned(r, world) if buf is not None else [(0, total, 0)]
+        offset = 0
+        for lo, hi, _ in pieces:
+            hi = min(hi, total)
+            if lo < hi:
+                files.append({"file": _file(space, r), "start": lo, "stop": hi,
+                              "offset": offset})
+                offset += hi - lo
     return {"dtype": dtype, "numel": total, "files": files}
+
+
+def _owned_data(buf, rank: int, world: int, shard_array):
+    """This rank's pieces of ``shard_array`` (its ``S``-element shard) clipped to the real
+    length, concatenated as ``_spaces_for`` lists them; None when it owns only padding."""
+    parts = [shard_array[pos:pos + min(hi, buf.total) - lo]
+             for lo, hi, pos in buf.owned(rank, world) if lo < min(hi, buf.total)]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else get_array_module(parts[0]).concatenate(parts)
 
 
 def save(directory: str, model=None, optimizer=None, *, process_group=None,
@@ -166,6 +183,8 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
                         world: int) -> None:
     zero = isinstance(optimizer, ZeroRedundancyOptimizer)
     layout = FlatLayout.of_groups(optimizer.param_groups, names, world if zero else 1)
+    if zero:  # the optimizer's own buckets decide which pieces a rank owns
+        layout.buffers = optimizer.layout.buffers
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for e in layout.entries:
         index["params"][e.name] = {"space": f"params/{e.dtype}", "offset": e.offset,
@@ -179,23 +198,23 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
         dtypes, group_keys, scalars = merge_meta(optimizer._pg.allgather_object(meta))
         slices = dict(local.slices)
         for d, buf in layout.buffers.items():
-            lo, hi = buf.slice_of(rank)
-            hi = min(hi, buf.total)
             space = f"params/{d}"
-            index["spaces"][space] = _spaces_for(world, space, d, buf.total, buf.shard)
-            if lo < hi:
-                jobs.append((_file(space, rank), optimizer.flat_params[d][lo:hi]))
+            index["spaces"][space] = _spaces_for(world, space, d, buf.total, buf)
+            flat = optimizer.flat_params[d]
+            shard = get_array_module(flat).concatenate(
+                [flat[lo:hi] for lo, hi, _ in buf.owned(rank, world)])
+            data = _owned_data(buf, rank, world, shard)
+            if data is not None:
+                jobs.append((_file(space, rank), data))
         for (d, key), sdtype in dtypes.items():
             buf = layout.buffers[d]
             space = f"state/{key}/{d}"
-            index["spaces"][space] = _spaces_for(world, space, sdtype, buf.total,
-                                                 buf.shard)
-            lo, hi = buf.slice_of(rank)
-            hi = min(hi, buf.total)
+            index["spaces"][space] = _spaces_for(world, space, sdtype, buf.total, buf)
             mine = slices.get((d, key))
-            if lo < hi:
-                jobs.append((_file(space, rank),
-                             mine[:hi - lo] if mine is not None else np.zeros(hi - lo, sdtype)))
+            data = _owned_data(buf, rank, world,
+                               mine if mine is not None else np.zeros(buf.shard, sdtype))
+            if data is not None:
+                jobs.append((_file(space, rank), data))
         inner_class = optimizer.optimizer_class.__name__
     else:
         group_keys, scalars, state_arrays = {}, {}, {}
@@ -212,7 +231,7 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
                     scalars.setdefault(e.group, {}).setdefault(key, value)
         for d, buf in layout.buffers.items():
             space = f"params/{d}"
-            index["spaces"][space] = _spaces_for(1, space, d, buf.total, buf.total)
+            index["spaces"][space] = _spaces_for(1, space, d, buf.total)
             if rank == 0:
                 flat = np.concatenate([storage.to_host(params[e.index].array).reshape(-1)
                                        for e in buf.entries])
@@ -221,7 +240,7 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
             buf = layout.buffers[d]
             space = f"state/{key}/{d}"
             sdtype = str(items[0][1].dtype)
-            index["spaces"][space] = _spaces_for(1, space, sdtype, buf.total, buf.total)
+            index["spaces"][space] = _spaces_for(1, space, sdtype, buf.total)
             if rank == 0:
                 flat = np.zeros(buf.total, dtype=sdtype)
                 for e, array in items:
@@ -328,10 +347,10 @@ def _load_optimizer(reader: storage.Reader, index: dict, optimizer, names: dict,
             else:
                 scalars.setdefault(e.group, {}).setdefault(key, _scalar_value(info))
     if zero:
-        for d, buf in layout.buffers.items():
-            lo, hi = buf.slice_of(rank)
+        for d, buf in optimizer.layout.buffers.items():
             flat = optimizer.flat_params[d]
-            flat[lo:hi] = get_array_module(flat).asarray(reader.read(f"params/{d}", lo, hi))
+            for lo, hi, _ in buf.owned(rank, world):
+                flat[lo:hi] = get_array_module(flat).asarray(reader.read(f"params/{d}", lo, hi))
 
         def read_slice(d, key, lo, hi, like):
             host = reader.read(f"state/{key}/{d}", lo, hi).astype(like.dtype, copy=False)

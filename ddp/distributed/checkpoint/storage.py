@@ -150,7 +150,8 @@ class Reader:
         for f in info["files"]:
             a, b = max(lo, f["start"]), min(hi, f["stop"])
             if a < b:
-                out[a - lo:b - lo] = self._map(f["file"])[a - f["start"]:b - f["start"]]
+                base = f.get("offset", 0) - f["start"]  # where element ``start`` is in the file
+                out[a - lo:b - lo] = self._map(f["file"])[base + a:base + b]
                 covered += b - a
         if covered != hi - lo:
             raise ValueError(

@@ -1,11 +1,18 @@
 """``FlatLayout``: where every parameter lives in one flat buffer per dtype, and who owns what.
 
 Parameters are laid out in optimizer order (group 0's parameters, then group 1's, ...), one flat
-buffer per dtype. Each buffer is padded to a multiple of the world size and cut into ``world``
-equal contiguous slices: rank ``r`` owns elements ``[r * S, (r + 1) * S)`` with
-``S = ceil(total / world)``. Because slices are equal and contiguous, optimizer state is exactly
-``S`` elements per state array per rank (a greedy split by parameter would be uneven), and the
-all-gather of the updated slices is one collective per dtype.
+buffer per dtype, padded at its end to a multiple of the world size ``N``.
+
+The buffer is cut into *buckets*: contiguous ranges taken from the end (backward produces the
+last parameters' gradients first), each a multiple of ``N`` elements long (the first one at most
+``first_bucket_elems``, the others at most ``bucket_elems``; a bucket may split a parameter).
+Each bucket is cut into ``N`` equal pieces, and rank ``r`` owns the ``r``-th piece of every
+bucket: exactly what a reduce-scatter of that bucket leaves it, so every bucket's gradients are
+reduce-scattered as soon as they are final, and every bucket's parameters are all-gathered back
+with one all-gather. A rank's *shard* is its pieces in ascending order, ``S = padded / N``
+elements: optimizer state is exactly ``S`` elements per state array on every rank (a greedy
+split by parameter would be uneven). With one bucket (the default), rank ``r`` owns
+``[r * S, (r + 1) * S)``.
 
 Global offsets do not depend on the world size (only the padding does), so a checkpoint that
 records ``(dtype, offset, numel)`` per parameter can be re-sliced at any world size.
@@ -44,10 +51,17 @@ class Buffer:
     padded: int  # a multiple of the world size
     shard: int  # elements per rank
     entries: list[Entry] = field(default_factory=list)
+    buckets: list[tuple[int, int]] = field(default_factory=list)  # launch order: descending
 
-    def slice_of(self, rank: int) -> tuple[int, int]:
-        """``[lo, hi)`` owned by ``rank`` (padding included)."""
-        return rank * self.shard, (rank + 1) * self.shard
+    def owned(self, rank: int, world: int) -> list[tuple[int, int, int]]:
+        """``(lo, hi, pos)`` for each piece ``rank`` owns, ascending; ``pos`` is where the piece
+        starts in the rank's ``S``-element shard (padding included)."""
+        pieces, pos = [], 0
+        for lo, hi in reversed(self.buckets):
+            step = (hi - lo) // world
+            pieces.append((lo + rank * step, lo + (rank + 1) * step, pos))
+            pos += step
+        return pieces
 
     def group_ranges(self) -> list[tuple[int, int, int]]:
         """``(group, lo, hi)`` for each run of consecutive entries of one group."""
@@ -69,10 +83,14 @@ class FlatLayout:
         dtypes: each parameter's dtype name (``"float32"``).
         groups: each parameter's param-group index.
         world: the number of ranks the buffers are cut for.
+        bucket_elems: the largest bucket, in elements (None: one bucket per dtype).
+        first_bucket_elems: the largest first bucket (the end of the buffer), so that the
+            first reduce-scatter starts early in backward (None: ``bucket_elems``).
     """
 
     def __init__(self, names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str],
-                 groups: list[int], world: int):
+                 groups: list[int], world: int, bucket_elems: int | None = None,
+                 first_bucket_elems: int | None = None):
         if world < 1:
             raise ValueError(f"FlatLayout: world must be >= 1, got {world}")
         if len(set(names)) != len(names):
@@ -93,10 +111,12 @@ class FlatLayout:
             buf.total = offsets[dtype]
             buf.shard = max(1, -(-buf.total // world))
             buf.padded = buf.shard * world
+            buf.buckets = _cut(buf.padded, world, bucket_elems, first_bucket_elems)
 
     @classmethod
     def of_groups(cls, param_groups: list[dict], names: dict[int, str] | None,
-                  world: int) -> FlatLayout:
+                  world: int, bucket_elems: int | None = None,
+                  first_bucket_elems: int | None = None) -> FlatLayout:
         """The layout of an optimizer's ``param_groups``; ``names`` maps ``id(param)`` to name."""
         params = [(g, p) for g, group in enumerate(param_groups) for p in group["params"]]
         names = names or {}
@@ -106,12 +126,27 @@ class FlatLayout:
             [str(p.array.dtype) for _, p in params],
             [g for g, _ in params],
             world,
+            bucket_elems,
+            first_bucket_elems,
         )
 
     def describe(self) -> str:
         """A text that is equal on two ranks exactly when their layouts are equal."""
         return "; ".join(
-            f"{d}[{b.total}/{b.padded}]:" + ",".join(f"{e.name}{list(e.shape)}g{e.group}"
-                                                   for e in b.entries)
+            f"{d}[{b.total}/{b.padded} buckets {b.buckets}]:"
+            + ",".join(f"{e.name}{list(e.shape)}g{e.group}" for e in b.entries)
             for d, b in self.buffers.items()
         )
+
+
+def _cut(padded: int, world: int, cap: int | None, first_cap: int | None) -> list[tuple[int, int]]:
+    """Buckets of ``[0, padded)`` from the end, each a multiple of ``world`` elements."""
+    if cap is None:
+        return [(0, padded)]
+    buckets, hi, limit = [], padded, first_cap or cap
+    while hi > 0:
+        size = min(hi, max(world, limit // world * world))
+        buckets.append((hi - size, hi))
+        hi -= size
+        limit = cap
+    return buckets

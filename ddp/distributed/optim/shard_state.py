@@ -3,7 +3,8 @@
 The wrapped optimizer keeps state per *shard parameter* (one per param group and dtype that
 intersects this rank's slice). Each state entry shaped like its shard parameter (``exp_avg``,
 ``momentum_buffer``, ...) is *sharded*: concatenated over this rank's shard parameters it is an
-``S``-element slice of a flat state buffer laid out exactly like the parameters. Anything else
+``S``-element shard of a flat state buffer laid out exactly like the parameters (this rank's
+pieces in ascending order, see ``FlatLayout``). Anything else
 (``step``, a 0-d tensor or a Python number) is a *scalar*, equal for every parameter of a group.
 
 These slices are what checkpoints write and what ``consolidate_state_dict`` all-gathers.
@@ -21,13 +22,15 @@ from ddp.tensor import Tensor
 
 @dataclass
 class ShardParam:
-    """A tensor viewing ``[lo, hi)`` (global offsets) of flat buffer ``dtype``, in ``group``."""
+    """A tensor viewing ``[lo, hi)`` (global offsets) of flat buffer ``dtype``, in ``group``;
+    it starts at ``pos`` of this rank's ``S``-element shard."""
 
     tensor: Tensor
     group: int
     dtype: str
     lo: int
     hi: int
+    pos: int
 
 
 @dataclass
@@ -45,12 +48,11 @@ class LocalState:
     scalars: dict
 
 
-def local_state(shard_params: list[ShardParam], state: dict, slice_lo: dict,
-                shard: dict) -> LocalState:
+def local_state(shard_params: list[ShardParam], state: dict, shard: dict) -> LocalState:
     """Collect the wrapped optimizer's ``state`` of ``shard_params`` as this rank's slices.
 
     Args:
-        slice_lo, shard: per dtype, the first global offset of this rank's slice and its size.
+        shard: per dtype, the size ``S`` of this rank's shard (its pieces, ascending).
     """
     slices: dict = {}
     group_keys: dict = {}
@@ -63,8 +65,7 @@ def local_state(shard_params: list[ShardParam], state: dict, slice_lo: dict,
                 if out is None:
                     xp = get_array_module(array)
                     out = slices[(sp.dtype, key)] = xp.zeros(shard[sp.dtype], dtype=array.dtype)
-                lo = slice_lo[sp.dtype]
-                out[sp.lo - lo:sp.hi - lo] = array
+                out[sp.pos:sp.pos + sp.hi - sp.lo] = array
                 keys = group_keys.setdefault(sp.group, [])
                 if key not in keys:
                     keys.append(key)

@@ -1,26 +1,30 @@
 """``ZeroRedundancyOptimizer``: ZeRO stages 1 and 2 over an exact, equal flat partition.
 
-Construction (a collective) lays the parameters out in one flat buffer per dtype (see
-``flat_layout.py``), copies them in and makes every ``p.array`` a view of its slot, so the model
-keeps using the same Parameter objects. Rank ``r`` owns the ``r``-th of ``world`` equal slices and
-runs the wrapped optimizer on *shard parameters*, tensors viewing that slice (one per param
-group and dtype it intersects, usually exactly one), so optimizer state is exactly ``1/world``.
+Construction (a collective) lays the parameters out in one flat buffer per dtype, cut into
+buckets (see ``flat_layout.py``), copies them in and makes every ``p.array`` a view of its slot,
+so the model keeps using the same Parameter objects. Rank ``r`` owns the ``r``-th of ``world``
+equal pieces of every bucket and runs the wrapped optimizer on *shard parameters*, tensors
+viewing those pieces (one per piece and param group it intersects), so optimizer state is
+exactly ``1/world``.
 
-``step()`` (a collective): the wrapped optimizer updates this rank's slice in place, then one
-all-gather per dtype writes every rank's updated slice into every rank's flat buffer, and with
-it into the parameters. Gradients come from ``sharded_grads.py``: stage 1 reads the slice of the
-replicated gradient (DDP averaged it); stage 2 reduce-scatters during backward and keeps only the
-slice. Communication per step: stage 2 = reduce-scatter + all-gather = one all-reduce, i.e. plain
-DDP's volume; stage 1 adds an all-gather to DDP's all-reduce.
+Gradients (``sharded_grads.py``, both stages, with or without DDP): each bucket is
+reduce-scattered (averaged) during backward on a communication thread as soon as its gradients
+are final; stage 1 keeps a full-size gradient buffer, stage 2 only the shard. ``step()`` (a
+collective): the wrapped optimizer updates this rank's pieces in place, bucket by bucket, and
+each updated bucket is all-gathered on the communication thread while the next one is stepped,
+writing every rank's pieces into every rank's flat buffer and so into the parameters.
+Communication per step: reduce-scatter + all-gather = one all-reduce, plain DDP's bytes.
 
 Collective points (every rank, same order): construction, every ``step``, the end of every
-stage-2 backward, ``clip_grad_norm_``, ``has_nonfinite_grad``, ``consolidate_state_dict``.
+backward through these parameters, ``clip_grad_norm_``, ``has_nonfinite_grad``,
+``consolidate_state_dict``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,7 +33,7 @@ from ddp.backend import get_array_module
 from ddp.distributed.optim import shard_state
 from ddp.distributed.optim.flat_layout import FlatLayout
 from ddp.distributed.optim.shard_state import ShardParam
-from ddp.distributed.optim.sharded_grads import ReplicatedGrads, ShardedGrads
+from ddp.distributed.optim.sharded_grads import BucketedGrads
 from ddp.distributed.reduce_op import ReduceOp
 from ddp.optim.optimizer import Optimizer
 from ddp.tensor import Tensor
@@ -76,8 +80,12 @@ class ZeroRedundancyOptimizer(Optimizer):
         optimizer_class: e.g. ``ddp.optim.AdamW``; built on this rank's shard parameters with
             the group hyperparameters and ``defaults``.
         process_group: the ranks to shard over (default: the default group).
-        stage: 1 (shard optimizer state; gradients must be replicated, e.g. by DDP) or 2 (also
-            shard gradients: reduce-scattered during backward, ``p.grad`` is None afterwards).
+        stage: 1 (shard optimizer state; keep a full-size gradient buffer) or 2 (also shard
+            gradients). Both average the gradients during backward by bucketed reduce-scatters
+            (taking gradient sync over from DDP, or on a plain model); ``p.grad`` is None
+            afterwards. Gradients assigned by hand are taken as already averaged.
+        bucket_cap_mb: largest reduce-scatter bucket in MiB (buckets may split parameters).
+        first_bucket_cap_mb: the first (last-layer) bucket, so communication starts early.
         defaults: hyperparameters for ``optimizer_class`` (``lr=...``).
 
     A parameter without a gradient in a step counts as a zero gradient (its weight decay and
@@ -88,7 +96,8 @@ class ZeroRedundancyOptimizer(Optimizer):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], optimizer_class: type,
-                 process_group=None, stage: int = 1, **defaults: Any):
+                 process_group=None, stage: int = 1, bucket_cap_mb: float = 4.0,
+                 first_bucket_cap_mb: float = 1.0, **defaults: Any):
         from ddp.distributed.api import resolve_group
 
         if stage not in (1, 2):
@@ -102,7 +111,13 @@ class ZeroRedundancyOptimizer(Optimizer):
         self._params = [p for g in user_groups for p in g["params"]]
         pg = resolve_group(process_group)
         self.rank, self.world = pg.rank(), pg.size()
-        self.layout = FlatLayout.of_groups(user_groups, None, self.world)
+        if bucket_cap_mb <= 0 or first_bucket_cap_mb <= 0:
+            raise ValueError(f"Invalid bucket caps: bucket_cap_mb={bucket_cap_mb}, "
+                             f"first_bucket_cap_mb={first_bucket_cap_mb} (must be positive)")
+        itemsize = max((p.array.itemsize for p in self._params), default=4)
+        self.layout = FlatLayout.of_groups(
+            user_groups, None, self.world, max(1, int(bucket_cap_mb * 2**20) // itemsize),
+            max(1, int(min(first_bucket_cap_mb, bucket_cap_mb) * 2**20) // itemsize))
         # A private channel: never interleaves with the user's collectives. Checked once here,
         # then the per-collective consensus check is skipped (the order is fixed by the layout).
         self._pg = pg.dup()
@@ -133,23 +148,21 @@ class ZeroRedundancyOptimizer(Optimizer):
                                                  strict=True)]
         self.defaults = self.optim.defaults
         self.state = self.optim.state
-        if stage == 1:
-            self.grads = ReplicatedGrads(self._params, self.layout, self.flat_params, self.rank)
-        else:
-            self.grads = ShardedGrads(self._params, self.layout, self.flat_params, self._pg)
+        self.grads = BucketedGrads(self._params, self.layout, self.flat_params, self._pg, stage)
         self._consolidated: dict | None = None
 
     def _make_shard_params(self) -> list[ShardParam]:
         shards = []
         for d, buf in self.layout.buffers.items():
-            lo, hi = buf.slice_of(self.rank)
             runs = buf.group_ranges()
             g_last, r_lo, _ = runs[-1]
             runs[-1] = (g_last, r_lo, buf.padded)  # padding joins the last group: exactly S
-            for g, a, b in runs:
-                a, b = max(a, lo), min(b, hi)
-                if a < b:
-                    shards.append(ShardParam(Tensor(self.flat_params[d][a:b]), g, d, a, b))
+            for lo, hi, pos in buf.owned(self.rank, self.world):
+                for g, a, b in runs:
+                    a, b = max(a, lo), min(b, hi)
+                    if a < b:
+                        shards.append(ShardParam(Tensor(self.flat_params[d][a:b]), g, d, a, b,
+                                                 pos + a - lo))
         return shards
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -180,26 +193,49 @@ class ZeroRedundancyOptimizer(Optimizer):
         """
         loss = self._run_closure(closure)
         self._readopt()
-        slices = self.grads.slices()
-        if slices is None:
+        self.grads.absorb_manual_grads()
+        if not self.grads.has_grads:
             return loss
-        for sp in self.shard_params:
-            lo = self.layout.buffers[sp.dtype].slice_of(self.rank)[0]
-            sp.tensor.grad = Tensor(slices[sp.dtype][sp.lo - lo:sp.hi - lo])
+        comm = self.grads._comm
         try:
-            self.optim.step()
+            # Bucket by bucket, in backward's order: bucket k is all-gathered on the
+            # communication thread while bucket k + 1 is stepped here.
+            for shard_params, bucket in self._step_order():
+                for sp in shard_params:
+                    sp.tensor.grad = Tensor(self.grads.shard_grad(sp.dtype, sp.lo, sp.hi,
+                                                                  sp.pos))
+                self.optim.step()
+                for sp in shard_params:
+                    sp.tensor.grad = None
+                if self.world > 1:
+                    comm.submit("all-gather", partial(self._allgather_bucket, *bucket))
         finally:
             for sp in self.shard_params:
                 sp.tensor.grad = None
-        self._allgather_params()
+            comm.wait()
         return loss
+
+    def _step_order(self) -> list:
+        """``(shard params, (dtype, lo, hi, plo, phi))`` per bucket, in launch order."""
+        order = getattr(self, "_order", None)
+        if order is None:
+            order = []
+            for b in self.grads._buckets:
+                sps = [sp for sp in self.shard_params
+                       if sp.dtype == b.dtype and b.plo <= sp.lo < b.phi]
+                order.append((sps, (b.dtype, b.lo, b.hi, b.plo, b.phi)))
+            self._order = order
+        return order
+
+    def _allgather_bucket(self, d: str, lo: int, hi: int, plo: int, phi: int) -> None:
+        flat = self.flat_params[d]
+        self._pg.allgather(flat[lo:hi], flat[plo:phi].copy())  # MPI forbids aliasing
 
     def _allgather_params(self) -> None:
         if self.world == 1:
             return
-        for d, flat in self.flat_params.items():
-            lo, hi = self.layout.buffers[d].slice_of(self.rank)
-            self._pg.allgather(flat, flat[lo:hi].copy())  # MPI forbids aliased send/recv
+        for _, bucket in self._step_order():
+            self._allgather_bucket(*bucket)
 
     # ------------------------------------------------------------------------- global checks
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
@@ -211,10 +247,11 @@ class ZeroRedundancyOptimizer(Optimizer):
         over the full, averaged gradients. Scales by ``max_norm / (norm + 1e-6)`` when below 1.
         """
         max_norm, norm_type = float(max_norm), float(norm_type)
-        slices = self.grads.slices() or {}
+        self.grads.absorb_manual_grads()
+        slices = self.grads.owned_arrays() if self.grads.has_grads else []
         dtype = next(iter(self.flat_params.values())).dtype
         local = np.zeros(1, dtype=np.float64)
-        for g in slices.values():
+        for g in slices:
             if norm_type == math.inf:
                 local[0] = max(local[0], float(abs(g).max()) if g.size else 0.0)
             elif norm_type == 2.0:
@@ -241,9 +278,10 @@ class ZeroRedundancyOptimizer(Optimizer):
 
     def has_nonfinite_grad(self) -> bool:
         """Collective: True on every rank when any rank's gradient slice holds inf or nan."""
-        slices = self.grads.slices() or {}
+        self.grads.absorb_manual_grads()
+        slices = self.grads.owned_arrays() if self.grads.has_grads else []
         flag = np.zeros(1, dtype=np.int32)
-        for g in slices.values():
+        for g in slices:
             if not bool(get_array_module(g).isfinite(g).all()):
                 flag[0] = 1
         self._pg.allreduce(flag, ReduceOp.MAX)
@@ -251,18 +289,19 @@ class ZeroRedundancyOptimizer(Optimizer):
 
     # ---------------------------------------------------------------------------- memory
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes this rank holds now: ``params`` (flat buffers), ``grads`` and ``state``."""
+        """Bytes this rank holds now: ``params`` (flat buffers), ``grads`` (stage 1: the full
+        flat buffer, stage 2: the shard), ``state``, and ``comm`` (reduce-scatter scratch and,
+        stage 2, the pool of bucket staging buffers, reused across steps)."""
         state = sum(v.array.nbytes for s in self.optim.state.values() for v in s.values()
                     if isinstance(v, Tensor))
         return {"params": sum(a.nbytes for a in self.flat_params.values()),
-                "grads": self.grads.nbytes(), "state": state}
+                "grads": self.grads.nbytes(), "state": state, "comm": self.grads.comm_bytes()}
 
     # ------------------------------------------------------------------------ state dicts
     def local_state(self) -> shard_state.LocalState:
         """This rank's optimizer state as slices of flat state buffers (no communication)."""
-        lo = {d: b.slice_of(self.rank)[0] for d, b in self.layout.buffers.items()}
         shard = {d: b.shard for d, b in self.layout.buffers.items()}
-        return shard_state.local_state(self.shard_params, self.optim.state, lo, shard)
+        return shard_state.local_state(self.shard_params, self.optim.state, shard)
 
     def load_local_state(self, read_slice, group_keys: dict, scalars: dict) -> None:
         """Install state from slices; see ``shard_state.install_state`` (no communication)."""
@@ -289,8 +328,12 @@ class ZeroRedundancyOptimizer(Optimizer):
                 mine = xp.zeros(buf.shard, dtype=sdtype)
             out = xp.empty(buf.padded, dtype=sdtype)
             self._pg.allgather(out, mine)
-            if self.rank == to:
-                full[(d, key)] = out
+            if self.rank == to:  # rank-major shards -> global order
+                ordered = xp.empty_like(out)
+                for r in range(self.world):
+                    for lo, hi, pos in buf.owned(r, self.world):
+                        ordered[lo:hi] = out[r * buf.shard + pos:r * buf.shard + pos + hi - lo]
+                full[(d, key)] = ordered
         if self.rank != to:
             self._consolidated = None
             return

@@ -52,7 +52,9 @@ class GELU(Function):
             d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner
             return grad * d, None
         # d/dx x*Phi(x) = Phi(x) + x * phi(x)
-        pdf = xp.exp(-0.5 * x * x)
+        pdf = x * x
+        pdf *= -0.5
+        xp.exp(pdf, out=pdf)
         pdf *= x
         pdf *= _INV_SQRT_2PI
         pdf += saved

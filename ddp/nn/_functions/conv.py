@@ -1,7 +1,8 @@
 """2-D convolution and max pooling on NCHW arrays via im2col and one GEMM each way.
 
 ``im2col`` views the padded input as sliding windows (no copy) and makes one contiguous
-``(N*Ho*Wo, C*kh*kw)`` copy, so the convolution is a single GEMM with the flattened weight.
+``(C*kh*kw, N*Ho*Wo)`` copy, so the convolution is a single GEMM with the flattened weight
+(stride 1 copies full-width rows instead, see ``_im2col_full_width``).
 Backward is two GEMMs and a ``col2im`` that adds the column gradient back at each of the
 ``kh*kw`` kernel offsets: kh*kw strided, vectorised adds instead of a loop over pixels.
 """
@@ -73,27 +74,35 @@ class Conv2d(Function):
         n, c = x.shape[:2]
         o, _, kh, kw = weight.shape
         xpad = _pad(x, padding)
-        win = _windows(xpad, (kh, kw), stride, dilation)
-        ho, wo = win.shape[2], win.shape[3]
-        cols = xp.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
+        if stride == (1, 1):
+            cols, ho, wo, row = _im2col_full_width(xpad, (kh, kw), dilation)
+        else:
+            win = _windows(xpad, (kh, kw), stride, dilation)
+            ho, wo = win.shape[2], win.shape[3]
+            row = wo
+            cols = xp.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
         w2 = weight.reshape(o, -1)
-        out = w2 @ cols  # (O, N*Ho*Wo)
+        out = w2 @ cols  # (O, N*Ho*row)
         if bias is not None:
             out += bias[:, None]
         ctx.save_for_backward(cols if ctx.needs_input_grad[1:2] == (True,) else None,
                               w2 if ctx.needs_input_grad[:1] == (True,) else None)
-        ctx.meta = (xpad.shape, weight.shape, stride, padding, dilation, ho, wo)
+        ctx.meta = (xpad.shape, weight.shape, stride, padding, dilation, ho, wo, row)
         ctx.has_bias = bias is not None
-        return xp.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
+        out = out.reshape(o, n, ho, row)[:, :, :, :wo]  # drop the wrapped columns, if any
+        return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
     @staticmethod
     def backward(ctx, grad):
         cols, w2 = ctx.saved_tensors
-        pad_shape, w_shape, stride, padding, dilation, ho, wo = ctx.meta
+        pad_shape, w_shape, stride, padding, dilation, ho, wo, row = ctx.meta
         needs = ctx.needs_input_grad
         xp = get_array_module(grad)
         n, o = grad.shape[:2]
-        g2 = xp.ascontiguousarray(grad.transpose(1, 0, 2, 3)).reshape(o, -1)  # (O, N*Ho*Wo)
+        g4 = xp.empty((o, n, ho, row), dtype=grad.dtype)
+        g4[:, :, :, wo:] = 0  # wrapped columns: zero, so they add nothing below
+        g4[:, :, :, :wo] = grad.transpose(1, 0, 2, 3)
+        g2 = g4.reshape(o, -1)  # (O, N*Ho*row)
         gx = gw = gb = None
         if needs[1]:
             gw = (g2 @ cols.T).reshape(w_shape)
@@ -101,9 +110,62 @@ class Conv2d(Function):
             gb = g2.sum(axis=1)
         if needs[0]:
             c, kh, kw = w_shape[1:]
-            dcols = (w2.T @ g2).reshape(c, kh, kw, n, ho, wo)
-            gx = _crop(_col2im(dcols, pad_shape, stride, dilation, grad.dtype, xp), padding)
+            dcols = w2.T @ g2
+            if stride == (1, 1):
+                gpad = _col2im_full_width(dcols.reshape(c, kh, kw, n, ho * row), pad_shape,
+                                          dilation)
+            else:
+                gpad = _col2im(dcols.reshape(c, kh, kw, n, ho, wo), pad_shape, stride, dilation,
+                               grad.dtype, xp)
+            gx = _crop(gpad, padding)
         return gx, gw, gb, None, None, None
+
+
+def _im2col_full_width(xpad, kernel, dilation):
+    """Stride-1 columns ``(C*kh*kw, N*Ho*Wp)`` whose rows span the full padded width ``Wp``.
+
+    With stride 1, the pixels that kernel offset (i, j) reads for the ``Ho`` output rows of an
+    image are one contiguous run of ``Ho*Wp`` elements of the C-major flattened input, so the
+    copy moves long runs instead of ``Wo``-element rows. The last ``Wp - Wo`` columns of each
+    output row wrap into the next row: the caller drops them from the output (forward) and
+    gives them a zero gradient (backward). Returns ``(cols, Ho, Wo, Wp)``.
+    """
+    xp = get_array_module(xpad)
+    n, c, hp, wp = xpad.shape
+    (kh, kw), (dh, dw) = kernel, dilation
+    ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    plane = hp * wp
+    flat = xp.empty((c, n * plane + dw * (kw - 1)), dtype=xpad.dtype)  # the tail: last run's
+    flat[:, n * plane:] = 0                                             # wrapped reads
+    flat[:, :n * plane].reshape(c, n, hp, wp)[...] = xpad.transpose(1, 0, 2, 3)
+    s0, s1 = flat.strides
+    win = _as_strided(flat, (c, kh, kw, n, ho * wp), (s0, dh * wp * s1, dw * s1, plane * s1, s1))
+    return xp.ascontiguousarray(win).reshape(c * kh * kw, n * ho * wp), ho, wo, wp
+
+
+def _col2im_full_width(dcols, padded_shape, dilation):
+    """Inverse of ``_im2col_full_width``: sum ``(C, kh, kw, N, Ho*Wp)`` into a padded NCHW array."""
+    xp = get_array_module(dcols)
+    c, kh, kw, n, run = dcols.shape
+    _, _, hp, wp = padded_shape
+    dh, dw = dilation
+    plane = hp * wp
+    flat = xp.zeros((c, n * plane + dw * (kw - 1)), dtype=dcols.dtype)
+    s0, s1 = flat.strides
+    for i in range(kh):
+        for j in range(kw):
+            start = i * dh * wp + j * dw
+            # runs of different images do not overlap (run <= plane): += is safe on this view
+            view = _as_strided(flat[:, start:], (c, n, run), (s0, plane * s1, s1), writeable=True)
+            view += dcols[:, i, j]
+    return flat[:, :n * plane].reshape(c, n, hp, wp).transpose(1, 0, 2, 3)
+
+
+def _as_strided(a, shape, strides, writeable=False):
+    xp = get_array_module(a)
+    if xp is not np:  # CuPy's as_strided has no ``writeable`` argument
+        return xp.lib.stride_tricks.as_strided(a, shape, strides)
+    return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=writeable)
 
 
 class MaxPool2d(Function):

@@ -8,6 +8,8 @@ float32); each element is evaluated only by the branch of its range.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ddp.backend import get_array_module
 
 _A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
@@ -113,14 +115,54 @@ def erf(x):
 
     Large NumPy arrays are processed in cache-sized blocks: the evaluation makes dozens of
     elementwise passes, which would otherwise each stream the whole array through memory.
+    float32 NumPy arrays take a shorter single-rational path (``_erf_float32``).
     """
     xp = get_array_module(x)
+    if xp.__name__ == "numpy" and x.dtype == np.float32:
+        return _erf_float32(x)
     if xp.__name__ != "numpy" or x.size <= 2 * _BLOCK:
         return _erf_block(x)
     flat = x.reshape(-1)
     out = xp.empty(flat.shape, dtype=x.dtype)
     for start in range(0, flat.size, _BLOCK):
         out[start:start + _BLOCK] = _erf_block(flat[start:start + _BLOCK])
+    return out.reshape(x.shape)
+
+
+# erf(x) ~ x * alpha(x^2) / beta(x^2) on [-4, 4] (Eigen's float erf, also XLA's): one rational,
+# no branches and no exp. Absolute error 6.5e-8 when evaluated in float64, so the rounded float32
+# result is within ~1e-7 (float32 Horner arithmetic would lose up to 4.4e-7 near |x| = 3).
+_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)
+_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+         -7.37332916720468e-03, -1.42647390514189e-02)
+_BLOCK32 = 1 << 16  # bounds the four float64 work buffers (larger blocks: fewer calls)
+
+
+def _erf_float32(x):
+    """erf of a float32 NumPy array, in float64 work buffers one cache-sized block at a time."""
+    flat = x.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    size = min(_BLOCK32, flat.size)
+    buffers = [np.empty(size, dtype=np.float64) for _ in range(4)]
+    for start in range(0, flat.size, size):
+        stop = min(start + size, flat.size)
+        v, v2, num, den = (b[:stop - start] for b in buffers)
+        np.clip(flat[start:stop], -4.0, 4.0, out=v)  # |erf| rounds to 1 in float32 beyond 4
+        np.multiply(v, v, out=v2)
+        np.multiply(v2, _ALPHA[0], out=num)
+        num += _ALPHA[1]
+        for a in _ALPHA[2:]:
+            num *= v2
+            num += a
+        num *= v
+        np.multiply(v2, _BETA[0], out=den)
+        den += _BETA[1]
+        for b in _BETA[2:]:
+            den *= v2
+            den += b
+        np.divide(num, den, out=out[start:stop])  # float64 -> float32 on the way out
     return out.reshape(x.shape)
 
 

@@ -52,6 +52,12 @@ class DistributedDataParallel(Module):
             zero when no rank used it). Either way an unused parameter never causes a hang.
         gradient_as_bucket_view: after a synchronised backward each ``.grad`` is a view into
             its bucket buffer, saving one copy per step and the memory of separate grads.
+        comm_mode: how buckets are all-reduced (an extension; torch has no such argument):
+            ``"thread"`` (a communication thread overlapping backward), ``"nonblocking"``
+            (``MPI_Iallreduce`` started from backward and progressed at every gradient hook)
+            or ``"sync"`` (one all-reduce per dtype after backward, no overlap). None reads
+            ``DDP_COMM_MODE`` from the environment, default ``"thread"``. Results are identical;
+            only speed differs (docs/benchmarks.md). Must be the same on all ranks.
 
     Raises:
         RuntimeError: on every rank, when the ranks' models differ (naming the ranks and the
@@ -135,6 +141,13 @@ class DistributedDataParallel(Module):
                 ddp_model(x1).sum().backward()     # local accumulation
             ddp_model(x2).sum().backward()         # synchronises grads of x1 and x2
         """
+        if self.reducer.sync_handed_over:
+            raise RuntimeError(
+                "no_sync() has no effect here: a ZeroRedundancyOptimizer owns gradient "
+                "synchronisation of this model's parameters and reduce-scatters every backward. "
+                "Accumulate by calling backward() several times before step() instead (ZeRO "
+                "sums the averaged gradients of every backward), or drop ZeRO."
+            )
         previous = self.require_backward_grad_sync
         self.require_backward_grad_sync = False
         try:

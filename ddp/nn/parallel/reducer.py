@@ -61,6 +61,12 @@ class Bucket:
     launched_at: float = field(default=0.0, repr=False)
 
 
+def _buffer_key(array) -> tuple:
+    """Arrays with the same key may share a bucket: same dtype, array library and device."""
+    return (str(array.dtype), type(array).__module__,
+            getattr(getattr(array, "device", None), "id", None))
+
+
 def assign_buckets(arrays: list, cap_bytes: int, first_cap_bytes: int) -> list[list[int]]:
     """Group parameter indices into buckets of at most ``cap_bytes`` (one dtype and device each).
 
@@ -73,7 +79,7 @@ def assign_buckets(arrays: list, cap_bytes: int, first_cap_bytes: int) -> list[l
     closed: list[list[int]] = []
     for i in reversed(range(len(arrays))):
         a = arrays[i]
-        key = (str(a.dtype), type(a).__module__, getattr(getattr(a, "device", None), "id", None))
+        key = _buffer_key(a)
         entry = open_buckets.setdefault(key, [[], 0, first_cap_bytes])
         if entry[0] and entry[1] + a.nbytes > entry[2]:
             closed.append(entry[0])
@@ -142,10 +148,22 @@ class Reducer:
         arrays = [p.array for p in self._params]
         self.buckets: list[Bucket] = []
         self._slots: list = [None] * len(arrays)  # param index -> (bucket, view of its slot)
-        for b, indices in enumerate(assign_buckets(arrays, cap, first_cap)):
-            first = arrays[indices[0]]
-            xp = get_array_module(first)
-            buffer = xp.zeros(sum(arrays[i].size for i in indices), dtype=first.dtype)
+        # The buckets of one dtype and device are consecutive slices of one flat buffer, so
+        # comm_mode "sync" all-reduces them all with a single collective.
+        layout = assign_buckets(arrays, cap, first_cap)
+        keys = [_buffer_key(arrays[indices[0]]) for indices in layout]
+        sizes = [sum(arrays[i].size for i in indices) for indices in layout]
+        flat_of: dict = {}  # key -> flat buffer
+        for key, indices in zip(keys, layout, strict=True):
+            if key not in flat_of:
+                a = arrays[indices[0]]
+                numel = sum(n for k, n in zip(keys, sizes, strict=True) if k == key)
+                flat_of[key] = get_array_module(a).zeros(numel, dtype=a.dtype)
+        self._flats: list = list(flat_of.values())
+        used = dict.fromkeys(flat_of, 0)
+        for b, (key, indices, numel) in enumerate(zip(keys, layout, sizes, strict=True)):
+            buffer = flat_of[key][used[key]:used[key] + numel]
+            used[key] += numel
             bucket = Bucket(b, buffer, indices)
             offset = 0
             for i in indices:
@@ -207,19 +225,25 @@ class Reducer:
     def allreduce_grads(self) -> None:
         """Collective: average every parameter's current ``.grad`` over the group, now.
 
-        The same buckets, collectives and write-back as a synchronised backward, for gradients
-        produced outside one (and to time the synchronisation alone). Call it on all ranks,
-        outside backward; a forward that armed synchronisation stays armed.
+        The same buckets and write-back as a synchronised backward, for gradients produced
+        outside one (and to time the synchronisation alone); as there is no backward to overlap,
+        it all-reduces the way ``comm_mode="sync"`` does (one collective per dtype), whatever
+        ``comm_mode`` is. Call it on all ranks, outside backward; a forward that armed
+        synchronisation stays armed.
         """
         if self._task is not None or self.sync_handed_over:
             raise RuntimeError("allreduce_grads() cannot run during a synchronised backward "
                                "or after hand_over_gradient_sync()")
-        expect, forward_thread = self._expect_backward, self._forward_thread
-        self._arm(object())
-        for i in range(len(self._params)):
-            self._mark_ready(i)
-        self._finalize()
-        self._expect_backward, self._forward_thread = expect, forward_thread
+        expect, forward_thread, mode = self._expect_backward, self._forward_thread, self.comm_mode
+        self.comm_mode = "sync"
+        try:
+            self._arm(object())
+            for i in range(len(self._params)):
+                self._mark_ready(i)
+            self._finalize()
+        finally:
+            self._expect_backward, self._forward_thread = expect, forward_thread
+            self.comm_mode = mode
 
     def _on_grad_ready(self, index: int) -> None:
         if self._task is None or engine.current_task() is not self._task:
@@ -312,12 +336,11 @@ class Reducer:
                     bucket.buffer /= self._postdivide
                 events.append((f"bucket {bucket.index}", start, time.perf_counter()))
         elif self.comm_mode == "sync":
-            for bucket in self.buckets:
+            for k, flat in enumerate(self._flats):
                 start = time.perf_counter()
-                _allreduce_sum(self._pg, bucket.buffer, self._postdivide,
-                               f"allreduce bucket {bucket.index}",
+                _allreduce_sum(self._pg, flat, self._postdivide, f"allreduce buckets {k}",
                                self._pg.global_ranks[self._rank])
-                events.append((f"bucket {bucket.index}", start, time.perf_counter()))
+                events.append((f"buckets {k}", start, time.perf_counter()))
         if self.comm_mode != "thread" and self.find_unused_parameters:
             self._pg.allreduce(self._used)
 
@@ -362,6 +385,7 @@ class Reducer:
         self.sync_handed_over = True
         for bucket in self.buckets:
             bucket.buffer = bucket.buffer[:0]
+        self._flats = []
         self._slots = [None] * len(self._slots)
 
     def close(self) -> None:
