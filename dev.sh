@@ -56,6 +56,6 @@ shift || true
 case "$cmd" in
     setup) setup ;;
     test) setup; run_tests ;;
-    train) setup; exec "$VENV/bin/mpiexec" -n "$NRANKS" "$PY" examples/train.py "$@" ;;
+    train) setup; export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; exec "$VENV/bin/mpiexec" -n "$NRANKS" "$PY" examples/train.py "$@" ;;
     *) echo "usage: bash dev.sh {train [ARGS...]|test|setup}" >&2; exit 2 ;;
 esac

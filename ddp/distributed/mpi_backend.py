@@ -188,7 +188,8 @@ def init_mpi_world() -> MPIProcessGroup:
     """The WORLD group over ``COMM_WORLD.Dup()``; sets torchrun's env vars and the abort hooks.
 
     ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` come from ``Split_type(COMM_TYPE_SHARED)`` (the ranks
-    sharing this node's memory); ``RANK`` and ``WORLD_SIZE`` from COMM_WORLD.
+    sharing this node's memory); ``RANK`` and ``WORLD_SIZE`` from COMM_WORLD. The node's cores
+    are shared among its ranks (``cpu_threads.share_cores``) unless the user set a thread count.
     """
     MPI = _mpi()
     world = MPI.COMM_WORLD
@@ -199,7 +200,9 @@ def init_mpi_world() -> MPIProcessGroup:
     os.environ["WORLD_SIZE"] = str(world.Get_size())
     os.environ["LOCAL_RANK"] = str(local_rank)
     os.environ["LOCAL_WORLD_SIZE"] = str(local_size)
+    from ddp.distributed.cpu_threads import share_cores
     from ddp.distributed.failure import install_abort_hooks
 
+    share_cores(local_size)
     install_abort_hooks(world.Get_rank(), world.Get_size())
     return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank)
