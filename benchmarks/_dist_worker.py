@@ -104,12 +104,19 @@ def time_sync(reps: int, ddp_kwargs: dict) -> dict:
     numel = sum(p.numel() for p in params)
     flat = rng.standard_normal(numel, dtype=np.float32)
     comm = MPI.COMM_WORLD.Dup()
-    ddp_times, raw_times = [], []
+    ddp_times, raw_times, transport_times = [], [], []
+    reducer = model.reducer
     for rep in range(reps + 2):
         comm.Barrier()
         start = time.perf_counter()
-        model.reducer.allreduce_grads()
+        reducer.allreduce_grads()
         ddp_time = time.perf_counter() - start
+        comm.Barrier()
+        # The transport alone: DDP's own process group all-reducing its flat bucket buffers.
+        start = time.perf_counter()
+        for buffer in reducer._flats:
+            reducer._pg.allreduce(buffer)
+        transport_time = time.perf_counter() - start
         comm.Barrier()
         start = time.perf_counter()
         comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
@@ -117,8 +124,10 @@ def time_sync(reps: int, ddp_kwargs: dict) -> dict:
         if rep >= 2:
             ddp_times.append(ddp_time)
             raw_times.append(raw_time)
+            transport_times.append(transport_time)
     comm.Free()
-    return {"bytes": 4 * numel, "ddp": ddp_times, "raw": raw_times}
+    return {"bytes": 4 * numel, "ddp": ddp_times, "raw": raw_times,
+            "transport": transport_times}
 
 
 def main() -> None:

@@ -100,7 +100,7 @@ def main() -> None:
     if not args.no_single:
         configs += [("ddp", 1), ("torch", 1)]
     times: dict = {(lib, world, m): [] for lib, world in configs for m in args.models}
-    sync: dict = {"ddp": [], "raw": []}
+    sync: dict = {"ddp": [], "raw": [], "transport": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
@@ -113,6 +113,7 @@ def main() -> None:
                 if "sync" in result:
                     sync["ddp"] += result["sync"]["ddp"]
                     sync["raw"] += result["sync"]["raw"]
+                    sync["transport"] += result["sync"]["transport"]
                     sync["bytes"] = result["sync"]["bytes"]
 
     print(f"2 ranks, 1 BLAS thread each; {args.rounds} interleaved rounds, median step times "
@@ -139,6 +140,10 @@ def main() -> None:
               f"({nbytes / d / 1e6:.2f} GB/s), raw mpi4py Allreduce {r:.2f} ms "
               f"({nbytes / r / 1e6:.2f} GB/s); DDP/raw bandwidth {r / d:.2f} "
               f"(spread {spread(sync['ddp'])} / {spread(sync['raw'])})")
+        t = median_ms(sync["transport"])
+        print(f"  of which transport (DDP's process group on its flat buffers): {t:.2f} ms; "
+              f"transport/raw bandwidth {r / t:.2f}; the rest is copying into buckets, "
+              f"averaging and writing back .grad")
 
 
 def models_batch(name: str) -> int:
