@@ -46,7 +46,7 @@ def numpy_mlp_step(params, x, y, lr=0.01, momentum=0.9, state=None):
     g = (g @ w2) * (h1 > 0)
     grads[0] = g.T @ x
     grads[1] = g.sum(0)
-    for p, grad, buf in zip(params, grads, state):
+    for p, grad, buf in zip(params, grads, state, strict=True):
         buf *= momentum
         buf += grad
         p -= lr * buf

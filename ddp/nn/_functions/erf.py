@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.ops._parallel import for_ranges
 
 _A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
       3.20937758913846947e03, 1.85777706184603153e-1)
@@ -144,12 +145,26 @@ def _erf_float32(x):
     """erf of a float32 NumPy array, in float64 work buffers one cache-sized block at a time."""
     flat = x.reshape(-1)
     out = np.empty(flat.shape, dtype=np.float32)
-    size = min(_BLOCK32, flat.size)
-    buffers = [np.empty(size, dtype=np.float64) for _ in range(4)]
-    for start in range(0, flat.size, size):
-        stop = min(start + size, flat.size)
+    for_ranges(flat.size, lambda start, stop: _erf_float32_range(flat, out, start, stop))
+    return out.reshape(x.shape)
+
+
+def _erf_float32_range(flat, out, begin: int, end: int, scale: float = 1.0,
+                       buffers: list | None = None) -> None:
+    """``out[begin:end] = erf(scale * flat[begin:end])`` for float32 ``flat`` (see above).
+
+    ``buffers``: four float64 work arrays of at least ``min(_BLOCK32, end - begin)`` elements.
+    """
+    size = min(_BLOCK32, end - begin)
+    if buffers is None:
+        buffers = float32_work_buffers(size)
+    for start in range(begin, end, size):
+        stop = min(start + size, end)
         v, v2, num, den = (b[:stop - start] for b in buffers)
-        np.clip(flat[start:stop], -4.0, 4.0, out=v)  # |erf| rounds to 1 in float32 beyond 4
+        # |erf| rounds to 1 in float32 beyond 4
+        np.clip(flat[start:stop], -4.0 / scale, 4.0 / scale, out=v)
+        if scale != 1.0:
+            v *= scale
         np.multiply(v, v, out=v2)
         np.multiply(v2, _ALPHA[0], out=num)
         num += _ALPHA[1]
@@ -163,7 +178,11 @@ def _erf_float32(x):
             den *= v2
             den += b
         np.divide(num, den, out=out[start:stop])  # float64 -> float32 on the way out
-    return out.reshape(x.shape)
+
+
+def float32_work_buffers(size: int) -> list:
+    """The four float64 work arrays ``_erf_float32_range`` needs for blocks of ``size``."""
+    return [np.empty(size, dtype=np.float64) for _ in range(4)]
 
 
 def _erf_block(x):
