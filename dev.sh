@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine with only Python:
 #   bash dev.sh train [ARGS...]   set up .venv, then train the main job on 4 MPI ranks
-#   bash dev.sh test              set up .venv, then run the whole test suite (1, 2 and 3 ranks)
+#   bash dev.sh test              set up .venv, then lint and run the whole test suite (1, 2, 3 ranks)
 #   bash dev.sh setup             set up .venv only
 # Set-up is idempotent: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
@@ -43,6 +43,8 @@ run_pytest() {
 
 run_tests() {
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    echo "== ruff =="
+    "$VENV/bin/ruff" check .
     run_pytest "$PY" -m pytest -q -m "not mpi" tests
     for n in 2 3; do
         echo "== MPI tests on $n ranks =="
