@@ -161,6 +161,18 @@ def _span(name: str, cat: str, rank: int | None, args: dict | None) -> Iterator[
         _record(name, cat, start, _now_us(), rank, args)
 
 
+def record(name: str, cat: str, start: float, end: float, rank: int | None = None,
+           **args) -> None:
+    """Record a span measured elsewhere (``start``/``end`` from ``time.perf_counter()``).
+
+    For work that is in flight rather than running in a thread, such as a non-blocking
+    all-reduce from its start to its completion.
+    """
+    if not _enabled:
+        return
+    _record(name, cat, start * 1e6 + _EPOCH_US, end * 1e6 + _EPOCH_US, rank, args or None)
+
+
 def instant(name: str, cat: str = "", rank: int | None = None, **args) -> None:
     """Record a point in time (drawn as a marker) in the calling thread."""
     if not _enabled:

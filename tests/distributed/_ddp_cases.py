@@ -213,22 +213,24 @@ def case_comm_starts_during_backward() -> None:
     ]
 
 
-def case_comm_failure_raises() -> None:
-    """A failing all-reduce on the communication thread surfaces in backward, then recovers."""
+def case_comm_failure_raises(comm_mode: str = "thread") -> None:
+    """A failing all-reduce (on the communication thread, or a failing non-blocking launch)
+    surfaces as an error at the end of backward, then the next iteration works."""
     rank = dist.get_rank()
     model = make_net(rank)
-    ddp_model = DDP(model, bucket_cap_mb=0.0003)
+    ddp_model = DDP(model, bucket_cap_mb=0.0003, comm_mode=comm_mode)
     comm_pg = ddp_model.reducer._pg
-    real_allreduce = comm_pg.allreduce
+    method = "allreduce_async" if comm_mode == "nonblocking" else "allreduce"
+    real_allreduce = getattr(comm_pg, method)
 
     def broken(array, op=dist.ReduceOp.SUM):
         raise OSError("injected network failure")
 
-    comm_pg.allreduce = broken  # fails on every rank, before any message: nobody waits
+    setattr(comm_pg, method, broken)  # fails on every rank, before any message: nobody waits
     x, y = ddp.ones(2, IN, dtype=ddp.float64), ddp.zeros(2, OUT, dtype=ddp.float64)
     with pytest.raises(RuntimeError, match=f"failed on rank {rank}.*injected network failure"):
         loss_of(ddp_model, x, y).backward()
-    comm_pg.allreduce = real_allreduce
+    setattr(comm_pg, method, real_allreduce)
     model.zero_grad()
     loss_of(ddp_model, x, y).backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -61,8 +61,9 @@ def test_comm_starts_during_backward():
     run(cases.case_comm_starts_during_backward, 2)
 
 
-def test_comm_failure_raises_in_backward():
-    run(cases.case_comm_failure_raises, 2)
+@pytest.mark.parametrize("comm_mode", ["thread", "nonblocking"])
+def test_comm_failure_raises_in_backward(comm_mode):
+    run(cases.case_comm_failure_raises, 2, comm_mode)
 
 
 def test_backward_without_ddp_forward_is_local():

@@ -77,3 +77,33 @@ def test_modes_match_single_process_mpi(mpi_world, monkeypatch, comm_mode):
 @pytest.mark.parametrize("comm_mode", MODES)
 def test_allreduce_grads_mpi(mpi_world, comm_mode):
     case_allreduce_grads(comm_mode, True)
+
+
+def _auto_mode(ranks_here: str, cores: int, backend: str, monkeypatch) -> str:
+    from ddp.nn.parallel import distributed as ddp_distributed
+
+    class Group:
+        def __init__(self):
+            self.backend = backend
+
+        def size(self):
+            return 2
+
+        def broadcast_object(self, obj, src):
+            return obj
+
+    monkeypatch.delenv("DDP_COMM_MODE", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)
+    monkeypatch.setattr(ddp_distributed, "_usable_cores", lambda: cores)
+    return ddp_distributed.default_comm_mode(Group())
+
+
+def test_auto_comm_mode_uses_a_thread_only_with_a_spare_core(monkeypatch):
+    assert _auto_mode("2", 2, "mpi", monkeypatch) == "nonblocking"   # ranks fill the cores
+    assert _auto_mode("4", 2, "mpi", monkeypatch) == "nonblocking"
+    assert _auto_mode("2", 8, "mpi", monkeypatch) == "thread"        # cores to spare
+    assert _auto_mode("2", 2, "threads", monkeypatch) == "thread"    # simulated ranks
+    monkeypatch.setenv("DDP_COMM_MODE", "sync")
+    from ddp.nn.parallel import distributed as ddp_distributed
+
+    assert ddp_distributed.default_comm_mode(None) == "sync"

@@ -70,8 +70,9 @@ def test_comm_starts_during_backward(mpi_world):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_comm_failure_raises_in_backward(mpi_world):
-    cases.case_comm_failure_raises()
+@pytest.mark.parametrize("comm_mode", ["thread", "nonblocking"])
+def test_comm_failure_raises_in_backward(mpi_world, comm_mode):
+    cases.case_comm_failure_raises(comm_mode)
 
 
 @pytest.mark.mpi(min_size=2)

@@ -56,8 +56,10 @@ class DistributedDataParallel(Module):
             ``"thread"`` (a communication thread overlapping backward), ``"nonblocking"``
             (``MPI_Iallreduce`` started from backward and progressed at every gradient hook)
             or ``"sync"`` (one all-reduce per dtype after backward, no overlap). None reads
-            ``DDP_COMM_MODE`` from the environment, default ``"thread"``. Results are identical;
-            only speed differs (docs/benchmarks.md). Must be the same on all ranks.
+            ``DDP_COMM_MODE`` from the environment, else picks ``"nonblocking"`` for MPI when
+            this node runs at least as many ranks as it has cores (no core is free for a
+            communication thread) and ``"thread"`` otherwise. Results are identical; only speed
+            differs (docs/benchmarks.md). Must be the same on all ranks (checked).
 
     Raises:
         RuntimeError: on every rank, when the ranks' models differ (naming the ranks and the
@@ -107,12 +109,13 @@ class DistributedDataParallel(Module):
                                bucket_cap_mb=bucket_cap_mb,
                                find_unused_parameters=find_unused_parameters,
                                gradient_as_bucket_view=gradient_as_bucket_view,
-                               comm_mode=comm_mode or default_comm_mode())
+                               comm_mode=comm_mode or default_comm_mode(pg))
         layout = "; ".join(
             f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
             for b in self.reducer.buckets
         )
-        comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters}: {layout}")
+        comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters} "
+                       f"comm_mode={self.reducer.comm_mode}: {layout}")
         # Bucket order is now known to agree on all ranks, and it alone fixes the order of the
         # reducer's collectives: skip the per-collective consensus check on this channel.
         comm_pg.check_collectives = False
@@ -156,9 +159,30 @@ class DistributedDataParallel(Module):
             self.require_backward_grad_sync = previous
 
 
-def default_comm_mode() -> str:
-    """``DDP_COMM_MODE`` from the environment, else "thread" (see ``comm_mode``)."""
-    return os.environ.get("DDP_COMM_MODE", "thread")
+def default_comm_mode(process_group) -> str:
+    """``DDP_COMM_MODE`` from the environment, else chosen from the node's cores (collective).
+
+    A communication thread only overlaps when it has a core to run on: with at least as many
+    MPI ranks on this node as usable cores, its polling steals the core backward needs, and
+    ``"nonblocking"`` (progressed from backward's own hooks) was measured faster
+    (docs/benchmarks.md); otherwise ``"thread"``. Rank 0's choice is broadcast, because
+    blocking and non-blocking collectives cannot match each other across ranks.
+    """
+    from_env = os.environ.get("DDP_COMM_MODE")
+    if from_env:
+        return from_env
+    preferred = "thread"
+    if process_group.backend == "mpi" and process_group.size() > 1:
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if ranks_here >= _usable_cores():
+            preferred = "nonblocking"
+    return process_group.broadcast_object(preferred, 0)
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _resolve_group(process_group):

@@ -128,6 +128,7 @@ class Reducer:
             raise ValueError(f"Invalid comm_mode: {comm_mode!r} (expected one of {COMM_MODES})")
         self.comm_mode = comm_mode
         self._works: list = []  # comm_mode "nonblocking": (bucket, Work) in launch order
+        self._launch_error: BaseException | None = None  # "nonblocking": a failed launch
         self._params = list(params)
         self._names = list(names)
         self._pg = process_group
@@ -285,7 +286,13 @@ class Reducer:
             if self.comm_mode == "sync":
                 continue  # all-reduced by _finalize
             if self.comm_mode == "nonblocking":
-                self._works.append((bucket, self._pg.allreduce_async(bucket.buffer)))
+                # Like the communication thread: after a failure, later buckets are not
+                # launched, and the error is raised at the end of backward, not inside a hook.
+                if self._launch_error is None:
+                    try:
+                        self._works.append((bucket, self._pg.allreduce_async(bucket.buffer)))
+                    except BaseException as exc:
+                        self._launch_error = exc
                 continue
             self._comm.submit(f"bucket {bucket.index}",
                               partial(_allreduce_sum, self._pg, bucket.buffer, self._postdivide,
@@ -329,12 +336,22 @@ class Reducer:
         events = self._comm.events
         if self.comm_mode == "nonblocking":
             works, self._works = self._works, []
+            if self._launch_error is not None:
+                for _, work in works:  # MPI must be done with the buffers before they are reused
+                    work.wait()
+                raise self._launch_error
+            rank = self._pg.global_ranks[self._rank]
             for bucket, work in works:
                 start = time.perf_counter()
                 work.wait()
                 if self._postdivide is not None:
                     bucket.buffer /= self._postdivide
-                events.append((f"bucket {bucket.index}", start, time.perf_counter()))
+                end = time.perf_counter()
+                events.append((f"bucket {bucket.index}", start, end))
+                # In flight from its launch during backward until it completed here.
+                timeline.record(f"allreduce bucket {bucket.index}", "comm", bucket.launched_at,
+                                end, rank=rank, bytes=int(bucket.buffer.nbytes),
+                                mode="nonblocking")
         elif self.comm_mode == "sync":
             for k, flat in enumerate(self._flats):
                 start = time.perf_counter()
@@ -358,6 +375,7 @@ class Reducer:
                     pass
         self._task = None
         self._expect_backward = False
+        self._launch_error = None
 
     def _write_back(self) -> None:
         as_view = self.gradient_as_bucket_view
