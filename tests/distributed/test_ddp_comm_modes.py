@@ -79,31 +79,21 @@ def test_allreduce_grads_mpi(mpi_world, comm_mode):
     case_allreduce_grads(comm_mode, True)
 
 
-def _auto_mode(ranks_here: str, cores: int, backend: str, monkeypatch) -> str:
-    from ddp.nn.parallel import distributed as ddp_distributed
 
-    class Group:
-        def __init__(self):
-            self.backend = backend
+def _mismatched_modes() -> None:
+    mode = "thread" if dist.get_rank() == 0 else "nonblocking"
+    with pytest.raises(RuntimeError, match="comm_mode"):
+        DDP(ddp.nn.Linear(3, 2), comm_mode=mode)
 
-        def size(self):
-            return 2
 
-        def broadcast_object(self, obj, src):
-            return obj
+def test_ranks_with_different_comm_modes_are_refused_not_hung():
+    dist.spawn(_mismatched_modes, 2)
+
+
+def test_comm_mode_from_environment(monkeypatch):
+    from ddp.nn.parallel.distributed import default_comm_mode
 
     monkeypatch.delenv("DDP_COMM_MODE", raising=False)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)
-    monkeypatch.setattr(ddp_distributed, "_usable_cores", lambda: cores)
-    return ddp_distributed.default_comm_mode(Group())
-
-
-def test_auto_comm_mode_uses_a_thread_only_with_a_spare_core(monkeypatch):
-    assert _auto_mode("2", 2, "mpi", monkeypatch) == "nonblocking"   # ranks fill the cores
-    assert _auto_mode("4", 2, "mpi", monkeypatch) == "nonblocking"
-    assert _auto_mode("2", 8, "mpi", monkeypatch) == "thread"        # cores to spare
-    assert _auto_mode("2", 2, "threads", monkeypatch) == "thread"    # simulated ranks
+    assert default_comm_mode() == "thread"
     monkeypatch.setenv("DDP_COMM_MODE", "sync")
-    from ddp.nn.parallel import distributed as ddp_distributed
-
-    assert ddp_distributed.default_comm_mode(None) == "sync"
+    assert default_comm_mode() == "sync"

@@ -56,10 +56,9 @@ class DistributedDataParallel(Module):
             ``"thread"`` (a communication thread overlapping backward), ``"nonblocking"``
             (``MPI_Iallreduce`` started from backward and progressed at every gradient hook)
             or ``"sync"`` (one all-reduce per dtype after backward, no overlap). None reads
-            ``DDP_COMM_MODE`` from the environment, else picks ``"nonblocking"`` for MPI when
-            this node runs at least as many ranks as it has cores (no core is free for a
-            communication thread) and ``"thread"`` otherwise. Results are identical; only speed
-            differs (docs/benchmarks.md). Must be the same on all ranks (checked).
+            ``DDP_COMM_MODE`` from the environment, default ``"thread"``. Results are identical;
+            only speed differs (docs/benchmarks.md). Must be the same on all ranks (checked at
+            construction: a mismatch raises instead of hanging).
 
     Raises:
         RuntimeError: on every rank, when the ranks' models differ (naming the ranks and the
@@ -109,7 +108,7 @@ class DistributedDataParallel(Module):
                                bucket_cap_mb=bucket_cap_mb,
                                find_unused_parameters=find_unused_parameters,
                                gradient_as_bucket_view=gradient_as_bucket_view,
-                               comm_mode=comm_mode or default_comm_mode(pg))
+                               comm_mode=comm_mode or default_comm_mode())
         layout = "; ".join(
             f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
             for b in self.reducer.buckets
@@ -159,30 +158,14 @@ class DistributedDataParallel(Module):
             self.require_backward_grad_sync = previous
 
 
-def default_comm_mode(process_group) -> str:
-    """``DDP_COMM_MODE`` from the environment, else chosen from the node's cores (collective).
+def default_comm_mode() -> str:
+    """``DDP_COMM_MODE`` from the environment, else ``"thread"`` (see ``comm_mode``).
 
-    A communication thread only overlaps when it has a core to run on: with at least as many
-    MPI ranks on this node as usable cores, its polling steals the core backward needs, and
-    ``"nonblocking"`` (progressed from backward's own hooks) was measured faster
-    (docs/benchmarks.md); otherwise ``"thread"``. Rank 0's choice is broadcast, because
-    blocking and non-blocking collectives cannot match each other across ranks.
+    ``"thread"`` is the default from measurement (docs/benchmarks.md): ``"nonblocking"`` gained
+    ~5 % on compute-heavy steps with ranks filling the cores, but lost ~40 % on a
+    communication-heavy one, where MPI only progresses at the few gradient hooks.
     """
-    from_env = os.environ.get("DDP_COMM_MODE")
-    if from_env:
-        return from_env
-    preferred = "thread"
-    if process_group.backend == "mpi" and process_group.size() > 1:
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if ranks_here >= _usable_cores():
-            preferred = "nonblocking"
-    return process_group.broadcast_object(preferred, 0)
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return os.environ.get("DDP_COMM_MODE", "thread")
 
 
 def _resolve_group(process_group):
