@@ -7,6 +7,7 @@ call ``MPI.COMM_WORLD.Abort(1)``, which makes the launcher kill every rank and e
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -34,7 +35,13 @@ def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> No
     finally:
         from mpi4py import MPI
 
-        MPI.COMM_WORLD.Abort(1)
+        try:
+            MPI.COMM_WORLD.Abort(1)
+        finally:
+            # MPI_Abort called from a non-main thread can return (or raise) before the launcher
+            # kills this process, and the main thread would run on past the failure: end the
+            # whole process now, with every thread.
+            os._exit(1)
 
 
 def install_abort_hooks(rank: int, size: int) -> None:
