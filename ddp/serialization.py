@@ -64,6 +64,11 @@ def save(obj: Any, f: FileLike) -> None:
         return
     path = os.fspath(f)
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"ddp.save: {path!r} is a directory; pass a file path")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"ddp.save: cannot write {path!r}: directory {directory!r} "
+                                "does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=directory)
     try:

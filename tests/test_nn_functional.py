@@ -63,6 +63,36 @@ def test_conv2d_finite_differences():
                       [(1, 2, 5, 4), (2, 2, 3, 2), (2,)])
 
 
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, (0, 2), 2)])
+def test_conv2d_in_uneven_batch_chunks_vs_torch(monkeypatch, stride, padding, dilation):
+    from ddp.nn._functions import conv
+
+    monkeypatch.setattr(conv, "_CHUNK_COLUMN_BYTES", 1)  # one image per chunk: 5 chunks
+
+    def f(T, x, w, b):
+        return T.nn.functional.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+
+    check_torch(f, [(5, 3, 7, 6), (4, 3, 3, 2), (4,)], atol=2e-5)
+    monkeypatch.setattr(conv, "_CHUNK_COLUMN_BYTES", 2 * 3 * 9 * 9 * 8)  # chunks of 2, 2, 1
+    assert check_grad(f, [(5, 3, 7, 7), (2, 3, 3, 3), (2,)])
+
+
+def test_conv2d_input_without_grad_and_two_forwards_before_backward():
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((3, 1, 9, 8)).astype(np.float32) for _ in range(2))
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    results = []
+    for T in (ddp, torch):
+        weight = T.tensor(w, requires_grad=True)
+        # both forwards run before either backward: each must keep its own saved input
+        y1 = T.nn.functional.conv2d(T.tensor(x1), weight, padding=1)
+        y2 = T.nn.functional.conv2d(T.tensor(x2), weight, padding=1)
+        (y1 * y1 + 3 * y2).sum().backward()
+        results.append((y1.detach().numpy(), weight.grad.numpy()))
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_channel_mismatch_names_shapes():
     with pytest.raises(RuntimeError, match=r"3 channels.*\(4, 2, 3, 3\) expects 2"):
         F.conv2d(ddp.randn(1, 3, 5, 5), ddp.randn(4, 2, 3, 3))
@@ -70,12 +100,36 @@ def test_conv2d_channel_mismatch_names_shapes():
         F.conv2d(ddp.randn(3, 5, 5), ddp.randn(4, 3, 3, 3))
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), 0)])
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (2, None, 0), (3, 2, 1), ((2, 3), (1, 2), 0),  # tiled (kernel == stride) and overlapping
+    (3, None, 0), ((2, 3), None, 0), ((1, 2), None, 0), (2, 2, 1), (2, 1, 0),
+])
 def test_max_pool2d_vs_torch(kernel, stride, padding):
     def f(T, x):
         return T.nn.functional.max_pool2d(x, kernel, stride, padding)
 
     check_torch(f, [(2, 3, 7, 8)])
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, None), ((2, 3), None), (2, 1), (3, 2)])
+def test_max_pool2d_many_ties_vs_torch(kernel, stride):
+    # small integers: most windows hold several equal maxima; the first one gets the gradient
+    x = np.random.default_rng(1).integers(0, 3, (2, 3, 8, 7)).astype(np.float32)
+    g = np.random.default_rng(2).standard_normal((2, 3, 8, 7)).astype(np.float32)
+    grads = []
+    for T in (ddp, torch):
+        t = T.tensor(x, requires_grad=True)
+        out = T.nn.functional.max_pool2d(t, kernel, stride)
+        (out * T.tensor(g[:, :, :out.shape[2], :out.shape[3]])).sum().backward()
+        grads.append((out.detach().numpy(), t.grad.numpy()))
+    for ours, theirs in zip(*grads, strict=True):  # overlapping windows: sums in another order
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool2d_finite_differences_tiled_and_overlapping():
+    for kernel, stride in ((2, None), (3, 2)):
+        assert check_grad(lambda T, x, k=kernel, s=stride: T.nn.functional.max_pool2d(x, k, s),
+                          [(2, 2, 7, 6)])
 
 
 def test_max_pool2d_ties_send_gradient_to_first_maximum():

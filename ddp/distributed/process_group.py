@@ -192,7 +192,10 @@ class ProcessGroup:
         if array is None:
             return f"#{self._seq} {kind}({extra})"
         sep = ", " if extra else ""
-        return f"#{self._seq} {kind}({array.dtype}, numel={array.size}{sep}{extra})"
+        # The shape is part of the check unless 1-D: (2, 3) on one rank and (3, 2) on another
+        # would otherwise be reduced element by element into a silently wrong result.
+        shape = f", shape={tuple(array.shape)}" if array.ndim != 1 else ""
+        return f"#{self._seq} {kind}({array.dtype}, numel={array.size}{shape}{sep}{extra})"
 
     # ---------------------------------------------------- backend primitives (all collectives)
     def _verify(self, description: str) -> None:

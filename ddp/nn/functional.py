@@ -12,6 +12,7 @@ from ddp.nn._functions import conv as _conv
 from ddp.nn._functions import linear as _lin
 from ddp.nn._functions import loss as _loss
 from ddp.nn._functions import normalization as _norm
+from ddp.nn._functions import pooling as _pool
 from ddp.nn._functions.erf import erf as _erf_array
 from ddp.ops._util import normalize_dim
 from ddp.tensor import Tensor
@@ -31,6 +32,20 @@ def _pair(value, name: str) -> tuple[int, int]:
     return value
 
 
+def _check_same_dtype(name: str, input: Tensor, weight: Tensor | None,  # noqa: A002
+                      bias: Tensor | None) -> None:
+    """torch refuses mixed dtypes here; NumPy would silently upcast (int/float64 -> float64)."""
+    for what, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(
+                f"{name}: input dtype {input.dtype} and {what} dtype {t.dtype} should be the "
+                f"same (input shape {tuple(input.shape)}, {what} shape {tuple(t.shape)}); "
+                f"cast the input with .to({t.dtype})"
+                + (f" or the module with .to({input.dtype})"
+                   if input.dtype.is_floating_point else "")
+            )
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in _loss._REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
@@ -44,6 +59,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"linear: input of shape {tuple(input.shape)} does not match weight of shape "
             f"{tuple(weight.shape)} (expected input.shape[-1] == {weight.shape[-1]})"
         )
+    _check_same_dtype("linear", input, weight, bias)
     return _lin.Linear.apply(input, weight, bias)
 
 
@@ -80,6 +96,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
             f"conv2d: input of shape {tuple(input.shape)} has {input.shape[1]} channels, but "
             f"weight of shape {tuple(weight.shape)} expects {weight.shape[1]}"
         )
+    _check_same_dtype("conv2d", input, weight, bias)
     if isinstance(padding, str):
         raise NotImplementedError("conv2d: string padding is not supported")
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
@@ -112,7 +129,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,  
             f"max_pool2d: pad should be at most half of effective kernel size, but got "
             f"pad={padding} and kernel_size={kernel}"
         )
-    return _conv.MaxPool2d.apply(input, kernel, stride, padding, dilation)
+    return _pool.MaxPool2d.apply(input, kernel, stride, padding, dilation)
 
 
 # ---------------------------------------------------------------------------- normalization
@@ -129,6 +146,9 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,  #
             f"[*, {', '.join(map(str, normalized_shape))}], but got input of size "
             f"{list(input.shape)}"
         )
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"layer_norm: expected a floating input, got {input.dtype}")
+    _check_same_dtype("layer_norm", input, weight, bias)
     return _norm.LayerNorm.apply(input, weight, bias, k, float(eps))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ddp import dtypes
@@ -125,4 +127,20 @@ def shape_arg(args) -> tuple:
     """Accept ``f(2, 3)`` and ``f((2, 3))`` / ``f([2, 3])`` / ``f(Size)`` shapes."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
-    return tuple(int(s) for s in args)
+    try:
+        return tuple(operator.index(s) for s in args)
+    except TypeError:
+        # int() would truncate 2.5 to 2 and build a silently wrong shape.
+        bad = next(s for s in args if not _is_index(s))
+        raise TypeError(
+            f"size must be a sequence of ints, but got {type(bad).__name__} {bad!r} in "
+            f"{tuple(args)}"
+        ) from None
+
+
+def _is_index(value) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True

@@ -288,6 +288,13 @@ def matmul(a, b):
         raise TypeError(
             f"matmul expects tensors, got {type(a).__name__} and {type(b).__name__}"
         )
+    if a.dtype != b.dtype:
+        # torch refuses rather than promoting: float32 @ int64 would silently give float32
+        # results from truncated or upcast operands.
+        raise RuntimeError(
+            f"expected m1 and m2 to have the same dtype, but got: {a.dtype} != {b.dtype} "
+            f"(shapes {tuple(a.shape)} and {tuple(b.shape)})"
+        )
     a, b = binary_operands(a, b)
     return MatMul.apply(a, b)
 

@@ -327,13 +327,24 @@ def _arg(a, dim, keepdim, take_max):
 def softmax(a, dim=None, dtype=None):
     if dtype is not None:
         a = _maybe_cast(a, dtype)
+    _check_floating(a, "softmax")
     return Softmax.apply(a, _softmax_dim(a, dim))
 
 
 def log_softmax(a, dim=None, dtype=None):
     if dtype is not None:
         a = _maybe_cast(a, dtype)
+    _check_floating(a, "log_softmax")
     return LogSoftmax.apply(a, _softmax_dim(a, dim))
+
+
+def _check_floating(a, name: str) -> None:
+    if a.array.dtype.kind not in "fc":
+        # NumPy would fail deep inside with a ufunc casting error.
+        raise NotImplementedError(
+            f"{name} is not implemented for {a.dtype} input of shape {tuple(a.shape)}; "
+            f"pass a floating tensor or dtype=ddp.float32"
+        )
 
 
 def logsumexp(a, dim, keepdim=False):

@@ -34,6 +34,11 @@ class _RequiredParameter:
 
 required = _RequiredParameter()
 
+_SET_ORDER_MESSAGE = (
+    "optimizer parameters need to be organized in ordered collections, but the "
+    "ordering of tensors in sets will change between runs. Please use a list instead."
+)
+
 # torch.optim.optimizer's global hooks: they run for every optimizer, before its own hooks.
 _global_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
 _global_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
@@ -82,6 +87,9 @@ class Optimizer:
                 "params argument given to the optimizer should be an iterable of Tensors or "
                 f"dicts, but got {_typename(params)}"
             )
+        if isinstance(params, (set, frozenset)):
+            # Set order follows object ids: it differs between runs and between ranks.
+            raise TypeError(_SET_ORDER_MESSAGE)
         param_groups = list(params)
         if len(param_groups) == 0:
             raise ValueError("optimizer got an empty parameter list")
@@ -116,14 +124,15 @@ class Optimizer:
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {_typename(param_group)}")
+        if "params" not in param_group:
+            raise KeyError(
+                f"param_group must have a 'params' key, got keys {sorted(map(str, param_group))}"
+            )
         params = param_group["params"]
         if isinstance(params, Tensor):
             param_group["params"] = [params]
         elif isinstance(params, (set, frozenset)):
-            raise TypeError(
-                "optimizer parameters need to be organized in ordered collections, but the "
-                "ordering of tensors in sets will change between runs. Please use a list instead."
-            )
+            raise TypeError(_SET_ORDER_MESSAGE)
         else:
             param_group["params"] = list(params)
         for param in param_group["params"]:
@@ -259,7 +268,7 @@ class Optimizer:
                 state[key] = copy.deepcopy(value)
             else:
                 state[param] = {
-                    name: _cast_state(param, name, item) for name, item in value.items()
+                    name: _cast_state(param, name, item, key) for name, item in value.items()
                 }
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups, strict=True):
@@ -271,11 +280,22 @@ class Optimizer:
         self.param_groups = new_groups
 
 
-def _cast_state(param: Tensor, name: str, value: Any) -> Any:
-    """A copy of one state entry, placed like ``param`` (torch keeps ``step`` as saved)."""
+def _cast_state(param: Tensor, name: str, value: Any, saved_id: Any) -> Any:
+    """A copy of one state entry, placed like ``param`` (torch keeps ``step`` as saved).
+
+    Raises:
+        ValueError: a non-scalar state tensor's shape differs from its parameter's, which
+            would otherwise surface as a broadcasting error (or a silent broadcast) in step().
+    """
     if not isinstance(value, Tensor):
         return copy.deepcopy(value)
     array = value.array
+    if array.ndim and tuple(array.shape) != tuple(param.shape):
+        raise ValueError(
+            f"loaded optimizer state {name!r} of parameter {saved_id} has shape "
+            f"{tuple(array.shape)}, but the parameter it maps to has shape {tuple(param.shape)} "
+            "(was the state dict saved from an optimizer over different parameters?)"
+        )
     if name != "step":
         if array.dtype.kind == "f" and array.dtype != param.array.dtype:
             array = array.astype(param.array.dtype)

@@ -285,9 +285,14 @@ def load(directory: str, model=None, optimizer=None, *, process_group=None) -> d
     rank = pg.rank()
     path = pg.broadcast_object(storage.latest_dir(directory) if rank == 0 else None, 0)
     with open(os.path.join(path, storage.INDEX)) as f:
-        index = json.load(f)
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path!r}: unknown checkpoint format {index.get('format')!r}")
+        try:
+            index = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint index {f.name!r} is truncated or corrupt "
+                             f"({exc})") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise ValueError(f"{path!r}: unknown checkpoint format "
+                         f"{index.get('format') if isinstance(index, dict) else index!r}")
     reader = storage.Reader(path, index)
     module = _unwrap(model)
     loaded: set[int] = set()
@@ -303,6 +308,12 @@ def load(directory: str, model=None, optimizer=None, *, process_group=None) -> d
                 raise ValueError(f"checkpoint {path!r} has no entry for model key {name!r}")
             if "param" in info:
                 p = index["params"][info["param"]]
+                if tuple(p["shape"]) != tuple(t.shape):
+                    # Same element count is not enough: (2, 3) read into (3, 2) scrambles it.
+                    raise ValueError(
+                        f"checkpoint {path!r} entry {name!r} has shape {tuple(p['shape'])}, "
+                        f"the model's tensor has shape {tuple(t.shape)}"
+                    )
                 numel = int(np.prod(p["shape"], dtype=np.int64))
                 array = reader.read(p["space"], p["offset"], p["offset"] + numel)
             else:
@@ -312,6 +323,9 @@ def load(directory: str, model=None, optimizer=None, *, process_group=None) -> d
 
 
 def _assign(t: Tensor, host: np.ndarray, name: str) -> None:
+    if host.ndim > 1 and host.shape != t.array.shape:
+        raise ValueError(f"checkpoint entry {name!r} has shape {host.shape}, the model's "
+                         f"tensor has shape {tuple(t.array.shape)}")
     if host.size != t.array.size:
         raise ValueError(f"checkpoint entry {name!r} has {host.size} elements, the model's "
                          f"tensor of shape {tuple(t.array.shape)} has {t.array.size}")
@@ -325,6 +339,13 @@ def _load_optimizer(reader: storage.Reader, index: dict, optimizer, names: dict,
     saved_opt = index["optimizer"]
     if saved_opt is None:
         raise ValueError(f"checkpoint {reader.path!r} holds no optimizer state")
+    mine = (optimizer.optimizer_class if zero else type(optimizer)).__name__
+    if saved_opt.get("class") not in (None, mine):
+        # Loading SGD state into Adam would silently drop it and start Adam from scratch.
+        raise ValueError(
+            f"checkpoint {reader.path!r} holds the state of a {saved_opt['class']} optimizer, "
+            f"cannot load it into {mine}"
+        )
     layout = FlatLayout.of_groups(optimizer.param_groups, names, world if zero else 1)
     for e in layout.entries:
         info = index["params"].get(e.name)

@@ -133,7 +133,7 @@ class Reader:
     def _map(self, name: str) -> np.ndarray:
         m = self._maps.get(name)
         if m is None:
-            m = np.load(os.path.join(self.path, name), mmap_mode="r", allow_pickle=False)
+            m = _load_npy(os.path.join(self.path, name), mmap_mode="r")
             self._maps[name] = m
         return m
 
@@ -161,4 +161,15 @@ class Reader:
         return out
 
     def read_file(self, name: str) -> np.ndarray:
-        return np.load(os.path.join(self.path, name), allow_pickle=False)
+        return _load_npy(os.path.join(self.path, name))
+
+
+def _load_npy(path: str, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` that names the file when it is missing, truncated or not an ``.npy``."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint file {path!r} is missing") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"checkpoint file {path!r} is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from exc

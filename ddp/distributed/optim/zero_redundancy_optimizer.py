@@ -102,6 +102,11 @@ class ZeroRedundancyOptimizer(Optimizer):
 
         if stage not in (1, 2):
             raise ValueError(f"ZeroRedundancyOptimizer: stage must be 1 or 2, got {stage!r}")
+        if not callable(optimizer_class):
+            raise TypeError(
+                "ZeroRedundancyOptimizer: optimizer_class must be an optimizer class such as "
+                f"ddp.optim.SGD, got {type(optimizer_class).__name__} {optimizer_class!r}"
+            )
         self._building = True
         super().__init__(params, dict(defaults))
         self._building = False

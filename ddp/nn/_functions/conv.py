@@ -1,18 +1,41 @@
-"""2-D convolution and max pooling on NCHW arrays via im2col and one GEMM each way.
+"""2-D convolution on NCHW arrays via im2col and GEMMs, a chunk of images at a time.
 
 ``im2col`` views the padded input as sliding windows (no copy) and makes one contiguous
-``(C*kh*kw, N*Ho*Wo)`` copy, so the convolution is a single GEMM with the flattened weight
-(stride 1 copies full-width rows instead, see ``_im2col_full_width``).
-Backward is two GEMMs and a ``col2im`` that adds the column gradient back at each of the
-``kh*kw`` kernel offsets: kh*kw strided, vectorised adds instead of a loop over pixels.
+``(C*kh*kw, B*Ho*Wo)`` copy per chunk of ``B`` images, so each chunk is one GEMM with the
+flattened weight (stride 1 copies full-width rows instead, see ``_im2col_full_width``).
+Backward is two GEMMs per chunk and a ``col2im`` that adds the column gradient back at each of
+the ``kh*kw`` kernel offsets: kh*kw strided, vectorised adds instead of a loop over pixels.
+Per-chunk temporaries live in a per-thread workspace (``_scratch``) reused across calls.
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import numpy as np
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+
+_workspace = threading.local()
+
+
+def _scratch(name, shape, dtype, xp):
+    """A per-thread temporary reused across calls, for arrays that never leave one call.
+
+    Fresh multi-megabyte arrays cost page faults on every call (glibc hands large blocks back
+    to the kernel when they are freed), which on the CNN step cost more than the copies that
+    fill them. CuPy has its own memory pool: there this is a plain ``empty``.
+    """
+    if xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    size = math.prod(shape)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    buf = buffers.get((name, dtype))
+    if buf is None or buf.size < size:
+        buf = buffers[(name, dtype)] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
 
 
 def _pad(x, padding, value=0.0):
@@ -61,11 +84,44 @@ def _crop(x, padding):
     return x[:, :, ph:x.shape[2] - ph, pw:x.shape[3] - pw]
 
 
+# Columns per chunk. Smaller chunks stay in cache, but the column-gradient GEMM (inner dimension
+# O, often only 32-64) loses efficiency on narrow chunks, so ~16 images of a 26x26x32 input.
+_CHUNK_COLUMN_BYTES = 12 << 20
+
+
+def _chunk_images(n, per_image_bytes):
+    """Images per chunk: columns of about ``_CHUNK_COLUMN_BYTES``, chunks of even size."""
+    most = max(1, _CHUNK_COLUMN_BYTES // max(1, per_image_bytes))
+    count = max(1, -(-n // most))
+    return max(1, -(-n // count))
+
+
+def _columns(xpad, kernel, stride, dilation):
+    """Columns ``(C*kh*kw, N*Ho*row)`` of a padded NCHW chunk; returns ``(cols, Ho, Wo, row)``.
+
+    ``row`` is the number of columns per output row: ``Wo``, or the padded width for stride 1
+    (see ``_im2col_full_width``: the extra columns per row are to be dropped / zero-filled).
+    """
+    if stride == (1, 1):
+        return _im2col_full_width(xpad, kernel, dilation)
+    xp = get_array_module(xpad)
+    c = xpad.shape[1]
+    kh, kw = kernel
+    win = _windows(xpad, kernel, stride, dilation)
+    ho, wo = win.shape[2], win.shape[3]
+    cols = xp.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
+    return cols, ho, wo, wo
+
+
 class Conv2d(Function):
     """``out[n, o, h, w] = sum_cij w[o, c, i, j] * x_pad[n, c, sh + di, sw + dj] + b[o]``.
 
     Columns are laid out ``(C*kh*kw, N*Ho*Wo)``: the im2col copy then reads and writes whole
-    output rows at a time, which is several times faster than a pixel-major layout.
+    output rows at a time, which is several times faster than a pixel-major layout. The batch is
+    processed in chunks of a few images (one GEMM per chunk and direction), so the columns stay
+    small and hot in cache instead of one batch-sized buffer (46 MB for the MNIST CNN's conv2)
+    that costs fresh-page faults on every call. Backward recomputes each chunk's columns from
+    the saved padded input rather than keeping them: a copy is cheaper than the page faults.
     """
 
     @staticmethod
@@ -74,51 +130,82 @@ class Conv2d(Function):
         n, c = x.shape[:2]
         o, _, kh, kw = weight.shape
         xpad = _pad(x, padding)
-        if stride == (1, 1):
-            cols, ho, wo, row = _im2col_full_width(xpad, (kh, kw), dilation)
-        else:
-            win = _windows(xpad, (kh, kw), stride, dilation)
-            ho, wo = win.shape[2], win.shape[3]
-            row = wo
-            cols = xp.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
         w2 = weight.reshape(o, -1)
-        out = w2 @ cols  # (O, N*Ho*row)
-        if bias is not None:
-            out += bias[:, None]
-        ctx.save_for_backward(cols if ctx.needs_input_grad[1:2] == (True,) else None,
-                              w2 if ctx.needs_input_grad[:1] == (True,) else None)
-        ctx.meta = (xpad.shape, weight.shape, stride, padding, dilation, ho, wo, row)
+        chunk = _chunk_images(n, c * kh * kw * xpad.shape[2] * xpad.shape[3] * x.itemsize)
+        ho, wo = (
+            (size - d * (k - 1) - 1) // s + 1
+            for size, k, s, d in zip(xpad.shape[2:], (kh, kw), stride, dilation, strict=True)
+        )
+        out = xp.empty((n, o, ho, wo), dtype=x.dtype)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            cols, _, _, row = _columns(xpad[start:stop], (kh, kw), stride, dilation)
+            y = _scratch("gemm", (o, cols.shape[1]), x.dtype, xp)
+            xp.matmul(w2, cols, out=y)
+            y = y.reshape(o, stop - start, ho, row)
+            _store_output(out[start:stop], y[:, :, :, :wo], bias)
+        needs = ctx.needs_input_grad
+        ctx.save_for_backward(xpad if needs[1:2] == (True,) else None,
+                              w2 if needs[:1] == (True,) else None)
+        ctx.meta = (x.shape, weight.shape, stride, padding, dilation, chunk)
         ctx.has_bias = bias is not None
-        out = out.reshape(o, n, ho, row)[:, :, :, :wo]  # drop the wrapped columns, if any
-        return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        cols, w2 = ctx.saved_tensors
-        pad_shape, w_shape, stride, padding, dilation, ho, wo, row = ctx.meta
+        xpad, w2 = ctx.saved_tensors
+        x_shape, w_shape, stride, padding, dilation, chunk = ctx.meta
         needs = ctx.needs_input_grad
         xp = get_array_module(grad)
-        n, o = grad.shape[:2]
-        g4 = xp.empty((o, n, ho, row), dtype=grad.dtype)
-        g4[:, :, :, wo:] = 0  # wrapped columns: zero, so they add nothing below
-        g4[:, :, :, :wo] = grad.transpose(1, 0, 2, 3)
-        g2 = g4.reshape(o, -1)  # (O, N*Ho*row)
-        gx = gw = gb = None
-        if needs[1]:
-            gw = (g2 @ cols.T).reshape(w_shape)
-        if ctx.has_bias and needs[2]:
-            gb = g2.sum(axis=1)
-        if needs[0]:
-            c, kh, kw = w_shape[1:]
-            dcols = w2.T @ g2
-            if stride == (1, 1):
-                gpad = _col2im_full_width(dcols.reshape(c, kh, kw, n, ho * row), pad_shape,
-                                          dilation)
-            else:
-                gpad = _col2im(dcols.reshape(c, kh, kw, n, ho, wo), pad_shape, stride, dilation,
-                               grad.dtype, xp)
-            gx = _crop(gpad, padding)
-        return gx, gw, gb, None, None, None
+        n, o, ho, wo = grad.shape
+        c, kh, kw = w_shape[1:]
+        hp, wp = x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]
+        row = wp if stride == (1, 1) else wo
+        gx = xp.empty(x_shape, dtype=grad.dtype) if needs[0] else None
+        gw = xp.zeros((o, c * kh * kw), dtype=grad.dtype) if needs[1] else None
+        gb = xp.zeros(o, dtype=grad.dtype) if ctx.has_bias and needs[2] else None
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            b = stop - start
+            g2 = _load_grad(grad[start:stop], row, gb).reshape(o, -1)  # (O, B*Ho*row)
+            if gw is not None:
+                cols = _columns(xpad[start:stop], (kh, kw), stride, dilation)[0]
+                gw += g2 @ cols.T
+            if gx is not None:
+                dcols = _scratch("gemm", (w2.shape[1], g2.shape[1]), grad.dtype, xp)
+                xp.matmul(w2.T, g2, out=dcols)
+                if stride == (1, 1):
+                    _col2im_full_width(dcols.reshape(c, kh, kw, b, ho * row), gx[start:stop],
+                                       padding, dilation)
+                else:
+                    gpad = _col2im(dcols.reshape(c, kh, kw, b, ho, wo), (b, c, hp, wp), stride,
+                                   dilation, grad.dtype, xp)
+                    gx[start:stop] = _crop(gpad, padding)
+        return gx, None if gw is None else gw.reshape(w_shape), gb, None, None, None
+
+
+def _store_output(out, y, bias):
+    """``out (N, O, Ho, Wo) = y (O, N, Ho, Wo) + bias``: a transposing copy, bias added after."""
+    out[...] = y.transpose(1, 0, 2, 3)
+    if bias is not None:
+        out += bias[:, None, None]  # contiguous: much faster than adding during the copy
+
+
+def _load_grad(grad, row, grad_bias):
+    """``(O, N, Ho, row)`` copy of an ``(N, O, Ho, Wo)`` gradient, zero past ``Wo``.
+
+    The zero columns are the wrapped ones of ``_im2col_full_width``: they add nothing to the
+    weight gradient. Adds the bias gradient into ``grad_bias`` (if not None) on the way, while
+    the copy is in cache.
+    """
+    xp = get_array_module(grad)
+    n, o, ho, wo = grad.shape
+    g4 = _scratch("grad", (o, n, ho, row), grad.dtype, xp)
+    g4[:, :, :, wo:] = 0
+    g4[:, :, :, :wo] = grad.transpose(1, 0, 2, 3)
+    if grad_bias is not None:
+        grad_bias += g4.reshape(o, -1).sum(axis=1)
+    return g4
 
 
 def _im2col_full_width(xpad, kernel, dilation):
@@ -135,30 +222,39 @@ def _im2col_full_width(xpad, kernel, dilation):
     (kh, kw), (dh, dw) = kernel, dilation
     ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
     plane = hp * wp
-    flat = xp.empty((c, n * plane + dw * (kw - 1)), dtype=xpad.dtype)  # the tail: last run's
-    flat[:, n * plane:] = 0                                             # wrapped reads
+    # the tail of ``flat``: the last run's wrapped reads
+    flat = _scratch("im2col", (c, n * plane + dw * (kw - 1)), xpad.dtype, xp)
+    cols = _scratch("cols", (c, kh, kw, n, ho * wp), xpad.dtype, xp)
+    flat[:, n * plane:] = 0
     flat[:, :n * plane].reshape(c, n, hp, wp)[...] = xpad.transpose(1, 0, 2, 3)
     s0, s1 = flat.strides
-    win = _as_strided(flat, (c, kh, kw, n, ho * wp), (s0, dh * wp * s1, dw * s1, plane * s1, s1))
-    return xp.ascontiguousarray(win).reshape(c * kh * kw, n * ho * wp), ho, wo, wp
+    cols[...] = _as_strided(flat, (c, kh, kw, n, ho * wp), (s0, dh * wp * s1, dw * s1,
+                                                             plane * s1, s1))
+    return cols.reshape(c * kh * kw, n * ho * wp), ho, wo, wp
 
 
-def _col2im_full_width(dcols, padded_shape, dilation):
-    """Inverse of ``_im2col_full_width``: sum ``(C, kh, kw, N, Ho*Wp)`` into a padded NCHW array."""
+def _col2im_full_width(dcols, grad_x, padding, dilation):
+    """Inverse of ``_im2col_full_width``: sum ``(C, kh, kw, N, Ho*Wp)`` into ``grad_x``.
+
+    ``grad_x`` is the ``(N, C, H, W)`` gradient of the unpadded input, written in place.
+    """
     xp = get_array_module(dcols)
     c, kh, kw, n, run = dcols.shape
-    _, _, hp, wp = padded_shape
-    dh, dw = dilation
+    (ph, pw), (dh, dw) = padding, dilation
+    h, w = grad_x.shape[2:]
+    hp, wp = h + 2 * ph, w + 2 * pw
     plane = hp * wp
-    flat = xp.zeros((c, n * plane + dw * (kw - 1)), dtype=dcols.dtype)
+    flat = _scratch("col2im", (c, n * plane + dw * (kw - 1)), dcols.dtype, xp)
     s0, s1 = flat.strides
+    flat[...] = 0
     for i in range(kh):
         for j in range(kw):
             start = i * dh * wp + j * dw
             # runs of different images do not overlap (run <= plane): += is safe on this view
             view = _as_strided(flat[:, start:], (c, n, run), (s0, plane * s1, s1), writeable=True)
             view += dcols[:, i, j]
-    return flat[:, :n * plane].reshape(c, n, hp, wp).transpose(1, 0, 2, 3)
+    padded = flat[:, :n * plane].reshape(c, n, hp, wp)
+    grad_x[...] = padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
 
 
 def _as_strided(a, shape, strides, writeable=False):
@@ -166,51 +262,3 @@ def _as_strided(a, shape, strides, writeable=False):
     if xp is not np:  # CuPy's as_strided has no ``writeable`` argument
         return xp.lib.stride_tricks.as_strided(a, shape, strides)
     return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=writeable)
-
-
-class MaxPool2d(Function):
-    """Maximum over each window; the gradient goes to the first maximal element, as in torch.
-
-    Both directions make kh*kw vectorised passes, one per kernel offset, over strided views of
-    the input: no window copies. Backward finds, per window, the first offset equal to the max.
-    """
-
-    @staticmethod
-    def forward(ctx, x, kernel, stride, padding, dilation):
-        xp = get_array_module(x)
-        xpad = _pad(x, padding, value=-xp.inf)
-        win = _windows(xpad, kernel, stride, dilation)
-        kh, kw = kernel
-        best = win[:, :, :, :, 0, 0].copy()
-        for t in range(1, kh * kw):
-            xp.maximum(best, win[:, :, :, :, t // kw, t % kw], out=best)
-        ctx.save_for_backward(xpad, best)
-        ctx.meta = (kernel, stride, padding, dilation)
-        return best
-
-    @staticmethod
-    def backward(ctx, grad):
-        xpad, best = ctx.saved_tensors
-        (kh, kw), stride, padding, dilation = ctx.meta
-        xp = get_array_module(grad)
-        ho, wo = grad.shape[2:]
-        sh, sw = stride
-        dh, dw = dilation
-        overlapping = sh < dh * (kh - 1) + 1 or sw < dw * (kw - 1) + 1
-        out = xp.zeros(xpad.shape, dtype=grad.dtype)
-        taken = None
-        for i in range(kh):
-            for j in range(kw):
-                rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
-                hit = xpad[:, :, rows, cols] == best
-                if taken is None:
-                    taken = hit
-                else:
-                    hit &= ~taken
-                    taken |= hit
-                if overlapping:
-                    out[:, :, rows, cols] += grad * hit
-                else:
-                    xp.multiply(grad, hit, out=out[:, :, rows, cols])
-        return _crop(out, padding), None, None, None, None

@@ -77,6 +77,10 @@ class DistributedDataParallel(Module):
                  find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False,
                  comm_mode: str | None = None):
         super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"DistributedDataParallel wraps a ddp.nn.Module, got {type(module).__name__}"
+            )
         if bucket_cap_mb is None:
             bucket_cap_mb = 25
         if bucket_cap_mb <= 0:

@@ -24,17 +24,35 @@ def default_collate(batch: list[Any]) -> Any:
     """Collate a list of samples into a batch; see the module docstring.
 
     Raises:
-        TypeError: an element type that cannot be batched (e.g. an object array).
-        RuntimeError: sequences of unequal length in one field.
+        TypeError: an element type that cannot be batched (e.g. an object array), or samples
+            whose fields mix types (a tensor in one sample, a number in another).
+        RuntimeError: tensors or arrays of different shapes, or sequences of unequal length,
+            in one field.
+        KeyError: dict samples with different keys.
+        ValueError: an empty batch.
     """
     from ddp import ops
 
+    if len(batch) == 0:
+        raise ValueError("default_collate: got an empty batch")
     elem = batch[0]
+    if isinstance(elem, (Tensor, np.ndarray)):
+        kind = type(elem)
+        for i, e in enumerate(batch):
+            if not isinstance(e, kind):
+                raise TypeError(f"default_collate: expected {kind.__name__} as element {i} of "
+                                f"the batch (like element 0), but got {type(e).__name__}")
     if isinstance(elem, Tensor):
         return ops.stack(list(batch), 0)
     if isinstance(elem, np.ndarray):
         if _NOT_NUMERIC.search(elem.dtype.str) is not None:
             raise TypeError(_ERROR.format(elem.dtype))
+        for i, e in enumerate(batch):
+            if e.shape != elem.shape:
+                raise RuntimeError(
+                    f"default_collate: stack expects each array to be equal size, but got "
+                    f"{list(elem.shape)} at entry 0 and {list(e.shape)} at entry {i}"
+                )
         return Tensor(np.stack(batch))
     if isinstance(elem, np.generic) and not isinstance(elem, (np.str_, np.bytes_)):
         return Tensor(np.array(batch))
@@ -47,6 +65,11 @@ def default_collate(batch: list[Any]) -> Any:
     if isinstance(elem, (str, bytes)):
         return batch
     if isinstance(elem, collections.abc.Mapping):
+        for i, d in enumerate(batch):
+            if not isinstance(d, collections.abc.Mapping) or d.keys() != elem.keys():
+                got = list(d.keys()) if isinstance(d, collections.abc.Mapping) else type(d)
+                raise KeyError(f"default_collate: element {i} of the batch has keys {got}, "
+                               f"element 0 has keys {list(elem.keys())}")
         collated = {key: default_collate([d[key] for d in batch]) for key in elem}
         try:
             return type(elem)(collated)
