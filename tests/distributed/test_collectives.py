@@ -170,14 +170,6 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mpi_world():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    assert dist.get_backend() == "mpi", "run these tests under mpiexec -n N (N >= 2)"
-    return dist.get_default_group()
-
-
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__.removeprefix("check_"))
 def test_collective_mpi(mpi_world, check):

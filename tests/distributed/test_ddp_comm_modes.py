@@ -58,14 +58,6 @@ def test_invalid_comm_mode():
     dist.spawn(case, 1)
 
 
-@pytest.fixture(scope="module")
-def mpi_world():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    assert dist.get_backend() == "mpi", "run these tests under mpiexec -n N (N >= 2)"
-    return dist.get_default_group()
-
-
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("comm_mode", MODES)
 def test_modes_match_single_process_mpi(mpi_world, monkeypatch, comm_mode):

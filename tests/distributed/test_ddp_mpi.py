@@ -12,17 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-import ddp.distributed as dist
-
 from . import _ddp_cases as cases
-
-
-@pytest.fixture(scope="module")
-def mpi_world():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    assert dist.get_backend() == "mpi", "run these tests under mpiexec -n N (N >= 2)"
-    return dist.get_default_group()
 
 
 @pytest.mark.mpi(min_size=2)

@@ -12,18 +12,9 @@ import math
 
 import pytest
 
-import ddp.distributed as dist
 from ddp.distributed.checkpoint import storage
 
 from . import _zero_cases as cases
-
-
-@pytest.fixture(scope="module")
-def mpi_world():
-    if not dist.is_initialized():
-        dist.init_process_group()
-    assert dist.get_backend() == "mpi", "run these tests under mpiexec -n N (N >= 2)"
-    return dist.get_default_group()
 
 
 @pytest.mark.mpi(min_size=2)

@@ -42,14 +42,7 @@ class Sequential(Module):
         self.add_module(key, module)
 
     def __delitem__(self, idx) -> None:
-        keys = list(self._modules)
-        for key in (keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(self))]]):
-            del self._modules[key]
-        # keep the numbering contiguous, as torch does
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, module in enumerate(items):
-            self._modules[str(i)] = module
+        _delete_and_renumber(self._modules, idx)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -92,13 +85,7 @@ class ModuleList(Module):
         self.add_module(str(_index(idx, len(self))), module)
 
     def __delitem__(self, idx) -> None:
-        keys = list(self._modules)
-        for key in (keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(self))]]):
-            del self._modules[key]
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, module in enumerate(items):
-            self._modules[str(i)] = module
+        _delete_and_renumber(self._modules, idx)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -171,3 +158,14 @@ class ModuleDict(Module):
         pairs = modules.items() if isinstance(modules, Mapping) else modules
         for key, module in pairs:
             self[key] = module
+
+
+def _delete_and_renumber(modules: dict, idx) -> None:
+    """Delete ``modules[idx]`` (an int or a slice) and renumber the rest 0..n-1, as torch does."""
+    keys = list(modules)
+    for key in (keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(keys))]]):
+        del modules[key]
+    items = list(modules.values())
+    modules.clear()
+    for i, module in enumerate(items):
+        modules[str(i)] = module
