@@ -35,12 +35,17 @@ def _impl(array):
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
                 beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                maximize: bool) -> None:
-    """One Adam/AdamW step in place; ``step`` counts this step (1 on the first)."""
-    _impl(param).adam_update(param, grad, exp_avg, exp_avg_sq, step=float(step), lr=float(lr),
-                             beta1=float(beta1), beta2=float(beta2), eps=float(eps),
-                             weight_decay=float(weight_decay), decoupled=bool(decoupled),
-                             maximize=bool(maximize))
+                maximize: bool, max_exp_avg_sq=None) -> None:
+    """One Adam/AdamW step in place; ``step`` counts this step (1 on the first).
+
+    ``max_exp_avg_sq`` (amsgrad) has no fused kernel: it always takes the reference path.
+    """
+    impl = reference if max_exp_avg_sq is not None else _impl(param)
+    extra = {} if max_exp_avg_sq is None else {"max_exp_avg_sq": max_exp_avg_sq}
+    impl.adam_update(param, grad, exp_avg, exp_avg_sq, step=float(step), lr=float(lr),
+                     beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+                     weight_decay=float(weight_decay), decoupled=bool(decoupled),
+                     maximize=bool(maximize), **extra)
 
 
 def gelu_forward(x, approximate: str = "none"):

@@ -19,10 +19,12 @@ GELU_TANH_C = 0.044715
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
                 beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                maximize: bool) -> None:
+                maximize: bool, max_exp_avg_sq=None) -> None:
     """One Adam/AdamW step (torch's formulas), in place on ``param``, ``exp_avg``, ``exp_avg_sq``.
 
-    ``step`` is the step count *after* incrementing (1 on the first step).
+    ``step`` is the step count *after* incrementing (1 on the first step). ``max_exp_avg_sq``
+    (amsgrad) keeps the running maximum of ``exp_avg_sq`` and takes its place in the denominator.
+    This is the one CPU implementation: ``ddp.optim`` calls it for every NumPy parameter.
     """
     xp = get_array_module(param)
     if maximize:
@@ -40,7 +42,11 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, bet
     exp_avg_sq += scratch
     step_size = lr / (1.0 - beta1**step)
     bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
-    denom = xp.sqrt(exp_avg_sq, out=scratch)
+    second = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second = max_exp_avg_sq
+    denom = xp.sqrt(second, out=scratch)
     denom /= bias_correction2_sqrt
     denom += eps
     update = xp.divide(exp_avg, denom, out=scratch)

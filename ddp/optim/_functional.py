@@ -11,8 +11,6 @@ The formulas mirror ``torch.optim.sgd._single_tensor_sgd`` and
 
 from __future__ import annotations
 
-import numpy as np
-
 from ddp import kernels
 from ddp.backend import get_array_module
 
@@ -76,52 +74,12 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_a
     lr, weight_decay, eps = float(lr), float(weight_decay), float(eps)
     beta1, beta2 = float(beta1), float(beta2)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        xp = get_array_module(param)
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         step_t += 1
         step = float(step_t)
-        if type(param) is not np.ndarray and not amsgrad:  # GPU: one fused launch
-            kernels.adam_update(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
-                                beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                decoupled=decoupled_weight_decay, maximize=maximize)
-            continue
-
-        if weight_decay != 0 and decoupled_weight_decay:
-            param *= 1.0 - lr * weight_decay
-        if weight_decay != 0 and not decoupled_weight_decay:
-            decayed = xp.multiply(param, weight_decay)
-            if maximize:
-                decayed -= grad
-            else:
-                decayed += grad
-            grad = decayed
-        elif maximize:
-            grad = xp.negative(grad)
-
-        # exp_avg.lerp_(grad, 1 - beta1): exp_avg + (1 - beta1) * (grad - exp_avg)
-        scratch = xp.subtract(grad, exp_avg)
-        scratch *= 1.0 - beta1
-        exp_avg += scratch
-        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq *= beta2
-        xp.multiply(grad, 1.0 - beta2, out=scratch)
-        scratch *= grad
-        exp_avg_sq += scratch
-
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2 = 1.0 - beta2**step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-
-        second = exp_avg_sq
-        if amsgrad:
-            xp.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            second = max_exp_avg_sqs[i]
-        # denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-        denom = xp.sqrt(second, out=scratch)
-        denom /= bias_correction2_sqrt
-        denom += eps
-        # param.addcdiv_(exp_avg, denom, value=-step_size)
-        update = xp.divide(exp_avg, denom, out=scratch)
-        update *= step_size
-        param -= update
+        # One implementation for both devices: a fused kernel on CuPy, the NumPy reference
+        # (torch's formulas, few temporaries, in place) otherwise.
+        kernels.adam_update(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                            beta2=beta2, eps=eps, weight_decay=weight_decay,
+                            decoupled=decoupled_weight_decay, maximize=maximize,
+                            max_exp_avg_sq=max_exp_avg_sqs[i] if amsgrad else None)
