@@ -421,3 +421,23 @@ def test_reachable_leaf_without_gradient_still_fires_post_hook():
     y = (x // 1.0) + 0.0  # floor_divide is reachable but yields no gradient
     y.sum().backward()
     assert fired == [None]
+
+
+
+def test_backward_start_hooks_are_read_from_an_immutable_snapshot():
+    """Simulated ranks register engine hooks (DDP, ZeRO) while other ranks are inside backward:
+    the engine iterates a snapshot that later registrations and removals never mutate."""
+    from ddp.autograd import engine
+
+    seen = []
+    before = engine._start_hooks.snapshot
+    handle = engine.register_backward_start_hook(lambda task: seen.append(len(task.leaves)))
+    during = engine._start_hooks.snapshot
+    assert len(during) == len(before) + 1 and before == engine._start_hooks.snapshot[:-1]
+    x = ddp.ones(3, requires_grad=True)
+    (x * 2).sum().backward()
+    handle.remove()
+    assert len(engine._start_hooks.snapshot) == len(before)
+    assert len(during) == len(before) + 1  # the published tuple did not change
+    (x * 2).sum().backward()
+    assert seen == [1]

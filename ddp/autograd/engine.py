@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ddp.autograd.function import _FREED_MESSAGE, AccumulateGrad, _array_of, is_owned
-from ddp.utils.hooks import RemovableHandle
+from ddp.utils.hooks import HookRegistry, RemovableHandle
 
 _local = threading.local()
-_start_hooks: dict[int, Callable] = {}
+_start_hooks = HookRegistry()  # written by any thread (DDP per simulated rank)
 
 
 class GraphTask:
@@ -90,7 +90,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
     previous = current_task()
     _local.task = task
     try:
-        for hook in tuple(_start_hooks.values()):
+        for hook in _start_hooks.snapshot:
             hook(task)
         buffers: dict = {}
         ready: list = []

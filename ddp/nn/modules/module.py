@@ -17,13 +17,13 @@ from ddp.autograd.grad_mode import no_grad
 from ddp.device import as_device, device_of, move_array
 from ddp.nn.parameter import Parameter
 from ddp.tensor import Tensor
-from ddp.utils.hooks import RemovableHandle
+from ddp.utils.hooks import HookRegistry, RemovableHandle
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 # torch.nn.modules.module's global hooks: they run for every module, before its own hooks.
-_global_forward_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
-_global_forward_hooks: OrderedDict[int, Callable] = OrderedDict()
+_global_forward_pre_hooks = HookRegistry()
+_global_forward_hooks = HookRegistry()
 
 
 def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
@@ -63,12 +63,12 @@ class Module:
         if not (self._forward_pre_hooks or self._forward_hooks or _global_forward_pre_hooks
                 or _global_forward_hooks):
             return self.forward(*args, **kwargs)
-        for hook in (*_global_forward_pre_hooks.values(), *self._forward_pre_hooks.values()):
+        for hook in (*_global_forward_pre_hooks.snapshot, *self._forward_pre_hooks.values()):
             result = hook(self, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
         output = self.forward(*args, **kwargs)
-        for hook in (*_global_forward_hooks.values(), *self._forward_hooks.values()):
+        for hook in (*_global_forward_hooks.snapshot, *self._forward_hooks.values()):
             result = hook(self, args, output)
             if result is not None:
                 output = result
