@@ -99,11 +99,51 @@ def bench(name: str, steps: int, rounds: int) -> dict:
     return result
 
 
+def profile(name: str, steps: int, path: str) -> None:
+    """cProfile ``steps`` ddp training steps of ``name`` (after warm-up); top functions to path."""
+    import cProfile
+    import io
+    import pstats
+
+    import ddp
+
+    build, (x_np, y_np), opt_name = _setup(name)
+    model = build(ddp).cuda()
+    dx, dy = ddp.tensor(x_np, device="cuda"), ddp.tensor(y_np, device="cuda")
+    opt = models.make_optimizer(ddp, opt_name, model.parameters())
+
+    def step():
+        opt.zero_grad()
+        models.loss_fn(ddp, model(dx), dy).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    ddp.cuda.synchronize()
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    ddp.cuda.synchronize()
+    prof.disable()
+    wall = (time.perf_counter() - start) / steps
+    out = io.StringIO()
+    print(f"{name}: {1e3 * wall:.2f} ms/step under cProfile ({steps} steps)", file=out)
+    for key in ("tottime", "cumulative"):
+        pstats.Stats(prof, stream=out).sort_stats(key).print_stats(45)
+    with open(path, "w") as f:
+        f.write(out.getvalue())
+    print(f"profile of {name} written to {path} ({1e3 * wall:.2f} ms/step under cProfile)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default="mlp,cnn,gpt,mlp4096")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="instead of timing, cProfile ddp steps of the first model to PATH")
     args = parser.parse_args()
     import ddp
 
@@ -111,6 +151,9 @@ def main() -> int:
         print(f"bench_gpu: no GPU: {ddp.backend.cupy_unavailable_reason()}")
         return 1
     print(f"device: {ddp.cuda.get_device_name()}")
+    if args.profile:
+        profile(args.models.split(",")[0], args.steps, args.profile)
+        return 0
     failed = False
     for name in args.models.split(","):
         try:

@@ -36,7 +36,7 @@ from ddp.creation import (
     zeros,
     zeros_like,
 )
-from ddp.device import device
+from ddp.device import device, get_default_device, set_default_device
 from ddp.dtypes import (
     bool_ as bool,  # noqa: A004 - torch.bool
 )

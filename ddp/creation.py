@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import dtypes, random
-from ddp.device import as_device, move_array
+from ddp.device import as_device, get_default_device, move_array
 from ddp.ops._util import shape_arg
 from ddp.tensor import Tensor
 
@@ -21,6 +21,8 @@ def _finish(array, dtype, device, requires_grad) -> Tensor:
             array = array.astype(np_dtype)
     if device is not None:
         array = move_array(array, as_device(device))
+    elif get_default_device().type != "cpu":  # ddp.set_default_device / with ddp.device(...)
+        array = move_array(array, get_default_device())
     return Tensor(array, requires_grad=requires_grad)
 
 

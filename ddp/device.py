@@ -43,8 +43,37 @@ class device:  # noqa: N801 - torch spells it in lower case
     def __hash__(self) -> int:
         return hash((self.type, self.index))
 
+    def __enter__(self) -> device:
+        """``with ddp.device("cuda"):`` makes this the default device inside the block (torch)."""
+        _DEFAULT_STACK.append(_state.default)
+        set_default_device(self)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        _state.default = _DEFAULT_STACK.pop()
+        return False
+
 
 CPU = device("cpu")
+
+
+class _DefaultDevice:
+    default: device = CPU
+
+
+_state = _DefaultDevice()
+_DEFAULT_STACK: list[device] = []
+
+
+def set_default_device(spec) -> None:
+    """Where factory functions (``tensor``, ``zeros``, ``randn`` ...) put tensors given no
+    ``device`` (``torch.set_default_device``); ``None`` restores the CPU. Process-wide."""
+    _state.default = CPU if spec is None else as_device(spec)
+
+
+def get_default_device() -> device:
+    """The device factory functions use when given none (``torch.get_default_device``)."""
+    return _state.default
 
 
 def device_of(array) -> device:

@@ -10,6 +10,16 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def pytest_configure(config):
+    """``DDP_TEST_DEFAULT_DEVICE=cuda`` runs tests with ``ddp.set_default_device("cuda")``: the
+    GPU check runs the distributed suites this way, so their invariants are checked on a GPU."""
+    device = os.environ.get("DDP_TEST_DEFAULT_DEVICE")
+    if device:
+        import ddp
+
+        ddp.set_default_device(device)
+
+
 @pytest.fixture(autouse=True)
 def _grad_mode_restored():
     """A test that leaves grad mode off must not turn it off for the tests after it."""

@@ -196,3 +196,20 @@ def test_mpi_buffer_passes_numpy_arrays_through_and_stages_nothing():
     stage = _HostStage(a)
     assert stage.host is a
     stage.commit()  # no copy back for host arrays
+
+
+def test_default_device_context_and_setter_restore_the_cpu():
+    assert ddp.get_default_device() == ddp.device("cpu")
+    with ddp.device("cpu") as dev:
+        assert ddp.get_default_device() == dev
+        assert ddp.zeros(2).device == ddp.device("cpu")
+    ddp.set_default_device("cuda:1")
+    try:
+        assert ddp.get_default_device() == ddp.device("cuda:1")
+        if not ddp.cuda.is_available():
+            with pytest.raises(RuntimeError, match="cannot move a tensor to cuda:1"):
+                ddp.ones(3)
+    finally:
+        ddp.set_default_device(None)
+    assert ddp.get_default_device() == ddp.device("cpu")
+    assert ddp.tensor([1.0]).device == ddp.device("cpu")
