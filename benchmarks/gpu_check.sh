@@ -52,7 +52,8 @@ stage "environment" 60 "$PY" - <<'PY'
 import sys
 import numpy, cupy
 print("python", sys.version.split()[0], "numpy", numpy.__version__, "cupy", cupy.__version__)
-print("GPUs:", cupy.cuda.runtime.getDeviceCount(), "nccl:", cupy.cuda.nccl.available)
+from cupy.cuda import nccl
+print("GPUs:", cupy.cuda.runtime.getDeviceCount(), "nccl:", nccl.available)
 try:
     import torch
     print("torch", torch.__version__, "cuda", torch.cuda.is_available())

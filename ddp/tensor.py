@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from ddp import dtypes, ops
+from ddp import backend, dtypes, ops
 from ddp.autograd import engine
 from ddp.autograd.function import AccumulateGrad
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
@@ -36,7 +36,7 @@ class Tensor(TensorOps):
             data = np.empty((0,), dtype=dtypes.default_float.np_dtype)
         elif isinstance(data, (list, tuple, float, int)):
             data = np.asarray(data, dtype=dtypes.default_float.np_dtype)  # torch.Tensor(list)
-        elif not hasattr(data, "__array_namespace__") and not isinstance(data, np.ndarray):
+        elif not isinstance(data, np.ndarray) and not backend.is_cupy_array(data):
             data = np.asarray(data)
         if isinstance(data, np.generic):
             data = np.asarray(data)

@@ -9,6 +9,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+if os.environ.get("DDP_FAKE_CUPY") == "1":  # tests/_fake_cupy.py stands in for CuPy
+    import _fake_cupy
+
+    _fake_cupy.install()
+    os.environ.setdefault("DDP_FUSED_KERNELS", "0")
+
 
 def pytest_configure(config):
     """``DDP_TEST_DEFAULT_DEVICE=cuda`` runs tests with ``ddp.set_default_device("cuda")``: the

@@ -17,6 +17,8 @@ group underneath, so code that mixes small host buffers (ZeRO's norms and flags)
 
 from __future__ import annotations
 
+import importlib
+
 from typing import Any
 
 from ddp.backend import cupy_module, cupy_unavailable_reason, is_cupy_array
@@ -38,7 +40,11 @@ def nccl_module():
     cp = cupy_module()
     if cp is None:
         raise RuntimeError(f"backend 'nccl' needs CuPy and a GPU: {cupy_unavailable_reason()}")
-    nccl = cp.cuda.nccl  # a CuPy submodule, reached through backend's cupy
+    try:  # a submodule that ``import cupy`` does not load: import it by name
+        nccl = importlib.import_module(cp.__name__ + ".cuda.nccl")
+    except ImportError as exc:
+        raise RuntimeError(f"backend 'nccl': CuPy's NCCL bindings are not importable "
+                           f"({exc})") from exc
 
     if not getattr(nccl, "available", True):
         raise RuntimeError("backend 'nccl': CuPy cannot load libnccl.so.2 (install the "

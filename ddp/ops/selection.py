@@ -22,6 +22,15 @@ def normalize_index(index):
     return index
 
 
+def _index_on_device(index, xp):
+    """``index`` with its NumPy arrays copied to the device of ``xp`` (CuPy)."""
+    if isinstance(index, np.ndarray):
+        return xp.asarray(index)
+    if isinstance(index, tuple):
+        return tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index)
+    return index
+
+
 def _is_basic(index) -> bool:
     """Basic indexing (ints, slices, None, Ellipsis) gives views and never repeats an element."""
     items = index if isinstance(index, tuple) else (index,)
@@ -40,6 +49,8 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, a, index):
+        if type(a) is not np.ndarray:  # index arrays given on the host go where ``a`` is
+            index = _index_on_device(index, get_array_module(a))
         ctx.shape = a.shape
         ctx.index = index
         try:

@@ -88,7 +88,7 @@ def case_matches_single_process(optimizer: str = "sgd", bucket_cap_mb: float = 2
         loss_of(reference, ddp.tensor(x), ddp.tensor(y)).backward()
         ref_opt.step()
         for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0, atol=1e-12)
         assert_params_equal(model, reference)
     if gradient_as_bucket_view:
         buffers = [b.buffer for b in ddp_model.reducer.buckets]
@@ -109,7 +109,7 @@ def case_float32_matches(bucket_cap_mb: float = 0.0002) -> None:
     F.mse_loss(reference(ddp.tensor(x)), ddp.tensor(y)).backward()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert p.grad.dtype == ddp.float32
-        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def case_no_sync(gradient_as_bucket_view: bool = False) -> None:
@@ -124,12 +124,12 @@ def case_no_sync(gradient_as_bucket_view: bool = False) -> None:
     # Inside no_sync nothing is communicated: the grads are this rank's own.
     loss_of(local, shard(x1, rank, per_rank), shard(y1, rank, per_rank)).backward()
     for p, q in zip(model.parameters(), local.parameters(), strict=True):
-        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0, atol=1e-12)
     loss_of(ddp_model, shard(x2, rank, per_rank), shard(y2, rank, per_rank)).backward()
     loss_of(reference, ddp.tensor(x1), ddp.tensor(y1)).backward()
     loss_of(reference, ddp.tensor(x2), ddp.tensor(y2)).backward()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0, atol=1e-12)
 
 
 def case_unused_parameters(find_unused_parameters: bool) -> None:
@@ -150,7 +150,7 @@ def case_unused_parameters(find_unused_parameters: bool) -> None:
             loss_of(replica, shard(x, r, per_rank), shard(y, r, per_rank), use_fc2=r > 0).backward()
             for name, p in replica.named_parameters():
                 if p.grad is not None:
-                    expected[name] += p.grad.numpy() / size
+                    expected[name] += p.grad.cpu().numpy() / size
         model.zero_grad()
         loss_of(ddp_model, shard(x, rank, per_rank), shard(y, rank, per_rank),
                 use_fc2=rank > 0).backward()
@@ -165,7 +165,7 @@ def case_unused_parameters(find_unused_parameters: bool) -> None:
             if name.startswith("fc2") and size == 1 and find_unused_parameters:
                 assert p.grad is None, name
                 continue
-            np.testing.assert_allclose(p.grad.numpy(), expected[name], rtol=0, atol=1e-12,
+            np.testing.assert_allclose(p.grad.cpu().numpy(), expected[name], rtol=0, atol=1e-12,
                                        err_msg=name)
 
 
@@ -187,14 +187,14 @@ def case_buffers_follow_rank0() -> None:
     model = make_net(rank)
     model.register_buffer("scale", ddp.full((2,), float(rank + 1), dtype=ddp.float64))
     ddp_model = DDP(model)
-    np.testing.assert_array_equal(model.scale.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(model.scale.cpu().numpy(), [1.0, 1.0])
     model.scale.array[...] = 10.0 + rank
     x = ddp.zeros(1, IN, dtype=ddp.float64)
     with ddp.no_grad():
         ddp_model(x)  # no synchronisation without grad: buffers untouched
-    np.testing.assert_array_equal(model.scale.numpy(), [10.0 + rank] * 2)
+    np.testing.assert_array_equal(model.scale.cpu().numpy(), [10.0 + rank] * 2)
     ddp_model(x)
-    np.testing.assert_array_equal(model.scale.numpy(), [10.0, 10.0])
+    np.testing.assert_array_equal(model.scale.cpu().numpy(), [10.0, 10.0])
 
 
 def case_comm_starts_during_backward() -> None:
@@ -247,4 +247,4 @@ def case_backward_without_ddp_forward_is_local() -> None:
     loss_of(ddp_model.module, x, y).backward()
     loss_of(local, x, y).backward()
     for p, q in zip(model.parameters(), local.parameters(), strict=True):
-        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0, atol=1e-12)

@@ -119,6 +119,7 @@ def _exercise(pg):
 
 def test_nccl_process_group_world_size_one():
     pytest.importorskip("mpi4py")
+    pytest.importorskip("cupy.cuda.nccl", reason="CuPy without its NCCL bindings")
     from ddp.distributed.nccl_backend import NCCLProcessGroup
 
     pg = NCCLProcessGroup(_mpi_self())
@@ -139,6 +140,7 @@ def test_mpi_process_group_accepts_cupy_arrays():
 
 def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
     pytest.importorskip("mpi4py")
+    pytest.importorskip("cupy.cuda.nccl", reason="CuPy without its NCCL bindings")
     from ddp.distributed.nccl_backend import NCCLProcessGroup
     from ddp.nn.parallel import DistributedDataParallel
 
