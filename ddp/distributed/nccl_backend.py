@@ -18,7 +18,6 @@ group underneath, so code that mixes small host buffers (ZeRO's norms and flags)
 from __future__ import annotations
 
 import importlib
-
 from typing import Any
 
 from ddp.backend import cupy_module, cupy_unavailable_reason, is_cupy_array

@@ -88,7 +88,8 @@ def case_matches_single_process(optimizer: str = "sgd", bucket_cap_mb: float = 2
         loss_of(reference, ddp.tensor(x), ddp.tensor(y)).backward()
         ref_opt.step()
         for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-            np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(p.grad.cpu().numpy(), q.grad.cpu().numpy(), rtol=0,
+                                       atol=1e-12)
         assert_params_equal(model, reference)
     if gradient_as_bucket_view:
         buffers = [b.buffer for b in ddp_model.reducer.buckets]
