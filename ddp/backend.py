@@ -58,6 +58,29 @@ def is_cupy_array(array) -> bool:
     return cp is not None and isinstance(array, cp.ndarray)
 
 
+_SCALARS: dict = {}  # (value, type, dtype, device) -> 0-d CuPy array, never written to
+
+
+def scalar_array(xp: ModuleType, value, dtype, device_id: int = 0):
+    """A 0-d array of ``value``; on the GPU one cached per (value, dtype, device).
+
+    ``cupy.asarray(2.0)`` copies from pageable host memory, which waits for the GPU to drain
+    its queue: a constant such as ``1 / sqrt(d)`` in every step would stall the pipeline each
+    time. The cached arrays are shared, so callers must treat them as read-only (the ops use
+    them only as operands).
+    """
+    if xp is np:
+        return np.asarray(value, dtype=dtype)
+    key = (value, type(value), np.dtype(dtype).str, device_id)
+    array = _SCALARS.get(key)
+    if array is None:
+        if len(_SCALARS) > 1024:  # bounded: values that never repeat do not grow it forever
+            _SCALARS.clear()
+        with xp.cuda.Device(device_id):
+            array = _SCALARS[key] = xp.asarray(value, dtype=dtype)
+    return array
+
+
 def to_numpy(array) -> np.ndarray:
     """Copy a device array to host memory; a NumPy array is returned as is."""
     if isinstance(array, np.ndarray):

@@ -68,6 +68,16 @@ def layer_norm_backward_input(grad2, xhat, rstd, weight):
     return _impl(grad2).layer_norm_backward_input(grad2, xhat, rstd, weight)
 
 
+def softmax_forward(x2):
+    """Row softmax of a 2-D ``x2``."""
+    return _impl(x2).softmax_forward(x2)
+
+
+def softmax_backward(grad2, y2):
+    """Input gradient of ``softmax_forward`` (``y2`` its output), rows of a 2-D ``grad2``."""
+    return _impl(grad2).softmax_backward(grad2, y2)
+
+
 def softmax_nll(x2, target):
     """Row softmax of a 2-D ``x2`` and ``logsumexp(row) - row[target]``: ``(prob, nll)``."""
     return _impl(x2).softmax_nll(x2, target)

@@ -182,6 +182,60 @@ extern "C" __global__ void ddp_softmax_nll(
 """
 
 
+_SOFTMAX_SRC = _ROW_HELPERS + r"""
+extern "C" __global__ void ddp_softmax_fwd(const T* x, T* y, long long c) {
+    __shared__ T buf[32];
+    long long off = (long long)blockIdx.x * c;
+    T m = x[off];
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) m = max(m, x[off + i]);
+    m = block_reduce(m, buf, 1);
+    T s = 0;
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) s += exp(x[off + i] - m);
+    s = block_reduce(s, buf, 0);
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) y[off + i] = exp(x[off + i] - m) / s;
+}
+
+extern "C" __global__ void ddp_softmax_bwd(const T* g, const T* y, T* gx, long long c) {
+    __shared__ T buf[32];
+    long long off = (long long)blockIdx.x * c;
+    T s = 0;
+    for (long long i = threadIdx.x; i < c; i += blockDim.x) s += g[off + i] * y[off + i];
+    s = block_reduce(s, buf, 0);
+    for (long long i = threadIdx.x; i < c; i += blockDim.x)
+        gx[off + i] = y[off + i] * (g[off + i] - s);
+}
+"""
+
+
+def _row_threads(c: int) -> int:
+    """Threads per row: a multiple of 32 up to ``_BLOCK``, no more than the row needs."""
+    return min(_BLOCK, max(32, (c + 31) // 32 * 32))
+
+
+def softmax_forward(x2):
+    """Fused row softmax (one block per row)."""
+    cp = _cp()
+    x2 = cp.ascontiguousarray(x2)
+    m, c = x2.shape
+    y = cp.empty_like(x2)
+    if m and c:
+        kernel = _row_kernel(_SOFTMAX_SRC, "ddp_softmax_fwd", _ctype(x2.dtype))
+        kernel((m,), (_row_threads(c),), (x2, y, cp.int64(c)))
+    return y
+
+
+def softmax_backward(grad2, y2):
+    """Fused ``y * (grad - sum(grad * y))`` per row."""
+    cp = _cp()
+    grad2, y2 = cp.ascontiguousarray(grad2), cp.ascontiguousarray(y2)
+    m, c = grad2.shape
+    gx = cp.empty_like(grad2)
+    if m and c:
+        kernel = _row_kernel(_SOFTMAX_SRC, "ddp_softmax_bwd", _ctype(grad2.dtype))
+        kernel((m,), (_row_threads(c),), (grad2, y2, gx, cp.int64(c)))
+    return gx
+
+
 @functools.cache
 def _row_kernel(source: str, name: str, ctype: str):
     return _cp().RawKernel("typedef " + ctype + " T;\n" + source, name)

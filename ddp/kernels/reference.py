@@ -109,6 +109,23 @@ def layer_norm_backward_input(grad2, xhat, rstd, weight):
     return gh
 
 
+def softmax_forward(x2):
+    """Row softmax of a 2-D ``x2``."""
+    xp = get_array_module(x2)
+    e = x2 - x2.max(axis=1, keepdims=True)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def softmax_backward(grad2, y2):
+    """Input gradient of the row softmax ``y2``: ``y * (grad - sum(grad * y))`` per row."""
+    dot = (grad2 * y2).sum(axis=1, keepdims=True)
+    gx = grad2 - dot
+    gx *= y2
+    return gx
+
+
 def softmax_nll(x2, target):
     """Row softmax of ``x2`` (M, C) and ``logsumexp(row) - row[target]`` per row: ``(p, nll)``.
 

@@ -6,6 +6,8 @@ then applies one graph node from ``ddp.nn._functions`` (or a core op from ``ddp.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ddp import ops
 from ddp.nn._functions import activation as _act
 from ddp.nn._functions import conv as _conv
@@ -63,6 +65,15 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _lin.Linear.apply(input, weight, bias)
 
 
+def _min_max(array) -> tuple[int, int]:
+    if isinstance(array, np.ndarray):
+        return int(array.min()), int(array.max())
+    from ddp.backend import get_array_module
+
+    low, high = get_array_module(array).stack((array.min(), array.max())).tolist()
+    return int(low), int(high)
+
+
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # noqa: A002
               max_norm: float | None = None, **unsupported) -> Tensor:
     """Rows of ``weight`` at the integer indices ``input``."""
@@ -73,9 +84,11 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # 
             f"Expected tensor for argument 'indices' to have an integer dtype, got {input.dtype}"
         )
     num = weight.shape[0]
-    if input.numel() and (int(input.array.min()) < 0 or int(input.array.max()) >= num):
-        bad = int(input.array.max()) if int(input.array.max()) >= num else int(input.array.min())
-        raise IndexError(f"index {bad} is out of range for an embedding of {num} rows")
+    if input.numel():  # CuPy would wrap a bad index silently: check (one device read)
+        low, high = _min_max(input.array)
+        if low < 0 or high >= num:
+            bad = high if high >= num else low
+            raise IndexError(f"index {bad} is out of range for an embedding of {num} rows")
     if padding_idx is not None and padding_idx < 0:
         padding_idx += num
     return _lin.Embedding.apply(weight, input, padding_idx)

@@ -7,7 +7,7 @@ import operator
 import numpy as np
 
 from ddp import dtypes
-from ddp.backend import get_array_module
+from ddp.backend import get_array_module, scalar_array
 
 
 def as_tensor_operand(value, like):
@@ -22,14 +22,17 @@ def as_tensor_operand(value, like):
         return value
     xp = get_array_module(like.array)
     like_dtype = like.array.dtype
+    device_id = 0 if xp is np else like.array.device.id
     if isinstance(value, bool):
-        array = xp.asarray(value, dtype=like_dtype if like_dtype != np.bool_ else np.bool_)
+        array = scalar_array(xp, value, like_dtype if like_dtype != np.bool_ else np.bool_,
+                             device_id)
     elif isinstance(value, int):
-        array = xp.asarray(value, dtype=like_dtype if like_dtype != np.bool_ else np.int64)
+        array = scalar_array(xp, value, like_dtype if like_dtype != np.bool_ else np.int64,
+                             device_id)
     elif isinstance(value, float):
         kind = like_dtype.kind
         target = like_dtype if kind == "f" else dtypes.default_float.np_dtype
-        array = xp.asarray(value, dtype=target)
+        array = scalar_array(xp, value, target, device_id)
     else:
         array = xp.asarray(value)
         if array.dtype == np.float64 and not isinstance(value, np.ndarray):

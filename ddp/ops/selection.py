@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.autograd.function import Function
-from ddp.backend import get_array_module
+from ddp.backend import get_array_module, scalar_array
 from ddp.ops._util import binary_operands, normalize_dim, unbroadcast
 
 
@@ -112,7 +112,8 @@ class MaskedFill(Function):
         xp = get_array_module(a)
         ctx.save_for_backward(mask)
         ctx.shape = a.shape
-        return xp.where(mask, xp.asarray(value, dtype=a.dtype), a)
+        fill = scalar_array(xp, value, a.dtype, 0 if xp is np else a.device.id)
+        return xp.where(mask, fill, a)
 
     @staticmethod
     def backward(ctx, grad):
@@ -135,7 +136,9 @@ class Gather(Function):
         xp = get_array_module(grad)
         out = xp.zeros(ctx.shape, dtype=grad.dtype)
         # put_along_axis would drop repeated indices; add.at sums them as the gradient must.
-        idx = list(xp.indices(index.shape, sparse=True))
+        nd = index.ndim  # sparse open grids (CuPy's indices has no ``sparse``)
+        idx = [xp.arange(n).reshape([n if k == j else 1 for j in range(nd)])
+               for k, n in enumerate(index.shape)]
         idx[ctx.dim] = index
         xp.add.at(out, tuple(idx), grad)
         return out, None, None

@@ -63,7 +63,8 @@ def make_optimizer(name: str, params):
 
 def assert_params_equal(model, reference, atol: float = 1e-12) -> None:
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        np.testing.assert_allclose(p.array, q.array, rtol=0, atol=atol, err_msg=name)
+        np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().cpu().numpy(), rtol=0,
+                                   atol=atol, err_msg=name)
 
 
 def case_matches_single_process(optimizer: str = "sgd", bucket_cap_mb: float = 25,

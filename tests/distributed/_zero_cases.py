@@ -66,7 +66,8 @@ def groups_of(model: Net) -> list[dict]:
 
 
 def params_of(model: Net) -> list[np.ndarray]:
-    return [p.array.copy() for p in model.parameters()]
+    """Host copies of the parameters (the suites also run with the GPU as default device)."""
+    return [p.detach().cpu().numpy().copy() for p in model.parameters()]
 
 
 def train_reference(name: str, steps: int, rows: int,

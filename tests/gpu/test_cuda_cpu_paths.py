@@ -213,3 +213,16 @@ def test_default_device_context_and_setter_restore_the_cpu():
         ddp.set_default_device(None)
     assert ddp.get_default_device() == ddp.device("cpu")
     assert ddp.tensor([1.0]).device == ddp.device("cpu")
+
+
+def test_softmax_reference_equals_torch_over_rows():
+    rng = _rng(5)
+    x = rng.standard_normal((6, 9)).astype(np.float32) * 4
+    g = rng.standard_normal((6, 9)).astype(np.float32)
+    y = reference.softmax_forward(x)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.softmax(tx, dim=1)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(reference.softmax_backward(g, y), tx.grad.numpy(), rtol=1e-5,
+                               atol=1e-7)

@@ -128,12 +128,22 @@ def test_fused_kernels_equal_their_references_on_gpu():
         cp.testing.assert_allclose(kernels.layer_norm_backward_input(g, xhat, rstd, ww),
                                    reference.layer_norm_backward_input(g, xh_ref, r_ref, ww),
                                    rtol=1e-4, atol=1e-5)
+    for cols in (300, 7, 1):  # rows longer and shorter than a block, and of one element
+        xs, gs = x[:, :cols], g[:, :cols]
+        y = kernels.softmax_forward(xs)
+        cp.testing.assert_allclose(y, reference.softmax_forward(xs), rtol=1e-5, atol=1e-7)
+        cp.testing.assert_allclose(kernels.softmax_backward(gs, y),
+                                   reference.softmax_backward(gs, y), rtol=1e-4, atol=1e-6)
+    x64 = x.astype(cp.float64)
+    cp.testing.assert_allclose(kernels.softmax_forward(x64), reference.softmax_forward(x64),
+                               rtol=1e-12, atol=1e-15)
     t = cp.asarray(rng.integers(0, 300, 37))
     prob, nll = kernels.softmax_nll(x, t)
     p_ref, n_ref = reference.softmax_nll(x, t)
     cp.testing.assert_allclose(prob, p_ref, rtol=1e-5, atol=1e-7)
     cp.testing.assert_allclose(nll, n_ref, rtol=1e-5, atol=1e-5)
-    p = [cp.asarray(rng.standard_normal(1000).astype(f32)) for _ in range(2)]
+    start = rng.standard_normal(1000).astype(f32)
+    p = [cp.asarray(start) for _ in range(2)]
     m = [cp.zeros(1000, f32) for _ in range(2)]
     v = [cp.zeros(1000, f32) for _ in range(2)]
     for step in (1, 2, 3):
