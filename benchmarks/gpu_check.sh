@@ -139,11 +139,11 @@ PY
 if command -v mpiexec >/dev/null; then
   stage "mpi backend with CuPy arrays, DDP + ZeRO, world size 2" 60 \
     mpiexec -n 2 "$PY" "$TMP/mpi_cupy_world2.py"
-  stage "MPI suites (DDP, ZeRO, collectives) on the GPU, -n 2" 90 bash -c 'DDP_TEST_DEFAULT_DEVICE=cuda \
-mpiexec -n 2 "$0" -m pytest -q --with-mpi -m mpi -p no:cacheprovider --tb=short \
-tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py \
-tests/distributed/test_collectives.py 2>&1 | tee "$1/mpi_suites_gpu.log"; exit ${PIPESTATUS[0]}' \
-    "$PY" "$OUTDIR"
+  stage "MPI suites of DDP and ZeRO with the GPU as default device, -n 2" 60 bash -c \
+'DDP_TEST_DEFAULT_DEVICE=cuda mpiexec -n 2 "$0" -m pytest -q --with-mpi -m mpi \
+-p no:cacheprovider --tb=short tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py \
+tests/distributed/test_collectives.py::test_cupy_arrays_are_staged_through_host_mpi 2>&1 \
+| tee "$1/mpi_suites_gpu.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
 else
   echo; echo "=== mpi stages ==="; echo "no mpiexec on PATH"
   NAMES+=("mpi stages"); RESULTS+=("FAIL (no mpiexec)")
@@ -153,6 +153,11 @@ stage "bench_gpu.py (ddp vs torch CUDA eager)" 130 bash -c '"$0" benchmarks/benc
 --steps 8 --rounds 2 2>&1 | tee "$1/bench_gpu.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
 stage "profile of the GPT step" 45 "$PY" benchmarks/bench_gpu.py --models gpt --steps 5 \
   --profile "$OUTDIR/profile_gpt.txt"
+stage "diagnostics: per-call overheads, GPT split, GEMMs" 60 bash -c '"$0" \
+benchmarks/gpu_overheads.py 2>&1 | tee "$1/overheads.log"; \
+echo "--- GPT with CUPY_ACCELERATORS=cub,cutensor ---"; \
+CUPY_ACCELERATORS=cub,cutensor "$0" benchmarks/bench_gpu.py --models gpt,mlp --steps 8 --rounds 2 \
+2>&1 | tee -a "$1/overheads.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
 
 echo; echo "=== summary ==="
 failed=0

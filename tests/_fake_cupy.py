@@ -95,6 +95,10 @@ class ndarray:  # noqa: N801 - cupy.ndarray
         return _wrap(result)
 
     def __array_function__(self, func, types_, args, kwargs):
+        if not any(getattr(mod, func.__name__, None) is func for mod in (np, np.linalg, np.fft)):
+            # CuPy implements only NumPy's own functions (np.testing's are not among them)
+            raise TypeError(f"no implementation found for {func.__module__}.{func.__name__} "
+                            f"on fake CuPy arrays")
         allow = func.__name__ in ("may_share_memory", "shares_memory", "result_type",
                                   "can_cast")
         a = _unwrap(args, allow_host=allow, where=f"np.{func.__name__}")
@@ -121,6 +125,8 @@ class ndarray:  # noqa: N801 - cupy.ndarray
                 "data": (self._a.ctypes.data, False)}
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # __array_interface__, __array_struct__: host-only protocols
+            raise AttributeError(name)
         value = getattr(self._a, name)
         if callable(value):
             def method(*args, **kwargs):
