@@ -269,6 +269,16 @@ def asnumpy(array, stream=None, out=None):
     return np.asarray(array)
 
 
+def _host_assert(name):
+    def check(actual, desired, *args, **kwargs):
+        return getattr(np.testing, name)(asnumpy(actual), asnumpy(desired), *args, **kwargs)
+    return check
+
+
+testing = types.SimpleNamespace(assert_allclose=_host_assert("assert_allclose"),
+                                assert_array_equal=_host_assert("assert_array_equal"))
+
+
 def get_array_module(*args):
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
 

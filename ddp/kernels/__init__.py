@@ -48,6 +48,31 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, bet
                      maximize=bool(maximize), **extra)
 
 
+def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, *,
+                      step: float, lr: float, beta1: float, beta2: float, eps: float,
+                      weight_decay: float, decoupled: bool, maximize: bool) -> None:
+    """``adam_update`` over lists of same-dtype tensors that share ``step``: on a GPU one
+    launch for all of them (contiguous arrays), else one update per tensor."""
+    hyper = {"step": float(step), "lr": float(lr), "beta1": float(beta1), "beta2": float(beta2),
+             "eps": float(eps), "weight_decay": float(weight_decay),
+             "decoupled": bool(decoupled), "maximize": bool(maximize)}
+    impl = _impl(params[0]) if params else reference
+    if impl is not reference and not _all_contiguous(params, grads, exp_avgs, exp_avg_sqs):
+        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+            adam_update(p, g, m, v, **hyper)  # one (fused) launch per tensor
+        return
+    impl.adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, **hyper)
+
+
+def _all_contiguous(*lists) -> bool:
+    return all(a.flags.c_contiguous for arrays in lists for a in arrays)
+
+
+def column_sums(x2):
+    """Sums over the rows of a 2-D ``x2`` (bias gradients); on a GPU one GEMV."""
+    return _impl(x2).column_sums(x2)
+
+
 def gelu_forward(x, approximate: str = "none"):
     """``(gelu(x), saved)``; ``approximate`` is "none" (erf) or "tanh"."""
     return _impl(x).gelu_forward(x, approximate)

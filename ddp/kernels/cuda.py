@@ -54,6 +54,99 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps
     )
 
 
+_ADAM_MULTI_SRC = r"""
+extern "C" __global__ void ddp_adam_multi(
+        const long long* table, int n, long long total, T decay_scale, T one_minus_b1, T beta2,
+        T one_minus_b2, T eps, T step_size, T bc2_sqrt, T wd, int decoupled, int maximize) {
+    // table: n cumulative end offsets, then 4 pointers (param, grad, m, v) per tensor
+    const long long* ends = table;
+    const long long* ptrs = table + n;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int lo = 0, hi = n - 1;
+        while (lo < hi) {  // the tensor holding element i: the first with ends[t] > i
+            int mid = (lo + hi) >> 1;
+            if (ends[mid] > i) hi = mid; else lo = mid + 1;
+        }
+        long long j = i - (lo ? ends[lo - 1] : 0);
+        T* param = (T*)ptrs[4 * lo];
+        const T* grad = (const T*)ptrs[4 * lo + 1];
+        T* m = (T*)ptrs[4 * lo + 2];
+        T* v = (T*)ptrs[4 * lo + 3];
+        T g = maximize ? -grad[j] : grad[j];
+        T p = param[j];
+        if (decoupled) { p *= decay_scale; }
+        else if (wd != (T)0) { g = g + p * wd; }
+        T mj = m[j], vj = v[j];
+        mj += (g - mj) * one_minus_b1;
+        vj = vj * beta2 + (g * one_minus_b2) * g;
+        T denom = sqrt(vj) / bc2_sqrt + eps;
+        p -= (mj / denom) * step_size;
+        m[j] = mj;
+        v[j] = vj;
+        param[j] = p;
+    }
+}
+"""
+
+_TABLES: dict = {}  # pointer tuple -> device table (the last few; addresses repeat each step)
+
+
+def _device_table(values: list[int]):
+    cp = _cp()
+    key = (cp.cuda.runtime.getDevice(), tuple(values))
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 8:
+            _TABLES.pop(next(iter(_TABLES)))
+        import numpy as np
+
+        table = _TABLES[key] = cp.asarray(np.asarray(values, dtype=np.int64))
+    return table
+
+
+def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
+                      weight_decay, decoupled, maximize) -> None:
+    """Fused Adam/AdamW over many contiguous same-dtype tensors: one launch (multi-tensor)."""
+    if not params:
+        return
+    cp = _cp()
+    decoupled = bool(decoupled and weight_decay != 0)
+    ends, ptrs, total = [], [], 0
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        total += p.size
+        ends.append(total)
+        ptrs += (p.data.ptr, g.data.ptr, m.data.ptr, v.data.ptr)
+    if total == 0:
+        return
+    dtype = params[0].dtype
+    t = dtype.type
+    kernel = _row_kernel(_ADAM_MULTI_SRC, "ddp_adam_multi", _ctype(dtype))
+    threads = 256
+    blocks = int(min((total + threads - 1) // threads, 65536))
+    kernel((blocks,), (threads,), (
+        _device_table(ends + ptrs), cp.int32(len(params)), cp.int64(total),
+        t(1.0 - lr * weight_decay), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(eps),
+        t(lr / (1.0 - beta1**step)), t((1.0 - beta2**step) ** 0.5), t(weight_decay),
+        cp.int32(decoupled), cp.int32(bool(maximize))))
+
+
+_ONES: dict = {}
+
+
+def column_sums(x2):
+    """Sums over the rows of a 2-D ``x2`` as ``ones @ x2``: one coalesced GEMV."""
+    cp = _cp()
+    rows = x2.shape[0]
+    key = (rows, x2.dtype.str, x2.device.id)
+    ones = _ONES.get(key)
+    if ones is None:
+        if len(_ONES) >= 64:
+            _ONES.clear()
+        ones = _ONES[key] = cp.ones(rows, dtype=x2.dtype)
+    return ones @ x2
+
+
 # ------------------------------------------------------------------------------------ GELU
 @functools.cache
 def _gelu_kernels():

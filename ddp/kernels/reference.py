@@ -54,6 +54,17 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, bet
     param -= update
 
 
+def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, **hyper) -> None:
+    """``adam_update`` over lists of tensors sharing hyperparameters (and ``step``)."""
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        adam_update(p, g, m, v, **hyper)
+
+
+def column_sums(x2):
+    """Sums over the rows of a 2-D ``x2`` (a bias gradient): shape ``(x2.shape[1],)``."""
+    return x2.sum(axis=0)
+
+
 def gelu_forward(x, approximate: str):
     """``(y, saved)``: GELU of ``x`` and what backward needs (Phi(x), or tanh(inner))."""
     xp = get_array_module(x)

@@ -11,6 +11,8 @@ The formulas mirror ``torch.optim.sgd._single_tensor_sgd`` and
 
 from __future__ import annotations
 
+import numpy as np
+
 from ddp import kernels
 from ddp.backend import get_array_module
 
@@ -73,13 +75,24 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_a
     """
     lr, weight_decay, eps = float(lr), float(weight_decay), float(eps)
     beta1, beta2 = float(beta1), float(beta2)
-    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+    hyper = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+             "decoupled": decoupled_weight_decay, "maximize": maximize}
+    steps = []
+    for step_t in state_steps:
         step_t += 1
-        step = float(step_t)
-        # One implementation for both devices: a fused kernel on CuPy, the NumPy reference
-        # (torch's formulas, few temporaries, in place) otherwise.
-        kernels.adam_update(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, weight_decay=weight_decay,
-                            decoupled=decoupled_weight_decay, maximize=maximize,
-                            max_exp_avg_sq=max_exp_avg_sqs[i] if amsgrad else None)
+        steps.append(float(step_t))
+    if amsgrad:  # no multi-tensor kernel: one update per tensor (the reference path)
+        for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            kernels.adam_update(param, grad, exp_avgs[i], exp_avg_sqs[i], step=steps[i],
+                                max_exp_avg_sq=max_exp_avg_sqs[i], **hyper)
+        return
+    # Tensors sharing dtype, device and step take one multi-tensor launch on a GPU; on the CPU
+    # the reference updates them one by one (torch's formulas, few temporaries, in place).
+    groups: dict = {}
+    for i, param in enumerate(params):
+        where = -1 if type(param) is np.ndarray else param.device.id
+        groups.setdefault((param.dtype.str, where, steps[i]), []).append(i)
+    for (_, _, step), members in groups.items():
+        kernels.adam_update_multi([params[i] for i in members], [grads[i] for i in members],
+                                  [exp_avgs[i] for i in members],
+                                  [exp_avg_sqs[i] for i in members], step=step, **hyper)

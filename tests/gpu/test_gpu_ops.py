@@ -154,3 +154,35 @@ def test_fused_kernels_equal_their_references_on_gpu():
         reference.adam_update(p[1], grad, m[1], v[1], **hyper)
     for a, e in ((p[0], p[1]), (m[0], m[1]), (v[0], v[1])):
         cp.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decoupled,maximize", [(True, False), (False, True)])
+def test_multi_tensor_adam_equals_per_tensor_reference(dtype, decoupled, maximize):
+    if not kernels.FUSED:
+        pytest.skip("DDP_FUSED_KERNELS=0 (or the fake CuPy of tests/_fake_cupy.py)")
+    cp = ddp.backend.cupy_module()
+    rng = _rng(6)
+    sizes = [(7,), (0,), (300, 5), (1,), (1000,)]  # an empty tensor among them
+    starts = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    fused = [[cp.asarray(a) for a in starts], [cp.zeros(s, dtype) for s in sizes],
+             [cp.zeros(s, dtype) for s in sizes]]
+    ref = [[cp.asarray(a) for a in starts], [cp.zeros(s, dtype) for s in sizes],
+           [cp.zeros(s, dtype) for s in sizes]]
+    for step in (1, 2, 3):
+        grads = [cp.asarray(rng.standard_normal(s).astype(dtype)) for s in sizes]
+        hyper = dict(step=step, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
+                     decoupled=decoupled, maximize=maximize)
+        kernels.adam_update_multi(fused[0], grads, fused[1], fused[2], **hyper)
+        reference.adam_update_multi(ref[0], grads, ref[1], ref[2], **hyper)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(fused, ref, strict=True):
+        for a, e in zip(got, want, strict=True):
+            cp.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+def test_column_sums_equal_sum_over_rows():
+    cp = ddp.backend.cupy_module()
+    x = cp.asarray(_rng(7).standard_normal((513, 37)).astype(f32))
+    cp.testing.assert_allclose(kernels.column_sums(x), x.sum(axis=0), rtol=1e-5, atol=1e-4)
+    assert kernels.column_sums(x[:0]).tolist() == [0.0] * 37

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 
@@ -28,7 +29,7 @@ class Linear(Function):
         g2 = grad.reshape(-1, grad.shape[-1])
         gx = (g2 @ weight).reshape(ctx.x_shape) if needs[0] else None
         gw = g2.T @ x2 if needs[1] else None
-        gb = g2.sum(axis=0) if ctx.has_bias and needs[2] else None
+        gb = kernels.column_sums(g2) if ctx.has_bias and needs[2] else None
         return gx, gw, gb
 
 

@@ -29,6 +29,7 @@ class LayerNorm(Function):
             out, xhat, rstd = kernels.layer_norm_forward(rows, weight, bias, eps)
             ctx.save_for_backward(xhat.reshape(x.shape), rstd, weight)
             ctx.fused_rows = rows.shape
+            ctx.norm_shape = x.shape[x.ndim - ndims:]
             return out.reshape(x.shape)
         mean = x.mean(axis=axes, keepdims=True)
         xhat = x - mean
@@ -51,11 +52,17 @@ class LayerNorm(Function):
         needs = ctx.needs_input_grad
         lead = tuple(range(grad.ndim - len(axes)))
         gx = gw = gb = None
-        if getattr(ctx, "fused_rows", None) is not None and needs[0]:
-            gx = kernels.layer_norm_backward_input(grad.reshape(ctx.fused_rows),
-                                                   xhat.reshape(ctx.fused_rows), rstd,
-                                                   weight).reshape(grad.shape)
-            needs = (False,) + tuple(needs[1:])
+        rows = getattr(ctx, "fused_rows", None)
+        if rows is not None:  # GPU: rows of a 2-D view, column sums as GEMVs
+            g2, xhat2 = grad.reshape(rows), xhat.reshape(rows)
+            if needs[0]:
+                gx = kernels.layer_norm_backward_input(g2, xhat2, rstd, weight).reshape(
+                    grad.shape)
+            if weight is not None and needs[1]:
+                gw = kernels.column_sums(g2 * xhat2).reshape(ctx.norm_shape)
+            if ctx.has_bias and needs[2]:
+                gb = kernels.column_sums(g2).reshape(ctx.norm_shape)
+            return gx, gw, gb, None, None
         if weight is not None and needs[1]:
             gw = (grad * xhat).sum(axis=lead)
         if ctx.has_bias and needs[2]:
