@@ -155,8 +155,8 @@ stage "profile of the GPT step" 45 "$PY" benchmarks/bench_gpu.py --models gpt --
   --profile "$OUTDIR/profile_gpt.txt"
 stage "diagnostics: per-call overheads, GPT split, GEMMs" 60 bash -c '"$0" \
 benchmarks/gpu_overheads.py 2>&1 | tee "$1/overheads.log"; \
-echo "--- GPT with CUPY_ACCELERATORS=cub,cutensor ---"; \
-CUPY_ACCELERATORS=cub,cutensor "$0" benchmarks/bench_gpu.py --models gpt,mlp --steps 8 --rounds 2 \
+echo "--- without the fused kernels (DDP_FUSED_KERNELS=0) ---"; \
+DDP_FUSED_KERNELS=0 "$0" benchmarks/bench_gpu.py --models gpt,mlp --steps 8 --rounds 2 \
 2>&1 | tee -a "$1/overheads.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
 
 echo; echo "=== summary ==="

@@ -104,6 +104,23 @@ def gpt_split() -> None:
         print(f"  {lib.__name__:6s} " + "  ".join(f"{k} {1e3 * v:6.2f}" for k, v in phases.items()))
 
 
+def column_sums() -> None:
+    import cupy as cp
+    import torch
+
+    from ddp import kernels
+
+    print("bias gradient, sum over rows (ms):")
+    for shape in ((8192, 256), (8192, 768), (4096, 4096)):
+        x = cp.random.standard_normal(shape, dtype=cp.float32)
+        tx = torch.as_tensor(x, device="cuda")
+        sync = cp.cuda.Device().synchronize
+        a = per_call_us(lambda: x.sum(axis=0), sync, 50) / 1e3
+        b = per_call_us(lambda: kernels.column_sums(x), sync, 50) / 1e3
+        c = per_call_us(lambda: tx.sum(0), torch.cuda.synchronize, 50) / 1e3
+        print(f"  {shape}: cupy sum(axis=0) {a:6.3f}  ones @ x {b:6.3f}  torch sum(0) {c:6.3f}")
+
+
 def gemms() -> None:
     import cupy as cp
     import torch
@@ -122,7 +139,7 @@ def gemms() -> None:
 
 
 if __name__ == "__main__":
-    for part in (primitives, gpt_split, gemms):
+    for part in (primitives, column_sums, step_split, gemms):
         try:
             part()
         except Exception as exc:  # a diagnostic: report and go on

@@ -64,6 +64,26 @@ def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: li
     impl.adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, **hyper)
 
 
+def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: float,
+                     weight_decay: float, momentum: float, dampening: float, nesterov: bool,
+                     maximize: bool) -> bool:
+    """SGD over same-dtype GPU tensors in one launch; returns False (doing nothing) where no
+    fused kernel applies (CPU arrays, a missing momentum buffer, non-contiguous arrays)."""
+    if not params or _impl(params[0]) is reference:
+        return False
+    if momentum != 0 and any(b is None for b in momentum_buffers):
+        return False
+    if not _all_contiguous(params, grads, momentum_buffers if momentum != 0 else []):
+        return False
+    from ddp.kernels import cuda
+
+    cuda.sgd_update_multi(params, grads, momentum_buffers, lr=float(lr),
+                          weight_decay=float(weight_decay), momentum=float(momentum),
+                          dampening=float(dampening), nesterov=bool(nesterov),
+                          maximize=bool(maximize))
+    return True
+
+
 def _all_contiguous(*lists) -> bool:
     return all(a.flags.c_contiguous for arrays in lists for a in arrays)
 

@@ -89,6 +89,37 @@ extern "C" __global__ void ddp_adam_multi(
 }
 """
 
+_SGD_MULTI_SRC = r"""
+extern "C" __global__ void ddp_sgd_multi(
+        const long long* table, int n, long long total, T lr, T wd, T momentum,
+        T one_minus_dampening, int nesterov, int maximize) {
+    // table: n cumulative end offsets, then 3 pointers (param, grad, momentum buffer) per tensor
+    const long long* ends = table;
+    const long long* ptrs = table + n;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int lo = 0, hi = n - 1;
+        while (lo < hi) {
+            int mid = (lo + hi) >> 1;
+            if (ends[mid] > i) hi = mid; else lo = mid + 1;
+        }
+        long long j = i - (lo ? ends[lo - 1] : 0);
+        T* param = (T*)ptrs[3 * lo];
+        const T* grad = (const T*)ptrs[3 * lo + 1];
+        T* buf = (T*)ptrs[3 * lo + 2];
+        T p = param[j];
+        T g = maximize ? -grad[j] : grad[j];
+        if (wd != (T)0) g = p * wd + g;
+        if (momentum != (T)0) {
+            T b = buf[j] * momentum + g * one_minus_dampening;
+            buf[j] = b;
+            g = nesterov ? g + b * momentum : b;
+        }
+        param[j] = p - g * lr;
+    }
+}
+"""
+
 _TABLES: dict = {}  # pointer tuple -> device table (the last few; addresses repeat each step)
 
 
@@ -129,6 +160,31 @@ def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, 
         t(1.0 - lr * weight_decay), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(eps),
         t(lr / (1.0 - beta1**step)), t((1.0 - beta2**step) ** 0.5), t(weight_decay),
         cp.int32(decoupled), cp.int32(bool(maximize))))
+
+
+def sgd_update_multi(params, grads, momentum_buffers, *, lr, weight_decay, momentum, dampening,
+                     nesterov, maximize) -> None:
+    """Fused SGD over many contiguous same-dtype tensors whose momentum buffers exist (or
+    ``momentum == 0``): one launch."""
+    if not params:
+        return
+    cp = _cp()
+    ends, ptrs, total = [], [], 0
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        total += p.size
+        ends.append(total)
+        buf = momentum_buffers[i] if momentum != 0 else p  # never read without momentum
+        ptrs += (p.data.ptr, g.data.ptr, buf.data.ptr)
+    if total == 0:
+        return
+    dtype = params[0].dtype
+    t = dtype.type
+    kernel = _row_kernel(_SGD_MULTI_SRC, "ddp_sgd_multi", _ctype(dtype))
+    blocks = int(min((total + 255) // 256, 65536))
+    kernel((blocks,), (256,), (
+        _device_table(ends + ptrs), cp.int32(len(params)), cp.int64(total), t(lr),
+        t(weight_decay), t(momentum), t(1.0 - dampening), cp.int32(bool(nesterov)),
+        cp.int32(bool(maximize))))
 
 
 _ONES: dict = {}

@@ -26,6 +26,9 @@ def sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, weight_
     """
     lr, weight_decay, momentum = float(lr), float(weight_decay), float(momentum)
     dampening = float(dampening)
+    if _sgd_fused(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
+                  momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize):
+        return
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         xp = get_array_module(param)
         owned = False  # whether ``grad`` is a scratch array this step may overwrite
@@ -63,6 +66,18 @@ def sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, weight_
             param -= grad
         else:
             param -= xp.multiply(grad, lr)
+
+
+def _sgd_fused(params, grads, momentum_buffers, **hyper) -> bool:
+    """One fused launch when every tensor is on one GPU with one dtype; False (nothing done)
+    otherwise, and the caller takes the per-tensor path."""
+    if not params or type(params[0]) is np.ndarray:
+        return False
+    first = params[0]
+    if any(type(p) is np.ndarray or p.dtype != first.dtype or p.device != first.device
+           for p in params):
+        return False
+    return kernels.sgd_update_multi(params, grads, momentum_buffers, **hyper)
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,

@@ -181,6 +181,31 @@ def test_multi_tensor_adam_equals_per_tensor_reference(dtype, decoupled, maximiz
             cp.testing.assert_allclose(a, e, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("momentum,dampening,nesterov,wd,maximize", [
+    (0.9, 0.0, False, 0.0, False), (0.9, 0.1, False, 0.01, True), (0.8, 0.0, True, 0.01, False),
+    (0.0, 0.0, False, 0.1, False)])
+def test_multi_tensor_sgd_equals_per_tensor_reference(momentum, dampening, nesterov, wd,
+                                                      maximize):
+    if not kernels.FUSED:
+        pytest.skip("DDP_FUSED_KERNELS=0 (or the fake CuPy of tests/_fake_cupy.py)")
+    from ddp.optim import _functional
+
+    cp = ddp.backend.cupy_module()
+    rng = _rng(8)
+    sizes = [(7,), (0,), (300, 5), (1000,)]
+    starts = [rng.standard_normal(s).astype(f32) for s in sizes]
+    fused, ref = [cp.asarray(a) for a in starts], [a.copy() for a in starts]
+    fused_bufs, ref_bufs = [None] * len(sizes), [None] * len(sizes)
+    hyper = dict(lr=0.1, weight_decay=wd, momentum=momentum, dampening=dampening,
+                 nesterov=nesterov, maximize=maximize)
+    for _ in range(3):  # the first step creates the buffers (per-tensor path), then fused
+        grads = [rng.standard_normal(s).astype(f32) for s in sizes]
+        _functional.sgd(fused, [cp.asarray(g) for g in grads], fused_bufs, **hyper)
+        _functional.sgd(ref, grads, ref_bufs, **hyper)
+    for a, e in zip(fused, ref, strict=True):
+        np.testing.assert_allclose(cp.asnumpy(a), e, rtol=1e-6, atol=1e-7)
+
+
 def test_column_sums_equal_sum_over_rows():
     cp = ddp.backend.cupy_module()
     x = cp.asarray(_rng(7).standard_normal((513, 37)).astype(f32))
