@@ -115,10 +115,11 @@ def column_sums() -> None:
         x = cp.random.standard_normal(shape, dtype=cp.float32)
         tx = torch.as_tensor(x, device="cuda")
         sync = cp.cuda.Device().synchronize
-        a = per_call_us(lambda: x.sum(axis=0), sync, 50) / 1e3
-        b = per_call_us(lambda: kernels.column_sums(x), sync, 50) / 1e3
-        c = per_call_us(lambda: tx.sum(0), torch.cuda.synchronize, 50) / 1e3
-        print(f"  {shape}: cupy sum(axis=0) {a:6.3f}  ones @ x {b:6.3f}  torch sum(0) {c:6.3f}")
+        a = per_call_us(lambda x=x: x.sum(axis=0), sync, 50) / 1e3
+        b = per_call_us(lambda x=x: kernels.column_sums(x), sync, 50) / 1e3
+        c = per_call_us(lambda tx=tx: tx.sum(0), torch.cuda.synchronize, 50) / 1e3
+        print(f"  {shape}: cupy sum(axis=0) {a:6.3f}  ones @ x {b:6.3f}  torch sum(0) "
+              f"{c:6.3f}")
 
 
 def gemms() -> None:
