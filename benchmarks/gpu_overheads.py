@@ -69,15 +69,20 @@ def primitives() -> None:
         print(f"  {name:28s} {per_call_us(fn, sync, 50):7.1f}")
 
 
-def gpt_split() -> None:
+def step_split() -> None:
+    for name in ("gpt", "mlp4096"):
+        _split(name)
+
+
+def _split(name: str) -> None:
     import models
     import torch
     from bench_gpu import _setup
 
     import ddp
 
-    print("GPT step split (ms; each phase synced):")
-    build, (x_np, y_np), opt_name = _setup("gpt")
+    print(f"{name} step split (ms; each phase synced):")
+    build, (x_np, y_np), opt_name = _setup(name)
     for lib, sync in ((torch, torch.cuda.synchronize), (ddp, ddp.cuda.synchronize)):
         torch.manual_seed(0)
         model = build(lib).cuda()
