@@ -120,6 +120,10 @@ class ndarray:  # noqa: N801 - cupy.ndarray
         return _DEVICE0
 
     @property
+    def data(self):  # MemoryPointer-like: .ptr is the address of the first element
+        return types.SimpleNamespace(ptr=self._a.ctypes.data)
+
+    @property
     def __cuda_array_interface__(self):
         return {"shape": self._a.shape, "typestr": self._a.dtype.str, "version": 3,
                 "data": (self._a.ctypes.data, False)}
@@ -364,6 +368,7 @@ def _build_cuda():
     cuda.Event = _Event
     cuda.get_current_stream = lambda: _CURRENT_STREAM
     cuda.get_elapsed_time = lambda a, b: 0.0
+    cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 0)
     return cuda
 
 
@@ -382,18 +387,25 @@ def _build_random():
     return random
 
 
+def module() -> types.ModuleType:
+    """This module, with its ``cuda`` and ``random`` namespaces built (not installed)."""
+    mod = sys.modules[__name__]
+    if not hasattr(mod, "cuda"):
+        mod.cuda = _build_cuda()
+        mod.random = _build_random()
+    return mod
+
+
 def install() -> types.ModuleType:
     """Put this module into ``sys.modules`` as ``cupy`` (before ddp is imported)."""
-    module = sys.modules[__name__]
-    module.cuda = _build_cuda()
-    module.random = _build_random()
-    module.__version__ = "0.0-fake"
-    module.__name__ = "cupy"  # so "cupy.cuda.nccl" is looked up, and is missing
-    sys.modules["cupy"] = module
-    sys.modules["cupy.cuda"] = module.cuda
-    sys.modules["cupy.cuda.runtime"] = module.cuda.runtime
-    sys.modules["cupy.random"] = module.random
-    return module
+    mod = module()
+    mod.__version__ = "0.0-fake"
+    mod.__name__ = "cupy"  # so "cupy.cuda.nccl" is looked up, and is missing
+    sys.modules["cupy"] = mod
+    sys.modules["cupy.cuda"] = mod.cuda
+    sys.modules["cupy.cuda.runtime"] = mod.cuda.runtime
+    sys.modules["cupy.random"] = mod.random
+    return mod
 
 
 def __getattr__(name):  # module attributes: NumPy functions returning fake device arrays
@@ -404,3 +416,79 @@ def __getattr__(name):  # module attributes: NumPy functions returning fake devi
 
 # The dtypes CuPy re-exports (cupy.float32 ...) come through __getattr__ from NumPy.
 int32, int64, float32, float64 = np.int32, np.int64, np.float32, np.float64
+
+
+class FakeCublas:
+    """cuBLAS's gemm/gemmStridedBatched/gemv on raw host pointers, in NumPy (column-major,
+    host pointer mode), to test the layout logic of ``ddp.kernels.cuda_gemm`` on a CPU."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    @staticmethod
+    def _matrix(ptr, rows, cols, ld, dtype):
+        import ctypes
+
+        count = ld * (cols - 1) + rows if cols else 0
+        buf = (ctypes.c_char * (max(count, 1) * dtype.itemsize)).from_address(ptr)
+        flat = np.frombuffer(buf, dtype=dtype, count=max(count, 1))
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols),
+                                               (dtype.itemsize, ld * dtype.itemsize))
+
+    @staticmethod
+    def _scalar(ptr, dtype):
+        import ctypes
+
+        return np.frombuffer((ctypes.c_char * dtype.itemsize).from_address(ptr), dtype)[0]
+
+    def _gemm(self, dtype, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        assert lda >= max(1, m if ta == 0 else k) and ldb >= max(1, k if tb == 0 else n)
+        assert ldc >= max(1, m)
+        opa = self._matrix(a, m, k, lda, dtype) if ta == 0 else self._matrix(a, k, m, lda,
+                                                                             dtype).T
+        opb = self._matrix(b, k, n, ldb, dtype) if tb == 0 else self._matrix(b, n, k, ldb,
+                                                                             dtype).T
+        out = self._matrix(c, m, n, ldc, dtype)
+        result = self._scalar(alpha, dtype) * (opa @ opb)
+        beta = self._scalar(beta, dtype)
+        out[...] = result if beta == 0 else result + beta * out
+
+    def sgemm(self, handle, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        self.calls.append("gemm")
+        self._gemm(np.dtype(np.float32), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def dgemm(self, handle, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        self.calls.append("gemm")
+        self._gemm(np.dtype(np.float64), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def _batched(self, dtype, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc,
+                 sc, count):
+        self.calls.append("gemm_batched")
+        isz = dtype.itemsize
+        for i in range(count):
+            self._gemm(dtype, ta, tb, m, n, k, alpha, a + i * sa * isz, lda, b + i * sb * isz,
+                       ldb, beta, c + i * sc * isz, ldc)
+
+    def sgemmStridedBatched(self, handle, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,  # noqa: N802
+                            beta, c, ldc, sc, count):
+        self._batched(np.dtype(np.float32), ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,
+                      beta, c, ldc, sc, count)
+
+    def dgemmStridedBatched(self, handle, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,  # noqa: N802
+                            beta, c, ldc, sc, count):
+        self._batched(np.dtype(np.float64), ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,
+                      beta, c, ldc, sc, count)
+
+    def _gemv(self, dtype, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
+        self.calls.append("gemv")
+        assert incx == 1 and incy == 1 and lda >= max(1, m)
+        mat = self._matrix(a, m, n, lda, dtype)
+        vec = self._matrix(x, n if trans == 0 else m, 1, max(n, m), dtype)[:, 0]
+        out = self._matrix(y, m if trans == 0 else n, 1, max(n, m), dtype)[:, 0]
+        out[...] = self._scalar(alpha, dtype) * ((mat if trans == 0 else mat.T) @ vec)
+
+    def sgemv(self, handle, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
+        self._gemv(np.dtype(np.float32), trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
+
+    def dgemv(self, handle, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
+        self._gemv(np.dtype(np.float64), trans, m, n, alpha, a, lda, x, incx, beta, y, incy)

@@ -88,6 +88,16 @@ def _all_contiguous(*lists) -> bool:
     return all(a.flags.c_contiguous for arrays in lists for a in arrays)
 
 
+def matmul(a, b):
+    """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm)."""
+    if type(a) is np.ndarray or not FUSED:
+        return a @ b
+    from ddp.kernels import cuda_gemm
+
+    out = cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
+    return a @ b if out is None else out
+
+
 def column_sums(x2):
     """Sums over the rows of a 2-D ``x2`` (bias gradients); on a GPU one GEMV."""
     return _impl(x2).column_sums(x2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddp import dtypes
+from ddp import dtypes, kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import binary_operands, cast_tensor, unbroadcast
@@ -187,9 +187,9 @@ class MatMul(Function):
 def _matmul(a, b):
     """``a @ b``, folding the batch of ``a`` into one GEMM when ``b`` is a single matrix."""
     if a.ndim > 2 and b.ndim == 2:
-        out = a.reshape(-1, a.shape[-1]) @ b
+        out = kernels.matmul(a.reshape(-1, a.shape[-1]), b)
         return out.reshape(a.shape[:-1] + (b.shape[-1],))
-    return a @ b
+    return kernels.matmul(a, b)
 
 
 def _shape_text(a) -> str:

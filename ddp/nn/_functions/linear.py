@@ -13,7 +13,7 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         x2 = x.reshape(-1, x.shape[-1])
-        out = x2 @ weight.T
+        out = kernels.matmul(x2, weight.T)
         if bias is not None:
             out += bias
         ctx.save_for_backward(x2 if ctx.needs_input_grad[1:2] == (True,) else None,
@@ -27,8 +27,8 @@ class Linear(Function):
         x2, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])
-        gx = (g2 @ weight).reshape(ctx.x_shape) if needs[0] else None
-        gw = g2.T @ x2 if needs[1] else None
+        gx = kernels.matmul(g2, weight).reshape(ctx.x_shape) if needs[0] else None
+        gw = kernels.matmul(g2.T, x2) if needs[1] else None
         gb = kernels.column_sums(g2) if ctx.has_bias and needs[2] else None
         return gx, gw, gb
 
