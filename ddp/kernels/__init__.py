@@ -15,22 +15,28 @@ import os
 
 import numpy as np
 
+from ddp.backend import is_cupy_array
 from ddp.kernels import reference
 
 FUSED = os.environ.get("DDP_FUSED_KERNELS", "1") != "0"
 
 
+_cuda = None  # ddp.kernels.cuda, imported on first use on a GPU array
+_cuda_gemm = None
+
+
 def _impl(array):
     """The implementation module for ``array``: ``reference`` unless a fused kernel applies."""
+    global _cuda
     if type(array) is np.ndarray or not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
         return reference
-    from ddp.backend import is_cupy_array
-
     if not is_cupy_array(array):
         return reference
-    from ddp.kernels import cuda
+    if _cuda is None:
+        from ddp.kernels import cuda
 
-    return cuda
+        _cuda = cuda
+    return _cuda
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
@@ -90,11 +96,14 @@ def _all_contiguous(*lists) -> bool:
 
 def matmul(a, b):
     """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm)."""
+    global _cuda_gemm
     if type(a) is np.ndarray or not FUSED:
         return a @ b
-    from ddp.kernels import cuda_gemm
+    if _cuda_gemm is None:
+        from ddp.kernels import cuda_gemm
 
-    out = cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
+        _cuda_gemm = cuda_gemm
+    out = _cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
     return a @ b if out is None else out
 
 

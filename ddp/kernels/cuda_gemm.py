@@ -20,8 +20,10 @@ from ddp.backend import cupy_module
 
 ENABLED = os.environ.get("DDP_CUBLAS_DIRECT", "1") != "0"
 _OP_N, _OP_T = 0, 1
-_ONE_ZERO = {np.dtype(np.float32): (np.ones((), np.float32), np.zeros((), np.float32)),
-             np.dtype(np.float64): (np.ones((), np.float64), np.zeros((), np.float64))}
+_CONSTANTS = [np.ones((), np.float32), np.zeros((), np.float32), np.ones((), np.float64),
+              np.zeros((), np.float64)]  # alive for the process: cuBLAS reads them by address
+_ONE_ZERO = {np.dtype(np.float32): (_CONSTANTS[0].ctypes.data, _CONSTANTS[1].ctypes.data),
+             np.dtype(np.float64): (_CONSTANTS[2].ctypes.data, _CONSTANTS[3].ctypes.data)}
 _cublas = None
 
 
@@ -112,12 +114,12 @@ def matmul(a, b):
     single = a.dtype == np.float32
     if batch == 1:
         gemm = lib.sgemm if single else lib.dgemm
-        gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, xb.data.ptr, ld_b, xa.data.ptr,
-             ld_a, zero.ctypes.data, out.data.ptr, n)
+        gemm(handle, op_b, op_a, n, m, k, one, xb.data.ptr, ld_b, xa.data.ptr, ld_a, zero,
+             out.data.ptr, n)
     else:
         gemm = lib.sgemmStridedBatched if single else lib.dgemmStridedBatched
-        gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, xb.data.ptr, ld_b, st_b,
-             xa.data.ptr, ld_a, st_a, zero.ctypes.data, out.data.ptr, n, m * n, batch)
+        gemm(handle, op_b, op_a, n, m, k, one, xb.data.ptr, ld_b, st_b, xa.data.ptr, ld_a, st_a,
+             zero, out.data.ptr, n, m * n, batch)
     return out
 
 
@@ -148,6 +150,6 @@ def column_sums(x2):
     lib = _lib()
     gemv = lib.sgemv if x2.dtype == np.float32 else lib.dgemv
     # x2 read column-major is (cols x rows) with ld = cols: out = that @ ones
-    gemv(cp.cuda.device.get_cublas_handle(), _OP_N, cols, rows, one.ctypes.data, x2.data.ptr,
-         cols, ones.data.ptr, 1, zero.ctypes.data, out.data.ptr, 1)
+    gemv(cp.cuda.device.get_cublas_handle(), _OP_N, cols, rows, one, x2.data.ptr, cols,
+         ones.data.ptr, 1, zero, out.data.ptr, 1)
     return out

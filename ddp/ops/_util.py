@@ -86,6 +86,21 @@ def cast_tensor(t, np_dtype):
     return cast(t, np.dtype(np_dtype))
 
 
+def reshape_fresh(array, shape: tuple):
+    """``array`` with ``shape``, reshaped in place when it can be (no view).
+
+    For a gradient a backward just made: a view would have a ``base``, and autograd would copy
+    it before adopting it as a leaf's ``.grad``; the same array reshaped in place is adopted.
+    """
+    shape = tuple(shape)
+    if array.shape != shape:
+        try:
+            array.shape = shape
+        except (AttributeError, ValueError):  # not contiguous, or no shape setter
+            return array.reshape(shape)
+    return array
+
+
 def unbroadcast(grad, shape: tuple):
     """Sum ``grad`` over the axes that broadcasting added or stretched, back to ``shape``."""
     if grad.shape == shape:

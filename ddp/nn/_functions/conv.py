@@ -17,6 +17,7 @@ import numpy as np
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.ops._util import reshape_fresh
 
 _workspace = threading.local()
 
@@ -181,7 +182,7 @@ class Conv2d(Function):
                     gpad = _col2im(dcols.reshape(c, kh, kw, b, ho, wo), (b, c, hp, wp), stride,
                                    dilation, grad.dtype, xp)
                     gx[start:stop] = _crop(gpad, padding)
-        return gx, None if gw is None else gw.reshape(w_shape), gb, None, None, None
+        return gx, None if gw is None else reshape_fresh(gw, w_shape), gb, None, None, None
 
 
 def _store_output(out, y, bias):

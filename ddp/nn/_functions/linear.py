@@ -5,6 +5,7 @@ from __future__ import annotations
 from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.ops._util import reshape_fresh
 
 
 class Linear(Function):
@@ -12,22 +13,26 @@ class Linear(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])  # views cost on a GPU: skip
         out = kernels.matmul(x2, weight.T)
         if bias is not None:
             out += bias
-        ctx.save_for_backward(x2 if ctx.needs_input_grad[1:2] == (True,) else None,
-                              weight if ctx.needs_input_grad[:1] == (True,) else None)
+        needs = ctx.needs_input_grad
+        ctx.save_for_backward(x2 if needs[1:2] == (True,) else None,
+                              weight if needs[:1] == (True,) else None)
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
-        return out.reshape(x.shape[:-1] + (weight.shape[0],))
+        return out if x.ndim == 2 else out.reshape(x.shape[:-1] + (weight.shape[0],))
 
     @staticmethod
     def backward(ctx, grad):
         x2, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = kernels.matmul(g2, weight).reshape(ctx.x_shape) if needs[0] else None
+        g2 = grad if grad.ndim == 2 else grad.reshape(-1, grad.shape[-1])
+        gx = None
+        if needs[0]:
+            gx = kernels.matmul(g2, weight)
+            gx = gx if grad.ndim == 2 else gx.reshape(ctx.x_shape)
         gw = kernels.matmul(g2.T, x2) if needs[1] else None
         gb = kernels.column_sums(g2) if ctx.has_bias and needs[2] else None
         return gx, gw, gb
@@ -64,4 +69,4 @@ class Embedding(Function):
             out[sorted_idx[starts]] = sums
         if ctx.padding_idx is not None:
             out[ctx.padding_idx] = 0
-        return out.reshape((ctx.num_embeddings,) + grad.shape[indices.ndim:]), None, None
+        return reshape_fresh(out, (ctx.num_embeddings,) + grad.shape[indices.ndim:]), None, None

@@ -7,6 +7,7 @@ import numpy as np
 from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.ops._util import reshape_fresh
 
 
 class LayerNorm(Function):
@@ -59,9 +60,9 @@ class LayerNorm(Function):
                 gx = kernels.layer_norm_backward_input(g2, xhat2, rstd, weight).reshape(
                     grad.shape)
             if weight is not None and needs[1]:
-                gw = kernels.column_sums(g2 * xhat2).reshape(ctx.norm_shape)
+                gw = reshape_fresh(kernels.column_sums(g2 * xhat2), ctx.norm_shape)
             if ctx.has_bias and needs[2]:
-                gb = kernels.column_sums(g2).reshape(ctx.norm_shape)
+                gb = reshape_fresh(kernels.column_sums(g2), ctx.norm_shape)
             return gx, gw, gb, None, None
         if weight is not None and needs[1]:
             gw = (grad * xhat).sum(axis=lead)
