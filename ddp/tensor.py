@@ -12,6 +12,7 @@ Operators and op methods (``x + y``, ``x.sum()``) come from the ``TensorOps`` mi
 from __future__ import annotations
 
 import weakref
+from types import MappingProxyType
 
 import numpy as np
 
@@ -23,11 +24,19 @@ from ddp.device import as_device, device_of, move_array, same_device
 from ddp.tensor_ops import TensorOps
 from ddp.utils.hooks import RemovableHandle
 
+_NO_HOOKS = MappingProxyType({})  # read-only: registering replaces it with a dict
+
 
 class Tensor(TensorOps):
     """A multi-dimensional array with autograd; see the module docstring."""
 
     __array_priority__ = 1000  # numpy_array * tensor calls Tensor.__rmul__
+    # Defaults shared by every tensor until one is set on it: an op's output never writes them,
+    # which keeps its construction (hundreds per step) to four attribute writes.
+    _accumulator = None  # weakref to this leaf's AccumulateGrad node
+    _grad_hooks = _NO_HOOKS  # id -> hook(grad); a dict of its own once one is registered
+    _post_accumulate_hooks = _NO_HOOKS
+    _retains_grad = False
 
     def __init__(self, data=None, *, requires_grad: bool = False):
         if isinstance(data, Tensor):
@@ -44,10 +53,6 @@ class Tensor(TensorOps):
         self.grad: Tensor | None = None
         self.grad_fn = None
         self._requires_grad = False
-        self._accumulator = None  # weakref to this leaf's AccumulateGrad node
-        self._grad_hooks: dict = {}
-        self._post_accumulate_hooks: dict = {}
-        self._retains_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
@@ -61,10 +66,6 @@ class Tensor(TensorOps):
         t.grad = None
         t.grad_fn = grad_fn
         t._requires_grad = grad_fn is not None
-        t._accumulator = None
-        t._grad_hooks = {}
-        t._post_accumulate_hooks = {}
-        t._retains_grad = False
         return t
 
     # ----------------------------------------------------------------------------- attributes
@@ -343,6 +344,8 @@ class Tensor(TensorOps):
                 self.grad_fn.pre_hooks = {}
             registry = self.grad_fn.pre_hooks
         else:
+            if self._grad_hooks is _NO_HOOKS:
+                self._grad_hooks = {}
             registry = self._grad_hooks
         handle = RemovableHandle(registry)
         registry[handle.id] = hook
@@ -356,6 +359,8 @@ class Tensor(TensorOps):
             )
         if not self._requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self._post_accumulate_hooks is _NO_HOOKS:
+            self._post_accumulate_hooks = {}
         handle = RemovableHandle(self._post_accumulate_hooks)
         self._post_accumulate_hooks[handle.id] = hook
         return handle
