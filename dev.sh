@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine with only Python:
 #   bash dev.sh train [ARGS...]   set up .venv, then train the main job on 4 MPI ranks
-#   bash dev.sh test              set up .venv, then lint and run the whole test suite (1, 2, 3 ranks)
+#   bash dev.sh test              set up .venv, then lint and run the whole test suite (1, 2, 3 ranks;
+#                                 without a GPU also the GPU tests on a NumPy stand-in for CuPy)
 #   bash dev.sh setup             set up .venv only
 # Set-up is idempotent: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
@@ -51,6 +52,15 @@ run_tests() {
         run_pytest timeout 900 "$VENV/bin/mpiexec" -n "$n" \
             "$PY" -m pytest -q --with-mpi -m mpi -p no:cacheprovider tests
     done
+    if ! "$PY" -c "import sys, ddp; sys.exit(0 if ddp.cuda.is_available() else 1)"; then
+        # No GPU here: run the GPU tests, and DDP/ZeRO with the GPU as default device, on
+        # tests/_fake_cupy.py (NumPy behind CuPy's strictness). Real GPUs: benchmarks/gpu_check.sh
+        echo "== device code paths on a NumPy stand-in for CuPy =="
+        DDP_FAKE_CUPY=1 run_pytest "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/gpu
+        DDP_FAKE_CUPY=1 DDP_TEST_DEFAULT_DEVICE=cuda run_pytest timeout 600 \
+            "$VENV/bin/mpiexec" -n 2 "$PY" -m pytest -q --with-mpi -m mpi -p no:cacheprovider \
+            tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py
+    fi
 }
 
 cmd="${1:-}"

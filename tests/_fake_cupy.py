@@ -120,6 +120,16 @@ class ndarray:  # noqa: N801 - cupy.ndarray
         return _DEVICE0
 
     @property
+    def shape(self):
+        return self._a.shape
+
+    @shape.setter
+    def shape(self, value):  # CuPy reshapes a contiguous array in place
+        if not self._a.flags.c_contiguous:
+            raise AttributeError("incompatible shape")
+        self._a = self._a.reshape(value)
+
+    @property
     def data(self):  # MemoryPointer-like: .ptr is the address of the first element
         return types.SimpleNamespace(ptr=self._a.ctypes.data)
 

@@ -87,18 +87,22 @@ def cast_tensor(t, np_dtype):
 
 
 def reshape_fresh(array, shape: tuple):
-    """``array`` with ``shape``, reshaped in place when it can be (no view).
+    """``array`` with ``shape``; a CuPy array is reshaped in place when it can be (no view).
 
-    For a gradient a backward just made: a view would have a ``base``, and autograd would copy
-    it before adopting it as a leaf's ``.grad``; the same array reshaped in place is adopted.
+    For a gradient a backward just made: a view has a ``base``, and autograd copies it before
+    adopting it as a leaf's ``.grad``; the same array reshaped in place is adopted as is. (NumPy
+    deprecates assigning ``.shape``, and a host copy is cheap: NumPy arrays get a view.)
     """
     shape = tuple(shape)
-    if array.shape != shape:
+    if array.shape == shape:
+        return array
+    if type(array) is not np.ndarray:
         try:
             array.shape = shape
+            return array
         except (AttributeError, ValueError):  # not contiguous, or no shape setter
-            return array.reshape(shape)
-    return array
+            pass
+    return array.reshape(shape)
 
 
 def unbroadcast(grad, shape: tuple):
