@@ -150,7 +150,7 @@ else
 fi
 
 stage "bench_gpu.py (ddp vs torch CUDA eager)" 130 bash -c '"$0" benchmarks/bench_gpu.py \
---steps 8 --rounds 2 2>&1 | tee "$1/bench_gpu.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
+--steps 20 --rounds 5 2>&1 | tee "$1/bench_gpu.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
 stage "profile of the GPT step" 45 "$PY" benchmarks/bench_gpu.py --models gpt --steps 5 \
   --profile "$OUTDIR/profile_gpt.txt"
 stage "diagnostics: per-call overheads, GPT split, GEMMs" 60 bash -c '"$0" \
