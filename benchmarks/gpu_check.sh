@@ -144,6 +144,9 @@ if command -v mpiexec >/dev/null; then
 -p no:cacheprovider --tb=short tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py \
 tests/distributed/test_collectives.py::test_cupy_arrays_are_staged_through_host_mpi 2>&1 \
 | tee "$1/mpi_suites_gpu.log"; exit ${PIPESTATUS[0]}' "$PY" "$OUTDIR"
+  stage "main job on the GPU: examples/train.py --device cuda, 2 ranks" 120 bash -c \
+'mpiexec -n 2 "$0" examples/train.py --device cuda --no-progress --out "$1/train" 2>&1 \
+| tee "$1/train_gpu.log" | tail -4; exit ${PIPESTATUS[0]}' "$PY" "$TMP"
 else
   echo; echo "=== mpi stages ==="; echo "no mpiexec on PATH"
   NAMES+=("mpi stages"); RESULTS+=("FAIL (no mpiexec)")

@@ -79,12 +79,13 @@ class Classifier(nn.Module):
         return self.net(x)
 
 
-def evaluate(model, loader) -> tuple[float, float]:
+def evaluate(model, loader, device="cpu") -> tuple[float, float]:
     """Loss and accuracy over the whole test set, summed across ranks (call on all ranks)."""
     model.eval()
     totals = ddp.zeros(3, dtype=ddp.float64)  # loss sum, correct, count
     with ddp.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             logits = model(x)
             totals += ddp.tensor([
                 F.cross_entropy(logits, y, reduction="sum").item(),
@@ -137,6 +138,8 @@ def main(argv=None) -> float:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (for smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: each rank uses GPU local_rank %% device_count (needs CuPy)")
     args = parser.parse_args(argv)
 
     dist.init_process_group()
@@ -154,7 +157,10 @@ def main(argv=None) -> float:
     test_shard = Subset(test_set, list(range(rank, len(test_set), world)))
     test_loader = DataLoader(test_shard, batch_size=256)
 
-    model = DistributedDataParallel(Classifier())
+    device = args.device
+    if device == "cuda":  # one GPU per rank on a node, as torch's DDP recipe does
+        ddp.cuda.set_device(dist.get_local_rank() % ddp.cuda.device_count())
+    model = DistributedDataParallel(Classifier().to(device))
     optimizer = ddp.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
 
@@ -186,6 +192,7 @@ def main(argv=None) -> float:
         sampler.set_epoch(epoch)
         running, batches = 0.0, 0
         for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()      # fills .grad; DDP's hooks average it across ranks meanwhile
@@ -199,7 +206,7 @@ def main(argv=None) -> float:
                 progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             if args.max_steps and steps >= args.max_steps:
                 break
-        test_loss, accuracy = evaluate(model, test_loader)
+        test_loss, accuracy = evaluate(model, test_loader, device)
         train_loss = ddp.tensor([running / max(batches, 1)], dtype=ddp.float64)
         dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
         history["train_loss"].append(train_loss.item())

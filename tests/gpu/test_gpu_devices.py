@@ -155,3 +155,27 @@ def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
     np.testing.assert_allclose(wrapped.module.weight.grad.cpu().numpy(),
                                plain.weight.grad.cpu().numpy(), rtol=1e-5, atol=1e-6)
     pg._destroy()
+
+
+def test_main_job_on_gpu_matches_cpu(tmp_path, capsys):
+    """examples/train.py --device cuda: the same steps as on the CPU, to float32 rounding."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_example_gpu", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    common = ["--epochs", "1", "--max-steps", "8", "--no-progress"]
+    cpu = train.main(common + ["--out", str(tmp_path / "cpu")])
+    gpu = train.main(common + ["--out", str(tmp_path / "gpu"), "--device", "cuda"])
+    assert abs(cpu - gpu) <= 0.01, (cpu, gpu)
+    state = ddp.load(str(tmp_path / "gpu" / "checkpoint.ddp"))  # written from GPU tensors
+    cpu_state = ddp.load(str(tmp_path / "cpu" / "checkpoint.ddp"))
+    for name, value in cpu_state["model"].items():
+        assert state["model"][name].is_cuda  # loaded where it was saved, as torch.load does
+        np.testing.assert_allclose(state["model"][name].cpu().numpy(), value.numpy(), rtol=1e-3,
+                                   atol=1e-4, err_msg=name)
+    mapped = ddp.load(str(tmp_path / "gpu" / "checkpoint.ddp"), map_location="cpu")
+    assert not any(t.is_cuda for t in mapped["model"].values())
+    capsys.readouterr()
