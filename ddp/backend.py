@@ -1,7 +1,8 @@
 """Array backends: NumPy always, CuPy when installed and a GPU is present.
 
-This is the only module that imports ``cupy``. Everything else asks for the array module of an
-array with :func:`get_array_module` (chainer's ``xp`` idiom), so one code path serves both.
+This is the only module that imports ``cupy`` (``ddp.kernels.cuda_gemm`` imports CuPy's cuBLAS
+bindings from ``cupy_backends``). Everything else asks for the array module of an array with
+:func:`get_array_module` (chainer's ``xp`` idiom), so one code path serves both.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def scalar_array(xp: ModuleType, value, dtype, device_id: int = 0):
     """
     if xp is np:
         return np.asarray(value, dtype=dtype)
-    key = (value, type(value), np.dtype(dtype).str, device_id)
+    # float.hex keeps -0.0 apart from 0.0 (equal, same hash) and makes every NaN one key
+    token = value.hex() if isinstance(value, float) else value
+    key = (token, type(value), np.dtype(dtype).str, device_id)
     array = _SCALARS.get(key)
     if array is None:
         if len(_SCALARS) > 1024:  # bounded: values that never repeat do not grow it forever

@@ -226,3 +226,19 @@ def test_softmax_reference_equals_torch_over_rows():
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(reference.softmax_backward(g, y), tx.grad.numpy(), rtol=1e-5,
                                atol=1e-7)
+
+
+def test_device_scalar_cache_keeps_signed_zeros_and_dtypes_apart(monkeypatch):
+    import _fake_cupy
+
+    from ddp import backend
+
+    fc = _fake_cupy.module()
+    monkeypatch.setattr(backend, "_SCALARS", {})
+    pos = backend.scalar_array(fc, 0.0, np.float32)
+    neg = backend.scalar_array(fc, -0.0, np.float32)
+    assert np.signbit(neg.get()) and not np.signbit(pos.get())
+    assert backend.scalar_array(fc, 0.0, np.float32) is pos  # cached
+    assert backend.scalar_array(fc, 0.0, np.float64).get().dtype == np.float64
+    assert backend.scalar_array(fc, 1, np.int64).get().dtype == np.int64
+    assert np.isnan(backend.scalar_array(fc, float("nan"), np.float32).get())
