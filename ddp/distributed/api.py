@@ -74,7 +74,7 @@ def is_initialized() -> bool:
 
 
 def init_process_group(backend: str | None = None, init_method=None, world_size: int = -1,
-                       rank: int = -1, **kwargs) -> None:
+                       rank: int = -1, timeout=None, **kwargs) -> None:
     """Create the default process group; call once per rank before any collective.
 
     Args:
@@ -87,6 +87,9 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
             each rank itself; calling this there once is allowed and does nothing.
         init_method, world_size, rank: accepted for torch compatibility; with MPI the launcher
             decides, so a ``world_size``/``rank`` that disagrees with it is an error.
+        timeout: a ``timedelta`` (or seconds): a collective that waits longer ends the whole job
+            with a message naming the rank and the collective (``ddp.distributed.watchdog``);
+            default ``DDP_TIMEOUT`` seconds, else 10 minutes.
 
     Raises:
         RuntimeError: when the default group already exists or the request cannot be met.
@@ -105,6 +108,10 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
             f"init_process_group: the default process group is already initialised (backend "
             f"{_process_group.backend}); call destroy_process_group() first"
         )
+    if timeout is not None:
+        from ddp.distributed.watchdog import timeout_seconds
+
+        timeout_seconds(timeout)  # a bad value fails here, on every backend
     if backend == "nccl":
         from ddp.backend import cupy_module
 
@@ -120,11 +127,11 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
     elif backend == "mpi":
         from ddp.distributed.mpi_backend import init_mpi_world
 
-        pg = init_mpi_world()
+        pg = init_mpi_world(timeout)
     elif backend == "nccl":
         from ddp.distributed.nccl_backend import init_nccl_world
 
-        pg = init_nccl_world()
+        pg = init_nccl_world(timeout)
     elif backend == "threads":
         raise RuntimeError(
             "init_process_group('threads'): simulated ranks are threads started by "

@@ -44,6 +44,23 @@ def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> No
             os._exit(1)
 
 
+def abort_job(rank: int, size: int, message: str) -> None:
+    """Print ``message`` as rank ``rank``'s reason and abort every rank (never returns)."""
+    try:
+        sys.stderr.write(f"[rank {rank}] {message}\n[rank {rank}] aborting all {size} ranks "
+                         f"(MPI_Abort)\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        time.sleep(_FORWARD_GRACE_S)
+    finally:
+        from mpi4py import MPI
+
+        try:
+            MPI.COMM_WORLD.Abort(1)
+        finally:
+            os._exit(1)
+
+
 def install_abort_hooks(rank: int, size: int) -> None:
     """Install ``sys.excepthook`` and ``threading.excepthook`` that abort the MPI job.
 

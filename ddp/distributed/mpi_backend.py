@@ -9,11 +9,13 @@ check) pickle. CuPy arrays are staged through host memory. mpi4py initialises MP
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
+from ddp.distributed import watchdog
 from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
 from ddp.distributed.reduce_op import ReduceOp, Work
 
@@ -89,6 +91,20 @@ class MPIProcessGroup(ProcessGroup):
         self.local_rank = local_rank
         self._header = np.empty(2, dtype=np.int64)
 
+    @contextmanager
+    def _watched(self, what: str):
+        """Register the collective ``what`` with the watchdog while this rank waits in it."""
+        dog = watchdog.current()
+        if dog is None:
+            yield
+            return
+        token = dog.begin(f"{what} of group {self.name!r} (rank {self._rank} of "
+                          f"{self._size})")
+        try:
+            yield
+        finally:
+            dog.end(token)
+
     # The mismatch check: one tiny Allreduce of [h, -h] with MAX gives [max h, -min h]; the
     # ranks agree iff both equal this rank's h. Every rank sees the same verdict.
     def _verify(self, description: str) -> None:
@@ -96,7 +112,8 @@ class MPIProcessGroup(ProcessGroup):
         header = self._header
         header[0] = h
         header[1] = -h
-        self.comm.Allreduce(_mpi().IN_PLACE, header, op=_mpi().MAX)
+        with self._watched(f"{description} (in the check that every rank issued it)"):
+            self.comm.Allreduce(_mpi().IN_PLACE, header, op=_mpi().MAX)
         if header[0] != h or header[1] != -h:
             descriptions = self.comm.allgather(description)
             raise RuntimeError(mismatch_message(self.name, "mpi", descriptions))
@@ -105,7 +122,8 @@ class MPIProcessGroup(ProcessGroup):
         if desc is not None:
             self._verify(desc)
         stage = _HostStage(array)
-        self.comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        with self._watched(desc or f"allreduce(numel={array.size})"):
+            self.comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
         if op is ReduceOp.AVG:
             stage.host /= self._size
         stage.commit()
@@ -115,9 +133,17 @@ class MPIProcessGroup(ProcessGroup):
             self._verify(desc)
         stage = _HostStage(array)
         request = self.comm.Iallreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        dog = watchdog.current()
+        token = None if dog is None else dog.begin(
+            f"{desc or f'allreduce(numel={array.size})'} of group {self.name!r} (rank "
+            f"{self._rank} of {self._size}, started asynchronously)")
 
         def finish() -> None:
-            request.Wait()
+            try:
+                request.Wait()
+            finally:
+                if token is not None:
+                    dog.end(token)
             if op is ReduceOp.AVG:
                 stage.host /= self._size
             stage.commit()
@@ -128,21 +154,24 @@ class MPIProcessGroup(ProcessGroup):
         if desc is not None:
             self._verify(desc)
         stage = _HostStage(array)
-        self.comm.Bcast(stage.host, root=src)
+        with self._watched(desc or f"broadcast(numel={array.size}, src={src})"):
+            self.comm.Bcast(stage.host, root=src)
         stage.commit()
 
     def _allgather(self, out_array, in_array, desc: str | None) -> None:
         if desc is not None:
             self._verify(desc)
         out = _HostStage(out_array)
-        self.comm.Allgather(_mpi_buffer(in_array), out.host)
+        with self._watched(desc or f"allgather(numel={in_array.size})"):
+            self.comm.Allgather(_mpi_buffer(in_array), out.host)
         out.commit()
 
     def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
         if desc is not None:
             self._verify(desc)
         out = _HostStage(out_array)
-        self.comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
+        with self._watched(desc or f"reduce_scatter(numel={in_array.size})"):
+            self.comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
         if op is ReduceOp.AVG:
             out.host /= self._size
         out.commit()
@@ -150,27 +179,32 @@ class MPIProcessGroup(ProcessGroup):
     def _barrier(self, desc: str | None) -> None:
         if desc is not None:
             self._verify(desc)
-        self.comm.Barrier()
+        with self._watched(desc or "barrier()"):
+            self.comm.Barrier()
 
     def _allgather_object(self, obj: Any, desc: str | None) -> list:
         if desc is not None:
             self._verify(desc)
-        return self.comm.allgather(obj)
+        with self._watched(desc or "allgather_object()"):
+            return self.comm.allgather(obj)
 
     def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
         if desc is not None:
             self._verify(desc)
-        return self.comm.bcast(obj, root=src)
+        with self._watched(desc or f"broadcast_object(src={src})"):
+            return self.comm.bcast(obj, root=src)
 
     def _dup(self, desc: str) -> ProcessGroup:
         self._verify(desc)
-        return MPIProcessGroup(self.comm.Dup(), self.global_ranks, self.name + ".dup",
-                               self.local_rank)
+        with self._watched(desc):
+            comm = self.comm.Dup()
+        return MPIProcessGroup(comm, self.global_ranks, self.name + ".dup", self.local_rank)
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
         self._verify(desc)
         members = self.comm.Get_group().Incl(ranks)
-        comm = self.comm.Create(members)  # collective over self.comm; COMM_NULL off-group
+        with self._watched(desc):
+            comm = self.comm.Create(members)  # collective over self.comm; COMM_NULL off-group
         members.Free()
         if comm == _mpi().COMM_NULL:
             return None
@@ -184,7 +218,7 @@ class MPIProcessGroup(ProcessGroup):
         self.comm = MPI.COMM_NULL
 
 
-def init_mpi_world() -> MPIProcessGroup:
+def init_mpi_world(timeout=None) -> MPIProcessGroup:
     """The WORLD group over ``COMM_WORLD.Dup()``; sets torchrun's env vars and the abort hooks.
 
     ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` come from ``Split_type(COMM_TYPE_SHARED)`` (the ranks
@@ -205,4 +239,5 @@ def init_mpi_world() -> MPIProcessGroup:
 
     share_cores(local_size)
     install_abort_hooks(world.Get_rank(), world.Get_size())
+    watchdog.install(world.Get_rank(), world.Get_size(), timeout)
     return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank)

@@ -217,12 +217,12 @@ class NCCLProcessGroup(ProcessGroup):
         self.mpi._destroy()
 
 
-def init_nccl_world() -> NCCLProcessGroup:
+def init_nccl_world(timeout=None) -> NCCLProcessGroup:
     """The WORLD group: MPI's WORLD for bootstrap/objects, NCCL on GPU local_rank % count."""
     from ddp.distributed.mpi_backend import init_mpi_world
 
     nccl_module()  # fail before touching MPI when NCCL cannot work here
-    mpi_world = init_mpi_world()
+    mpi_world = init_mpi_world(timeout)
     try:
         pg = NCCLProcessGroup(mpi_world)
     except BaseException:
