@@ -8,13 +8,15 @@ the callers' arrays themselves (no copies until the result is written back).
 
 A ``Universe`` holds what all channels of one ``spawn`` share: a condition variable, the ranks
 that have exited and the failure that aborted the job. A rank that waits for a rank that failed
-or returned gets a ``RuntimeError`` instead of hanging.
+or returned gets a ``RuntimeError`` instead of hanging, and so does one that waits longer than
+``DDP_TIMEOUT`` seconds (default 600) for ranks that never come.
 """
 
 from __future__ import annotations
 
 import pickle
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +33,13 @@ class Universe:
     """State shared by all channels of one simulated job."""
 
     def __init__(self, size: int):
+        from ddp.distributed.watchdog import timeout_seconds
+
         self.size = size
         self.cond = threading.Condition()
         self.exited: set[int] = set()
         self.failure: str | None = None
+        self.timeout_s = timeout_seconds()  # DDP_TIMEOUT, else the default
 
     def abort(self, message: str) -> None:
         """Make every current and future rendezvous raise ``PeerAbortedError(message)``."""
@@ -83,9 +88,19 @@ class Channel:
                 self._generation += 1
                 self.universe.cond.notify_all()
                 return
+            deadline = time.monotonic() + self.universe.timeout_s
             while self._generation == generation:
                 self._raise_if_dead(group_rank, what)
-                self.universe.cond.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:  # nobody failed or returned: some rank never issues this one
+                    waiting = self.members[group_rank]
+                    raise RuntimeError(
+                        f"rank {waiting} waited in {what} past the timeout of "
+                        f"{self.universe.timeout_s:g} s: the other ranks never issued it "
+                        f"(ranks running different numbers of backward()/step(), or a "
+                        f"collective in a rank-dependent branch?). DDP_TIMEOUT sets the limit."
+                    )
+                self.universe.cond.wait(min(left, 1.0))
 
     def exchange(self, group_rank: int, desc: str | None, payload: Any, what: str,
                  compute: Callable[[list], Any], group_name: str) -> Any:

@@ -179,3 +179,19 @@ def test_cupy_arrays_threads():
         return cp.asnumpy(a).tolist()
 
     assert dist.spawn(fn, 3) == [[3.0] * 4] * 3
+
+
+def test_uneven_backwards_fail_at_the_timeout_instead_of_hanging(monkeypatch):
+    from ddp.nn.parallel import DistributedDataParallel as DDP
+
+    monkeypatch.setenv("DDP_TIMEOUT", "1")
+
+    def fn():
+        model = DDP(ddp.nn.Linear(4, 2))
+        for _ in range(3 if dist.get_rank() == 0 else 2):  # rank 0: one batch more
+            model(ddp.ones(2, 4)).sum().backward()
+        dist.barrier()
+
+    with pytest.raises(SpawnError, match=r"waited in .* past the timeout of 1 s: the other ranks "
+                                         r"never issued it"):
+        dist.spawn(fn, 2)
