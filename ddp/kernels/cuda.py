@@ -2,7 +2,7 @@
 
 One launch replaces the chain of element-wise launches that the composed NumPy-style code costs
 on a GPU. Each kernel follows the arithmetic of its reference in ``ddp.kernels.reference``;
-``tests/gpu/test_kernels_gpu.py`` checks them against each other. Contiguous float32/float64
+``tests/gpu/test_gpu_ops.py`` checks them against each other. Contiguous float32/float64
 arrays only (callers make them so); nothing here runs without CuPy.
 """
 
