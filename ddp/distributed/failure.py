@@ -27,10 +27,17 @@ def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> No
             f"[rank {rank}] Unhandled {exc_type.__name__} in {where} of rank {rank}/{size}; "
             f"aborting all ranks (MPI_Abort)\n{text}"
         )
+    finally:
+        _abort_all()
+
+
+def _abort_all() -> None:
+    """Flush, let the launcher forward the output, then end every rank (never returns)."""
+    try:
         sys.stderr.flush()
         sys.stdout.flush()
         # MPI_Abort makes the launcher kill every rank at once; give its I/O proxy a moment to
-        # forward this traceback first, or the job can die silently.
+        # forward what was just printed first, or the job can die silently.
         time.sleep(_FORWARD_GRACE_S)
     finally:
         from mpi4py import MPI
@@ -49,16 +56,8 @@ def abort_job(rank: int, size: int, message: str) -> None:
     try:
         sys.stderr.write(f"[rank {rank}] {message}\n[rank {rank}] aborting all {size} ranks "
                          f"(MPI_Abort)\n")
-        sys.stderr.flush()
-        sys.stdout.flush()
-        time.sleep(_FORWARD_GRACE_S)
     finally:
-        from mpi4py import MPI
-
-        try:
-            MPI.COMM_WORLD.Abort(1)
-        finally:
-            os._exit(1)
+        _abort_all()
 
 
 def install_abort_hooks(rank: int, size: int) -> None:

@@ -92,21 +92,20 @@ class ProcessGroup:
     # ------------------------------------------------------------------ array-level collectives
     def allreduce(self, array, op: ReduceOp = ReduceOp.SUM) -> None:
         """Reduce ``array`` over all ranks, in place; every rank gets the result."""
-        op = as_reduce_op(op)
-        _check_array(array, "allreduce")
-        if op is ReduceOp.AVG and array.dtype.kind not in "fc":
-            raise TypeError(f"allreduce: ReduceOp.AVG needs a floating array, got {array.dtype}")
-        desc = self._describe("allreduce", array, f"op={op.name}")
+        op, desc = self._allreduce_args(array, op)
         self._allreduce(array, op, desc)
 
     def allreduce_async(self, array, op: ReduceOp = ReduceOp.SUM) -> Work:
         """Start :meth:`allreduce`; the result is in ``array`` after ``Work.wait()``."""
+        op, desc = self._allreduce_args(array, op)
+        return self._allreduce_async(array, op, desc)
+
+    def _allreduce_args(self, array, op) -> tuple[ReduceOp, str | None]:
         op = as_reduce_op(op)
         _check_array(array, "allreduce")
         if op is ReduceOp.AVG and array.dtype.kind not in "fc":
             raise TypeError(f"allreduce: ReduceOp.AVG needs a floating array, got {array.dtype}")
-        desc = self._describe("allreduce", array, f"op={op.name}")
-        return self._allreduce_async(array, op, desc)
+        return op, self._describe("allreduce", array, f"op={op.name}")
 
     def broadcast(self, array, src: int) -> None:
         """Copy ``array`` of group rank ``src`` into ``array`` on every rank, in place."""
