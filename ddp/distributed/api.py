@@ -89,7 +89,7 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
             decides, so a ``world_size``/``rank`` that disagrees with it is an error.
         timeout: a ``timedelta`` (or seconds): a collective that waits longer ends the whole job
             with a message naming the rank and the collective (``ddp.distributed.watchdog``);
-            default ``DDP_TIMEOUT`` seconds, else 10 minutes.
+            default ``DDP_TIMEOUT`` seconds, else 30 minutes (torch's default).
 
     Raises:
         RuntimeError: when the default group already exists or the request cannot be met.

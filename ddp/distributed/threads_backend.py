@@ -9,7 +9,7 @@ the callers' arrays themselves (no copies until the result is written back).
 A ``Universe`` holds what all channels of one ``spawn`` share: a condition variable, the ranks
 that have exited and the failure that aborted the job. A rank that waits for a rank that failed
 or returned gets a ``RuntimeError`` instead of hanging, and so does one that waits longer than
-``DDP_TIMEOUT`` seconds (default 600) for ranks that never come.
+``DDP_TIMEOUT`` seconds (default 1800) for ranks that never come.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ waited in which collective and aborts all ranks, as an unhandled exception does
 (``ddp.distributed.failure``).
 
 The timeout: ``init_process_group(timeout=timedelta(...))``, else ``DDP_TIMEOUT`` (seconds),
-else 600 s (torch's NCCL default). GPU work queued by the ``nccl`` backend is not watched: the
-host does not wait for it.
+else 1800 s (torch's default for CPU backends: long single-rank work, such as an evaluation on
+rank 0 while the others wait, must not be killed). GPU work queued by the ``nccl`` backend is
+not watched: the host does not wait for it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 def timeout_seconds(timeout=None) -> float:
