@@ -109,13 +109,13 @@ def time_sync(reps: int, ddp_kwargs: dict) -> dict:
     for rep in range(reps + 2):
         comm.Barrier()
         start = time.perf_counter()
-        reducer.allreduce_grads()
+        reducer.sync_now()
         ddp_time = time.perf_counter() - start
         comm.Barrier()
         # The transport alone: DDP's own process group all-reducing its flat bucket buffers.
         start = time.perf_counter()
-        for buffer in reducer._flats:
-            reducer._pg.allreduce(buffer)
+        for buffer in reducer.strategy.flat_buffers:
+            reducer.process_group.allreduce(buffer)
         transport_time = time.perf_counter() - start
         comm.Barrier()
         start = time.perf_counter()

@@ -14,7 +14,7 @@ CNN 64 Adam, GPT 16 AdamW). Each round launches, one after the other:
 Rounds interleave the four so machine noise hits all alike; the table shows median step times
 over all rounds, the ratio ddp/torch at 2 ranks, and weak-scaling efficiency (step time alone /
 step time at 2 ranks, same per-rank batch, each framework against itself). The last line times
-DDP's gradient synchronisation of the MLP's gradients (``Reducer.allreduce_grads``: buckets,
+DDP's gradient synchronisation of the MLP's gradients (``GradSyncScheduler.sync_now``: buckets,
 all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes.
 """
 

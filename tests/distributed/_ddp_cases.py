@@ -221,7 +221,7 @@ def case_comm_failure_raises(comm_mode: str = "thread") -> None:
     rank = dist.get_rank()
     model = make_net(rank)
     ddp_model = DDP(model, bucket_cap_mb=0.0003, comm_mode=comm_mode)
-    comm_pg = ddp_model.reducer._pg
+    comm_pg = ddp_model.reducer.process_group
     method = "allreduce_async" if comm_mode == "nonblocking" else "allreduce"
     real_allreduce = getattr(comm_pg, method)
 

@@ -10,7 +10,7 @@ import pytest
 
 import ddp
 import ddp.distributed as dist
-from ddp.nn.parallel.reducer import assign_buckets
+from ddp.distributed.grad_sync import assign_buckets
 
 from . import _ddp_cases as cases
 
@@ -112,7 +112,7 @@ def test_comm_failure_on_one_rank_names_it_and_nobody_hangs():
             def broken(array, op=dist.ReduceOp.SUM):
                 raise OSError("injected network failure")
 
-            ddp_model.reducer._pg.allreduce = broken
+            ddp_model.reducer.process_group.allreduce = broken
         x = ddp.ones(2, cases.IN, dtype=ddp.float64)
         cases.loss_of(ddp_model, x, ddp.zeros(2, cases.OUT, dtype=ddp.float64)).backward()
 

@@ -1,4 +1,4 @@
-"""DDP's ``comm_mode``s give the same gradients; ``Reducer.allreduce_grads`` averages.
+"""DDP's ``comm_mode``s give the same gradients; ``GradSyncScheduler.sync_now`` averages.
 
 Threads backend here; under MPI (where "nonblocking" really uses ``MPI_Iallreduce``)::
 
@@ -31,7 +31,7 @@ def case_allreduce_grads(comm_mode: str, gradient_as_bucket_view: bool) -> None:
         for p in params[:-1]:
             p.grad = ddp.full(tuple(p.shape), float(rank + step), dtype=p.dtype)
         params[-1].grad = None  # contributes zeros
-        ddp_model.reducer.allreduce_grads()
+        ddp_model.reducer.sync_now()
         for p in params[:-1]:
             np.testing.assert_allclose(p.grad.numpy(), (size - 1) / 2 + step, rtol=1e-12)
         np.testing.assert_array_equal(params[-1].grad.numpy(), 0)

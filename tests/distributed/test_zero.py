@@ -140,7 +140,7 @@ def test_stage2_hands_over_ddp():
     def fn():
         model = cases.DDP(cases.Net(0))
         opt = ZeroRedundancyOptimizer(model.parameters(), ddp.optim.SGD, stage=2, lr=0.1)
-        assert model.reducer.sync_handed_over
+        assert model.reducer.handed_over
         cases.loss_of(model, 0, 8).backward()
         assert all(p.grad is None for p in model.parameters())
         assert opt.memory_bytes()["grads"] == math.ceil(35 / 2) * 4

@@ -37,7 +37,7 @@ FORMAT = "ddp.distributed.checkpoint/1"
 
 def _group(optimizer, process_group):
     if isinstance(optimizer, ZeroRedundancyOptimizer):
-        return optimizer._pg
+        return optimizer.process_group
     from ddp.distributed import api
 
     if process_group is not None or api.is_initialized():
@@ -195,7 +195,7 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
                 local.scalars)
         from ddp.distributed.optim.shard_state import merge_meta
 
-        dtypes, group_keys, scalars = merge_meta(optimizer._pg.allgather_object(meta))
+        dtypes, group_keys, scalars = merge_meta(optimizer.process_group.allgather_object(meta))
         slices = dict(local.slices)
         for d, buf in layout.buffers.items():
             space = f"params/{d}"
@@ -378,7 +378,7 @@ def _load_optimizer(reader: storage.Reader, index: dict, optimizer, names: dict,
             return get_array_module(like).asarray(host).copy()
 
         optimizer.load_local_state(read_slice, group_keys, scalars)
-        optimizer._allgather_params()
+        optimizer.gather_params()
         loaded.update(id(p) for p in params)
     else:
         state = {}

@@ -7,9 +7,11 @@ equal pieces of every bucket and runs the wrapped optimizer on *shard parameters
 viewing those pieces (one per piece and param group it intersects), so optimizer state is
 exactly ``1/world``.
 
-Gradients (``sharded_grads.py``, both stages, with or without DDP): each bucket is
-reduce-scattered (averaged) during backward on a communication thread as soon as its gradients
-are final; stage 1 keeps a full-size gradient buffer, stage 2 only the shard. ``step()`` (a
+Gradients (both stages, with or without DDP): ZeRO's strategies (``sharded_grads.py``) of the
+one gradient-sync scheduler (``ddp/distributed/grad_sync``) reduce-scatter (average) each bucket
+during backward on the scheduler's communication thread as soon as its gradients are final;
+stage 1 keeps a full-size gradient buffer, stage 2 only the shard. The scheduler is exclusive:
+it takes these parameters' gradient sync over from a DDP wrapping the same model. ``step()`` (a
 collective): the wrapped optimizer updates this rank's pieces in place, bucket by bucket, and
 each updated bucket is all-gathered on the communication thread while the next one is stepped,
 writing every rank's pieces into every rank's flat buffer and so into the parameters.
@@ -30,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.distributed.grad_sync import GradSyncScheduler
 from ddp.distributed.optim import shard_state
 from ddp.distributed.optim.flat_layout import FlatLayout
 from ddp.distributed.optim.shard_state import ShardParam
-from ddp.distributed.optim.sharded_grads import BucketedGrads
+from ddp.distributed.optim.sharded_grads import sharded_grads
 from ddp.distributed.reduce_op import ReduceOp
 from ddp.optim.optimizer import Optimizer
 from ddp.tensor import Tensor
@@ -107,9 +110,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                 "ZeroRedundancyOptimizer: optimizer_class must be an optimizer class such as "
                 f"ddp.optim.SGD, got {type(optimizer_class).__name__} {optimizer_class!r}"
             )
-        self._building = True
         super().__init__(params, dict(defaults))
-        self._building = False
         self.stage = stage
         self.optimizer_class = optimizer_class
         user_groups, self.param_groups = self.param_groups, []
@@ -125,10 +126,10 @@ class ZeroRedundancyOptimizer(Optimizer):
             max(1, int(min(first_bucket_cap_mb, bucket_cap_mb) * 2**20) // itemsize))
         # A private channel: never interleaves with the user's collectives. Checked once here,
         # then the per-collective consensus check is skipped (the order is fixed by the layout).
-        self._pg = pg.dup()
-        self._pg.verify(f"ZeroRedundancyOptimizer stage={stage} {optimizer_class.__name__}: "
-                        f"{self.layout.describe()}")
-        self._pg.check_collectives = False
+        self.process_group = pg.dup()
+        self.process_group.verify(f"ZeroRedundancyOptimizer stage={stage} "
+                                  f"{optimizer_class.__name__}: {self.layout.describe()}")
+        self.process_group.check_collectives = False
 
         self.flat_params: dict = {}
         for d, buf in self.layout.buffers.items():
@@ -153,7 +154,11 @@ class ZeroRedundancyOptimizer(Optimizer):
                                                  strict=True)]
         self.defaults = self.optim.defaults
         self.state = self.optim.state
-        self.grads = BucketedGrads(self._params, self.layout, self.flat_params, self._pg, stage)
+        self.grads = sharded_grads(stage, self._params, self.layout, self.flat_params,
+                                   self.rank, self.world)
+        self.sync = GradSyncScheduler(self._params, [e.name for e in self.layout.entries],
+                                      self.grads, self.process_group, every_backward=True,
+                                      exclusive=True)
         self._consolidated: dict | None = None
 
     def _make_shard_params(self) -> list[ShardParam]:
@@ -171,7 +176,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         return shards
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if not getattr(self, "_building", False):
+        if "layout" in vars(self):  # built: the base class's __init__ adds the groups first
             raise NotImplementedError(
                 "ZeroRedundancyOptimizer: the flat layout is fixed at construction; pass every "
                 "param group to the constructor"
@@ -201,7 +206,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         self.grads.absorb_manual_grads()
         if not self.grads.has_grads:
             return loss
-        comm = self.grads._comm
+        comm = self.sync.comm
         try:
             # Bucket by bucket, in backward's order: bucket k is all-gathered on the
             # communication thread while bucket k + 1 is stepped here.
@@ -225,7 +230,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         order = getattr(self, "_order", None)
         if order is None:
             order = []
-            for b in self.grads._buckets:
+            for b in self.grads.buckets:
                 sps = [sp for sp in self.shard_params
                        if sp.dtype == b.dtype and b.plo <= sp.lo < b.phi]
                 order.append((sps, (b.dtype, b.lo, b.hi, b.plo, b.phi)))
@@ -234,9 +239,11 @@ class ZeroRedundancyOptimizer(Optimizer):
 
     def _allgather_bucket(self, d: str, lo: int, hi: int, plo: int, phi: int) -> None:
         flat = self.flat_params[d]
-        self._pg.allgather(flat[lo:hi], flat[plo:phi].copy())  # MPI forbids aliasing
+        self.process_group.allgather(flat[lo:hi], flat[plo:phi].copy())  # MPI forbids aliasing
 
-    def _allgather_params(self) -> None:
+    def gather_params(self) -> None:
+        """Collective: refresh every rank's full parameters from their owners' pieces (after
+        installing state or parameters into this rank's shard only, e.g. a checkpoint load)."""
         if self.world == 1:
             return
         for _, bucket in self._step_order():
@@ -264,10 +271,10 @@ class ZeroRedundancyOptimizer(Optimizer):
             else:
                 local[0] += float((abs(g.astype(np.float64)) ** norm_type).sum())
         if norm_type == math.inf:
-            self._pg.allreduce(local, ReduceOp.MAX)
+            self.process_group.allreduce(local, ReduceOp.MAX)
             total = local[0]
         else:
-            self._pg.allreduce(local, ReduceOp.SUM)
+            self.process_group.allreduce(local, ReduceOp.SUM)
             total = local[0] ** (1.0 / norm_type)
         total = np.asarray(total, dtype=dtype)
         if error_if_nonfinite and not np.isfinite(total):
@@ -289,7 +296,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         for g in slices:
             if not bool(get_array_module(g).isfinite(g).all()):
                 flag[0] = 1
-        self._pg.allreduce(flag, ReduceOp.MAX)
+        self.process_group.allreduce(flag, ReduceOp.MAX)
         return bool(flag[0])
 
     # ---------------------------------------------------------------------------- memory
@@ -300,7 +307,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         state = sum(v.array.nbytes for s in self.optim.state.values() for v in s.values()
                     if isinstance(v, Tensor))
         return {"params": sum(a.nbytes for a in self.flat_params.values()),
-                "grads": self.grads.nbytes(), "state": state, "comm": self.grads.comm_bytes()}
+                "grads": self.grads.nbytes_held(), "state": state,
+                "comm": self.grads.comm_bytes()}
 
     # ------------------------------------------------------------------------ state dicts
     def local_state(self) -> shard_state.LocalState:
@@ -323,7 +331,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         local = self.local_state()
         meta = ({k: str(a.dtype) for k, a in local.slices.items()}, local.group_keys,
                 local.scalars)
-        dtypes, group_keys, scalars = shard_state.merge_meta(self._pg.allgather_object(meta))
+        metas = self.process_group.allgather_object(meta)
+        dtypes, group_keys, scalars = shard_state.merge_meta(metas)
         full: dict = {}
         for (d, key), sdtype in sorted(dtypes.items()):
             buf = self.layout.buffers[d]
@@ -332,7 +341,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             if mine is None:
                 mine = xp.zeros(buf.shard, dtype=sdtype)
             out = xp.empty(buf.padded, dtype=sdtype)
-            self._pg.allgather(out, mine)
+            self.process_group.allgather(out, mine)
             if self.rank == to:  # rank-major shards -> global order
                 ordered = xp.empty_like(out)
                 for r in range(self.world):

@@ -1,13 +1,14 @@
 """``DistributedDataParallel``: synchronous data parallelism by gradient averaging.
 
 Each rank runs the same model on its own shard of the batch; during ``loss.backward()`` the
-gradients are averaged over the ranks in buckets (see ``reducer.py``), overlapping the
-communication with the rest of backward, so that after backward every rank holds the gradient
+gradients are averaged over the ranks in buckets, overlapping the communication with the rest
+of backward (the one gradient-sync scheduler of ``ddp/distributed/grad_sync`` running its
+``AllReduceBuckets`` strategy), so that after backward every rank holds the gradient
 of the global batch and ``optimizer.step()`` keeps the replicas identical.
 
 Collective points (every rank must reach them, in the same order):
   * construction: model check (one small all-gather), parameter and buffer broadcast from
-    rank 0, and the creation of the reducer's private process group;
+    rank 0, and the creation (and bucket-layout check) of the reducer's private group;
   * every ``forward`` with grad enabled outside ``no_sync()``: buffer broadcast from rank 0
     (when ``broadcast_buffers`` and the module has buffers);
   * the ``backward`` that follows such a forward: the bucket all-reduces (plus one bitmap
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
+from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler
 from ddp.nn.modules.module import Module
-from ddp.nn.parallel.reducer import Reducer
 
 _BROADCAST_CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -107,23 +107,20 @@ class DistributedDataParallel(Module):
                              [b.array for b in module.buffers()], src=0)
 
         trained = [(name, p) for name, p in named if p.requires_grad]
-        comm_pg = pg.dup()  # the reducer's own channel: never interleaves with user collectives
-        self.reducer = Reducer([p for _, p in trained], [name for name, _ in trained], comm_pg,
-                               bucket_cap_mb=bucket_cap_mb,
-                               find_unused_parameters=find_unused_parameters,
-                               gradient_as_bucket_view=gradient_as_bucket_view,
-                               comm_mode=comm_mode or default_comm_mode())
-        layout = "; ".join(
-            f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
-            for b in self.reducer.buckets
-        )
+        params, names = [p for _, p in trained], [name for name, _ in trained]
+        mode = comm_mode or default_comm_mode()
+        buckets = AllReduceBuckets(params, names, pg.size(), bucket_cap_mb=bucket_cap_mb,
+                                   find_unused_parameters=find_unused_parameters,
+                                   gradient_as_bucket_view=gradient_as_bucket_view)
+        # The reducer's own channel: never interleaves with user collectives. Bucket order,
+        # agreed on by all ranks here, alone fixes the order of its collectives.
+        comm_pg = pg.dup()
         comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters} "
-                       f"comm_mode={self.reducer.comm_mode}: {layout}")
-        # Bucket order is now known to agree on all ranks, and it alone fixes the order of the
-        # reducer's collectives: skip the per-collective consensus check on this channel.
+                       f"comm_mode={mode}: {buckets.describe()}")
         comm_pg.check_collectives = False
-        for _, p in trained:  # lets a sharded optimizer take gradient sync over (ZeRO stage 2)
-            p._ddp_reducer = weakref.ref(self.reducer)
+        # A ZeroRedundancyOptimizer over these parameters (built before or after) takes the
+        # gradient sync over: see the scheduler's ownership rule.
+        self.reducer = GradSyncScheduler(params, names, buckets, comm_pg, overlap=mode)
 
     def forward(self, *inputs, **kwargs):
         """Run the wrapped module; arms gradient synchronisation for the next backward."""
@@ -132,7 +129,7 @@ class DistributedDataParallel(Module):
                 buffers = [b.array for b in self.module.buffers()]
                 if buffers:
                     _broadcast_coalesced(self.process_group, buffers, src=0)
-            self.reducer.prepare_for_backward()
+            self.reducer.expect_backward()
         return self.module(*inputs, **kwargs)
 
     @contextmanager
@@ -147,7 +144,7 @@ class DistributedDataParallel(Module):
                 ddp_model(x1).sum().backward()     # local accumulation
             ddp_model(x2).sum().backward()         # synchronises grads of x1 and x2
         """
-        if self.reducer.sync_handed_over:
+        if self.reducer.handed_over:
             raise RuntimeError(
                 "no_sync() has no effect here: a ZeroRedundancyOptimizer owns gradient "
                 "synchronisation of this model's parameters and reduce-scatters every backward. "

@@ -1,9 +1,10 @@
 """A daemon thread that runs collectives one after another, in submission order.
 
-DDP's buckets are all-reduced here while the main thread keeps running backward: the collective
-calls are blocking, but NumPy and mpi4py release the GIL while they move memory, so the autograd
-engine and the communication genuinely overlap. The thread owns a private (``dup()``-ed) process
-group, so its collectives can never interleave with the user's own collectives.
+Gradient buckets are reduced here (DDP all-reduces, ZeRO reduce-scatters) while the main thread
+keeps running backward: the collective calls are blocking, but NumPy and mpi4py release the GIL
+while they move memory, so the autograd engine and the communication genuinely overlap. The
+thread serves a private (``dup()``-ed) process group, so its collectives never interleave with
+the user's own.
 
 Failure contract: an exception in a job is recorded, later jobs are skipped (their collectives
 are not issued), and :meth:`CommThread.wait` re-raises it in the waiting thread.

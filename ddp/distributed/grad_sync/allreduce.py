@@ -1,0 +1,208 @@
+"""``AllReduceBuckets``: DDP's strategy: average every gradient with one all-reduce per bucket.
+
+A parameter's gradient is copied into its slot of a flat bucket buffer (divided by the world
+size on the way when that is exact, see ``__init__``); a bucket is all-reduced (SUM) as soon as
+its last slot is filled; after backward the averages are written back into ``.grad`` (or
+``.grad`` becomes a view of its slot, ``gradient_as_bucket_view``). The buckets of one dtype and
+device are consecutive slices of one flat buffer, so overlap ``"sync"`` all-reduces them all
+with a single collective. With ``find_unused_parameters`` a usage bitmap is all-reduced after
+the buckets, so a parameter no rank used keeps ``.grad`` None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from ddp.backend import get_array_module
+from ddp.distributed.grad_sync.strategy import Job, SyncStrategy
+from ddp.tensor import Tensor
+
+_MB = 1024 * 1024
+
+
+@dataclass
+class Bucket:
+    """One flat buffer holding the gradients of ``params`` (indices into the strategy's list)."""
+
+    index: int
+    buffer: object  # 1-D NumPy/CuPy array
+    params: list[int]
+
+
+def _buffer_key(array) -> tuple:
+    """Arrays with the same key may share a bucket: same dtype, array library and device."""
+    return (str(array.dtype), type(array).__module__,
+            getattr(getattr(array, "device", None), "id", None))
+
+
+def assign_buckets(arrays: list, cap_bytes: int, first_cap_bytes: int) -> list[list[int]]:
+    """Group parameter indices into buckets of at most ``cap_bytes`` (one dtype and device each).
+
+    Parameters are taken in reverse registration order, since backward produces the gradients
+    of the last layers first. A parameter larger than the cap gets a bucket of its own. The
+    first bucket of each dtype is capped at ``first_cap_bytes`` so communication starts early.
+    Buckets are returned ordered by when backward is expected to fill them.
+    """
+    open_buckets: dict = {}  # key -> [indices, bytes, limit]
+    closed: list[list[int]] = []
+    for i in reversed(range(len(arrays))):
+        a = arrays[i]
+        key = _buffer_key(a)
+        entry = open_buckets.setdefault(key, [[], 0, first_cap_bytes])
+        if entry[0] and entry[1] + a.nbytes > entry[2]:
+            closed.append(entry[0])
+            entry[0], entry[1], entry[2] = [], 0, cap_bytes
+        entry[0].append(i)
+        entry[1] += a.nbytes
+    closed.extend(entry[0] for entry in open_buckets.values() if entry[0])
+    closed.sort(key=lambda indices: -indices[0])
+    return closed
+
+
+class AllReduceBuckets(SyncStrategy):
+    """Average the gradients of ``params`` over ``world`` ranks, bucket by bucket.
+
+    Args:
+        params: the parameters that require grad, in registration order.
+        names: their names (for ``describe``).
+        world: the number of ranks averaged over.
+        bucket_cap_mb: largest bucket size in MiB.
+        first_bucket_cap_mb: cap of the first bucket (at most ``bucket_cap_mb``).
+        find_unused_parameters: all-reduce a usage bitmap every synchronised backward so that a
+            parameter unused on every rank keeps ``.grad`` None. When False, a parameter unused
+            on this rank contributes zeros and ends with the averaged (possibly zero) gradient.
+        gradient_as_bucket_view: after a synchronised backward, ``p.grad`` is a view into its
+            bucket buffer (no copy back; the next backward accumulates directly into it).
+    """
+
+    owner = "DistributedDataParallel"
+    failure_what = "gradient synchronisation"
+    collective = "allreduce"
+    thread_prefix = "ddp"
+    wait_label = "ddp wait"
+    overlap_modes = ("thread", "nonblocking", "sync")
+
+    def __init__(self, params: list[Tensor], names: list[str], world: int,
+                 bucket_cap_mb: float = 25.0, first_bucket_cap_mb: float = 1.0,
+                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False):
+        if bucket_cap_mb <= 0:
+            raise ValueError(f"Invalid bucket_cap_mb: {bucket_cap_mb} (must be positive)")
+        self._params = list(params)
+        self._names = list(names)
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        # Averaging: divide each gradient by the world size while copying it into its bucket
+        # (as torch's reducer does), so the SUM all-reduce yields the average with no extra pass.
+        # Exact only for a power-of-two world ((a/2 + b/2) == (a + b)/2 bitwise); otherwise the
+        # bucket is divided after the all-reduce, so results equal sum-then-divide either way.
+        exact = world & (world - 1) == 0
+        self._prescale = 1.0 / world if exact and world > 1 else None
+        self._postdivide = None if exact else world  # Python numbers: float32 stays so
+
+        cap = max(1, int(bucket_cap_mb * _MB))
+        first_cap = min(cap, max(1, int(first_bucket_cap_mb * _MB)))
+        arrays = [p.array for p in self._params]
+        self.buckets: list[Bucket] = []
+        self._slots: list = [None] * len(arrays)  # param index -> view of its slot
+        layout = assign_buckets(arrays, cap, first_cap)
+        keys = [_buffer_key(arrays[indices[0]]) for indices in layout]
+        sizes = [sum(arrays[i].size for i in indices) for indices in layout]
+        flat_of: dict = {}  # key -> flat buffer
+        for key, indices in zip(keys, layout, strict=True):
+            if key not in flat_of:
+                a = arrays[indices[0]]
+                numel = sum(n for k, n in zip(keys, sizes, strict=True) if k == key)
+                flat_of[key] = get_array_module(a).zeros(numel, dtype=a.dtype)
+        self.flat_buffers: list = list(flat_of.values())
+        used = dict.fromkeys(flat_of, 0)
+        for b, (key, indices, numel) in enumerate(zip(keys, layout, sizes, strict=True)):
+            buffer = flat_of[key][used[key]:used[key] + numel]
+            used[key] += numel
+            offset = 0
+            for i in indices:
+                size = arrays[i].size
+                self._slots[i] = buffer[offset:offset + size].reshape(arrays[i].shape)
+                offset += size
+            self.buckets.append(Bucket(b, buffer, indices))
+        self._used = np.zeros(len(arrays), dtype=np.int32)
+
+    def describe(self) -> str:
+        """The bucket layout, for the ranks' one-time agreement check."""
+        return "; ".join(f"{b.buffer.dtype}[{','.join(self._names[i] for i in b.params)}]"
+                         for b in self.buckets)
+
+    # --------------------------------------------------------------------- the strategy
+    def members(self, bucket: Bucket) -> list[int]:
+        return bucket.params
+
+    def begin(self) -> None:
+        self._used[:] = 0
+
+    def fill(self, index: int, hooked: bool) -> None:
+        view = self._slots[index]
+        grad = self._params[index].grad
+        if grad is None:
+            view[...] = 0
+            return
+        self._used[index] = 1
+        if grad.array is view:  # gradient_as_bucket_view: it already is the slot
+            if self._prescale is not None:
+                view *= self._prescale
+        elif self._prescale is not None:
+            get_array_module(view).multiply(grad.array, self._prescale, out=view)
+        else:
+            view[...] = grad.array
+
+    def nbytes(self, bucket: Bucket) -> int:
+        return int(bucket.buffer.nbytes)
+
+    def reduce(self, bucket: Bucket, process_group) -> None:
+        self._allreduce(bucket.buffer, process_group)
+
+    def _allreduce(self, buffer, process_group) -> None:
+        process_group.allreduce(buffer)
+        self._finish_average(buffer)
+
+    def reduce_async(self, bucket: Bucket, process_group):
+        return process_group.allreduce_async(bucket.buffer)
+
+    def complete_async(self, bucket: Bucket) -> None:
+        self._finish_average(bucket.buffer)
+
+    def _finish_average(self, buffer) -> None:
+        if self._postdivide is not None:
+            buffer /= self._postdivide
+
+    def after_backward_jobs(self, process_group) -> list[Job]:
+        return [(f"buckets {k}", partial(self._allreduce, flat, process_group))
+                for k, flat in enumerate(self.flat_buffers)]
+
+    def closing_jobs(self, process_group) -> list[Job]:
+        if not self.find_unused_parameters:
+            return []
+        return [("unused bitmap", partial(process_group.allreduce, self._used))]
+
+    def finish(self) -> None:
+        as_view = self.gradient_as_bucket_view
+        skip_unused = self.find_unused_parameters
+        for i, p in enumerate(self._params):
+            if skip_unused and self._used[i] == 0:
+                continue  # unused on every rank: .grad stays None, as without DDP
+            view = self._slots[i]
+            grad = p.grad
+            if as_view:
+                if grad is None or grad.array is not view:
+                    p.grad = Tensor(view)
+            elif grad is None:
+                p.grad = Tensor(view.copy())
+            else:
+                grad.array[...] = view
+
+    def release(self) -> None:
+        for bucket in self.buckets:
+            bucket.buffer = bucket.buffer[:0]
+        self.flat_buffers = []
+        self._slots = [None] * len(self._slots)
