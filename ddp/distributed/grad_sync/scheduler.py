@@ -91,11 +91,7 @@ class GradSyncScheduler:
         self.every_backward = every_backward
         self.exclusive = exclusive
         self.handed_over = False
-        self._launch, self._complete = {
-            "thread": (self._launch_on_thread, self._complete_on_thread),
-            "nonblocking": (self._launch_nonblocking, self._complete_nonblocking),
-            "sync": (self._launch_later, self._complete_after_backward),
-        }[overlap]
+        self._overlap = _OVERLAPS[overlap]
         self._rank = process_group.rank()
         self._global_rank = process_group.global_ranks[self._rank]
         self._ids = {id(p) for p in self.params}
@@ -192,9 +188,9 @@ class GradSyncScheduler:
             position = self._next
             self._launched_at[position] = time.perf_counter()
             self._next += 1
-            self._launch(position)
+            self._overlap.launch(self, position)
 
-    # ----------------------------------------------------------------- the overlap modes
+    # ------------------------------------------------------------------------ collectives
     def _label(self, position: int) -> str:
         return f"bucket {position}"
 
@@ -203,54 +199,6 @@ class GradSyncScheduler:
         with timeline.span(f"{self.strategy.collective} {self._label(position)}", "comm",
                            rank=self._global_rank, bytes=self.strategy.nbytes(bucket)):
             self.strategy.reduce(bucket, self.process_group)
-
-    def _launch_on_thread(self, position: int) -> None:
-        self.comm.submit(self._label(position), partial(self._reduce, position))
-
-    def _launch_nonblocking(self, position: int) -> None:
-        # Like the communication thread: after a failure, later buckets are not launched, and
-        # the error is raised at the end of backward, not inside a hook.
-        if self._launch_error is None:
-            try:
-                work = self.strategy.reduce_async(self.strategy.buckets[position],
-                                                  self.process_group)
-                self._works.append((position, work))
-            except BaseException as exc:
-                self._launch_error = exc
-
-    def _launch_later(self, position: int) -> None:
-        pass  # "sync": reduced by _complete_after_backward
-
-    def _complete_on_thread(self) -> None:
-        for label, job in self.strategy.closing_jobs(self.process_group):
-            self.comm.submit(label, job)
-        with timeline.span(self.strategy.wait_label, "comm"):
-            self.comm.wait()
-
-    def _complete_nonblocking(self) -> None:
-        works, self._works = self._works, []
-        if self._launch_error is not None:
-            for _, work in works:  # MPI must be done with the buffers before they are reused
-                work.wait()
-            raise self._launch_error
-        with timeline.span(self.strategy.wait_label, "comm"):
-            for position, work in works:
-                bucket = self.strategy.buckets[position]
-                start = time.perf_counter()
-                work.wait()
-                self.strategy.complete_async(bucket)
-                end = time.perf_counter()
-                self.comm.events.append((self._label(position), start, end))
-                # In flight from its launch during backward until it completed here.
-                timeline.record(f"{self.strategy.collective} {self._label(position)}", "comm",
-                                self._launched_at[position], end, rank=self._global_rank,
-                                bytes=self.strategy.nbytes(bucket), mode="nonblocking")
-            self._run_inline(self.strategy.closing_jobs(self.process_group))
-
-    def _complete_after_backward(self) -> None:
-        with timeline.span(self.strategy.wait_label, "comm"):
-            self._run_inline(self.strategy.after_backward_jobs(self.process_group))
-            self._run_inline(self.strategy.closing_jobs(self.process_group))
 
     def _run_inline(self, jobs: list[tuple[str, Callable[[], None]]]) -> None:
         for label, job in jobs:
@@ -268,7 +216,7 @@ class GradSyncScheduler:
                 if not ready:
                     self._mark_ready(i, hooked=False)
             self._launch_ready()  # buckets with no members left after the last one
-            self._complete()
+            self._overlap.complete(self)
         except BaseException as exc:
             self._drain()
             raise _failure(self.strategy, self._rank, exc) from exc
@@ -316,17 +264,15 @@ class GradSyncScheduler:
         if self._task is not None or self.handed_over:
             raise RuntimeError("sync_now() cannot run during a synchronised backward or after "
                                "the gradient sync was handed over")
-        expect, forward_thread = self._expect, self._forward_thread
-        launch, complete = self._launch, self._complete
-        self._launch, self._complete = self._launch_later, self._complete_after_backward
+        expect, forward_thread, overlap = self._expect, self._forward_thread, self._overlap
+        self._overlap = _OVERLAPS["sync"]
         try:
             self._arm(object())
             for i in range(len(self.params)):
                 self._mark_ready(i, hooked=False)
             self._finalize()
         finally:
-            self._expect, self._forward_thread = expect, forward_thread
-            self._launch, self._complete = launch, complete
+            self._expect, self._forward_thread, self._overlap = expect, forward_thread, overlap
 
     def hand_over(self, to: GradSyncScheduler | None = None) -> None:
         """Stop synchronising for good: another component (``to``) reduces these gradients.
@@ -344,6 +290,79 @@ class GradSyncScheduler:
         with _live_lock:
             _live.discard(self)
         _release(self._handles, self.comm)
+
+
+class _Overlap:
+    """When, and from which thread, a scheduler's bucket collectives run (one stateless
+    instance per mode, so a scheduler holds no reference cycle and is freed promptly)."""
+
+    def launch(self, s: GradSyncScheduler, position: int) -> None:
+        raise NotImplementedError
+
+    def complete(self, s: GradSyncScheduler) -> None:
+        raise NotImplementedError
+
+
+class _OnCommThread(_Overlap):
+    """``"thread"``: blocking collectives on the communication thread, overlapping backward."""
+
+    def launch(self, s: GradSyncScheduler, position: int) -> None:
+        s.comm.submit(s._label(position), partial(s._reduce, position))
+
+    def complete(self, s: GradSyncScheduler) -> None:
+        for label, job in s.strategy.closing_jobs(s.process_group):
+            s.comm.submit(label, job)
+        with timeline.span(s.strategy.wait_label, "comm"):
+            s.comm.wait()
+
+
+class _Nonblocking(_Overlap):
+    """``"nonblocking"``: non-blocking collectives started and progressed by backward."""
+
+    def launch(self, s: GradSyncScheduler, position: int) -> None:
+        # Like the communication thread: after a failure, later buckets are not launched, and
+        # the error is raised at the end of backward, not inside a hook.
+        if s._launch_error is None:
+            try:
+                work = s.strategy.reduce_async(s.strategy.buckets[position], s.process_group)
+                s._works.append((position, work))
+            except BaseException as exc:
+                s._launch_error = exc
+
+    def complete(self, s: GradSyncScheduler) -> None:
+        works, s._works = s._works, []
+        if s._launch_error is not None:
+            for _, work in works:  # MPI must be done with the buffers before they are reused
+                work.wait()
+            raise s._launch_error
+        with timeline.span(s.strategy.wait_label, "comm"):
+            for position, work in works:
+                bucket = s.strategy.buckets[position]
+                start = time.perf_counter()
+                work.wait()
+                s.strategy.complete_async(bucket)
+                end = time.perf_counter()
+                s.comm.events.append((s._label(position), start, end))
+                # In flight from its launch during backward until it completed here.
+                timeline.record(f"{s.strategy.collective} {s._label(position)}", "comm",
+                                s._launched_at[position], end, rank=s._global_rank,
+                                bytes=s.strategy.nbytes(bucket), mode="nonblocking")
+            s._run_inline(s.strategy.closing_jobs(s.process_group))
+
+
+class _AfterBackward(_Overlap):
+    """``"sync"``: nothing during backward; every collective at its end, in this thread."""
+
+    def launch(self, s: GradSyncScheduler, position: int) -> None:
+        pass
+
+    def complete(self, s: GradSyncScheduler) -> None:
+        with timeline.span(s.strategy.wait_label, "comm"):
+            s._run_inline(s.strategy.after_backward_jobs(s.process_group))
+            s._run_inline(s.strategy.closing_jobs(s.process_group))
+
+
+_OVERLAPS = {"thread": _OnCommThread(), "nonblocking": _Nonblocking(), "sync": _AfterBackward()}
 
 
 def _settle_ownership(new: GradSyncScheduler) -> None:
