@@ -210,7 +210,6 @@ def _setitem(target, index, value):
 
 @pytest.mark.parametrize("shapes,fn,torch_fn,opts", CASES)
 def test_against_torch(shapes, fn, torch_fn, opts):
-    pytest.importorskip("torch")
     opts = dict(opts)
     opts.pop("fd", None)
     check_torch(fn, shapes, torch_fn, **opts)
@@ -278,13 +277,19 @@ DTYPE_CASES = {
 
 
 @pytest.mark.parametrize("name", list(DTYPE_CASES))
-def test_result_dtype_and_value(name):
-    torch = pytest.importorskip("torch")
+def test_result_dtype_and_value(name, torch):
     fn = DTYPE_CASES[name]
     ours, theirs = fn(ddp), fn(torch)
     assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "ddp.")
     assert tuple(ours.shape) == tuple(theirs.shape)
-    np.testing.assert_allclose(ours.numpy().astype(np.float64), theirs.numpy().astype(np.float64))
+    if ours.dtype.is_floating_point:
+        # Most values here are exact (casts, small integers, halves); exp and softmax are not:
+        # each library's float32 exp is within 4 ulp of the truth (NumPy's SIMD or libm, torch's
+        # per-CPU vectorisation), so they may differ by 8 ulp, never by torch's exact rounding.
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(),
+                                   rtol=8 * float(np.finfo(ours.numpy().dtype).eps))
+    else:
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 def test_mean_of_integers_raises():
@@ -292,8 +297,7 @@ def test_mean_of_integers_raises():
         ddp.tensor([1, 2]).mean()
 
 
-def test_setitem_outside_graph_matches_torch():
-    torch = pytest.importorskip("torch")
+def test_setitem_outside_graph_matches_torch(torch):
     results = []
     for T in (ddp, torch):
         x = T.zeros(3, 4)
