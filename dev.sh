@@ -4,13 +4,15 @@
 #   bash dev.sh test              set up .venv, then lint and run the whole test suite (1, 2, 3 ranks;
 #                                 without a GPU also the GPU tests on a NumPy stand-in for CuPy)
 #   bash dev.sh setup             set up .venv only
-# Set-up is idempotent: it reinstalls only when pyproject.toml changed.
+# Set-up is idempotent: it reinstalls only when pyproject.toml changed. Under CI (CI set) or with
+# DDP_REQUIRE_TORCH=1 a missing torch oracle is an error; elsewhere its tests skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV="${DDP_VENV:-.venv}"
 PY="$VENV/bin/python"
 NRANKS="${DDP_NRANKS:-4}"
+TORCH_VERSION="2.13.0"  # the oracle the tests' tolerances were set against (tests/_helpers.py)
 
 setup() {
     if [ ! -x "$PY" ]; then
@@ -22,13 +24,42 @@ setup() {
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         "$PY" -m pip install --quiet --upgrade pip
         "$PY" -m pip install --quiet -e ".[test,examples]"
-        # torch is only a test/benchmark oracle; its tests skip when it cannot be installed.
-        if [ "${DDP_NO_TORCH:-0}" != "1" ]; then
-            "$PY" -m pip install --quiet "torch==2.13.0" \
-                || echo "dev.sh: torch oracle not installed; torch comparison tests will skip"
-        fi
+        install_oracle
         echo "$want" > "$stamp"
+    elif torch_required; then
+        install_oracle  # a set-up stamped without the oracle must not pass in CI
     fi
+}
+
+# CI (CI set, as CI services do) or DDP_REQUIRE_TORCH=1: the torch oracle must be there, or the
+# comparison tests would all skip and the run pass without checking anything against torch.
+torch_required() {
+    [ "${DDP_REQUIRE_TORCH:-0}" = "1" ] && return 0
+    case "${CI:-}" in "" | false | 0) return 1 ;; *) return 0 ;; esac
+}
+
+# torch is only a test/benchmark oracle, never a runtime dependency. Outside CI its tests skip,
+# with the reason, when it cannot be installed; in CI that is an error.
+install_oracle() {
+    local pin="torch==$TORCH_VERSION" found
+    found="$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)"
+    [ "${found%%+*}" = "$TORCH_VERSION" ] && return 0
+    if [ "${DDP_NO_TORCH:-0}" = "1" ]; then
+        if torch_required; then
+            echo "dev.sh: DDP_NO_TORCH=1, but CI/DDP_REQUIRE_TORCH=1 needs the oracle $pin" >&2
+            return 1
+        fi
+        return 0
+    fi
+    if "$PY" -m pip install --quiet "$pin"; then
+        return 0
+    fi
+    if torch_required; then
+        echo "dev.sh: installing the torch oracle failed: $VENV/bin/python -m pip install $pin;" \
+            "CI (or DDP_REQUIRE_TORCH=1) needs it" >&2
+        return 1
+    fi
+    echo "dev.sh: torch oracle not installed ($pin failed); torch comparison tests will skip" >&2
 }
 
 # pytest exits 5 when it collected no test: for us that is a broken suite, not a pass.

@@ -6,6 +6,7 @@ import collections
 
 import numpy as np
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 from ddp.utils.data import (
@@ -217,7 +218,7 @@ def _normalise(value, tensor_type):
 
 @pytest.mark.parametrize("name", sorted(COLLATE_CASES))
 def test_default_collate_matches_torch(name):
-    torch = pytest.importorskip("torch")
+    torch = torch_oracle()
     from torch.utils.data import default_collate as torch_collate
 
     batch = COLLATE_CASES[name]

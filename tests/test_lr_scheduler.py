@@ -6,12 +6,13 @@ import io
 import warnings
 
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 from ddp import optim
 from ddp.optim import lr_scheduler
 
-torch = pytest.importorskip("torch")
+torch = torch_oracle()
 
 
 def _warm(step: int) -> float:

@@ -6,11 +6,12 @@ import re
 
 import numpy as np
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 from ddp import optim
 
-torch = pytest.importorskip("torch")
+torch = torch_oracle()
 
 
 # ------------------------------------------------------------------------- the seed's numbers

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 from ddp import serialization
@@ -130,7 +131,7 @@ def test_pickle_is_refused_and_never_executed(tmp_path, protocol):
 
 
 def test_torch_save_file_is_refused(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = torch_oracle()
     path = tmp_path / "torch.pt"
     torch.save({"w": torch.ones(2)}, path)
     with pytest.raises(RuntimeError, match="written by torch.save"):

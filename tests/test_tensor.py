@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 
@@ -40,7 +41,7 @@ FACTORIES = {
 
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_factories_match_torch(name):
-    torch = pytest.importorskip("torch")
+    torch = torch_oracle()
     ours, theirs = FACTORIES[name](ddp), FACTORIES[name](torch)
     if not hasattr(ours, "dtype"):
         assert tuple(ours) == tuple(theirs)
@@ -155,7 +156,7 @@ REPRS = {
 
 @pytest.mark.parametrize("name", list(REPRS))
 def test_repr_matches_torch(name):
-    torch = pytest.importorskip("torch")
+    torch = torch_oracle()
     assert repr(REPRS[name](ddp)) == repr(REPRS[name](torch)).replace("torch.", "ddp.")
 
 

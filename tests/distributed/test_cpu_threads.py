@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+import threadpoolctl  # a declared dependency (pyproject.toml): missing is a broken install
 
-threadpoolctl = pytest.importorskip("threadpoolctl")
-
-from ddp.distributed import cpu_threads  # noqa: E402
+from ddp.distributed import cpu_threads
 
 
 @pytest.fixture

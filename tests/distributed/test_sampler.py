@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _helpers import torch_oracle
 
 import ddp.distributed as dist
 from ddp.utils.data.distributed import DistributedSampler
@@ -11,7 +12,7 @@ SIZES = [0, 1, 2, 5, 7, 10, 11, 16]
 
 
 def _torch_indices(n, replicas, rank, drop_last):
-    torch = pytest.importorskip("torch")
+    torch = torch_oracle()
     from torch.utils.data.distributed import DistributedSampler as TorchSampler
 
     sampler = TorchSampler(range(n), num_replicas=replicas, rank=rank, shuffle=False,

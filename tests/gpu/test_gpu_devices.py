@@ -118,7 +118,6 @@ def _exercise(pg):
 
 
 def test_nccl_process_group_world_size_one():
-    pytest.importorskip("mpi4py")
     pytest.importorskip("cupy.cuda.nccl", reason="CuPy without its NCCL bindings")
     from ddp.distributed.nccl_backend import NCCLProcessGroup
 
@@ -132,14 +131,12 @@ def test_nccl_process_group_world_size_one():
 
 
 def test_mpi_process_group_accepts_cupy_arrays():
-    pytest.importorskip("mpi4py")
     pg = _mpi_self()
     _exercise(pg)
     pg._destroy()
 
 
 def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
-    pytest.importorskip("mpi4py")
     pytest.importorskip("cupy.cuda.nccl", reason="CuPy without its NCCL bindings")
     from ddp.distributed.nccl_backend import NCCLProcessGroup
     from ddp.nn.parallel import DistributedDataParallel
