@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-_USER_SETTINGS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+from ddp import config
+
+_USER_SETTINGS = config.USER_THREAD_VARS
 _limiter = None  # keeps threadpoolctl's limits alive for the life of the process
 
 
@@ -21,7 +23,7 @@ def share_cores(ranks_on_node: int) -> int | None:
     or when ``threadpoolctl`` is unavailable.
     """
     global _limiter
-    if ranks_on_node <= 1 or any(name in os.environ for name in _USER_SETTINGS):
+    if ranks_on_node <= 1 or config.any_set(_USER_SETTINGS):
         return None
     try:
         from threadpoolctl import threadpool_limits

@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ddp import config
+
 _MIN_PER_THREAD = 1 << 17  # below this many elements a thread costs more than it saves
 _pool: ThreadPoolExecutor | None = None
 
@@ -26,11 +28,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def num_threads() -> int:
     """Threads for elementwise kernels: ``OMP_NUM_THREADS`` if set, else the CPU count."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    try:
-        return max(1, int(value)) if value else max(1, os.cpu_count() or 1)
-    except ValueError:
-        return max(1, os.cpu_count() or 1)
+    value = config.get("OMP_NUM_THREADS")
+    return value if value is not None else max(1, os.cpu_count() or 1)
 
 
 def for_ranges(total: int, kernel: Callable[[int, int], None]) -> None:
