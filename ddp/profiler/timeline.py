@@ -353,6 +353,7 @@ def _rank_files(directory: str) -> list[str]:
 
 
 atexit.register(_flush_at_exit)
-if config.get("DDP_TIMELINE"):
-    enable(config.get("DDP_TIMELINE"))
+_from_environment = config.get("DDP_TIMELINE")  # read at import (docs/configuration.md)
+if _from_environment:
+    enable(_from_environment)
 
