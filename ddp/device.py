@@ -1,6 +1,16 @@
-"""``ddp.device``: where a tensor lives (``cpu`` or ``cuda:N``), as in torch."""
+"""``ddp.device``: where a tensor lives (``cpu`` or ``cuda:N``), as in torch.
+
+The default device of factory functions is per thread, as torch's is: ``with ddp.device(...)``
+and ``set_default_device`` in a thread change that thread only, so one simulated rank of the
+``threads`` backend never moves another's tensors. Called in the main thread,
+``set_default_device`` also sets the process default, which every thread that has set none of
+its own uses (so a default chosen before ``spawn`` reaches the ranks). A ``with`` block is
+never inherited, not even by threads started inside it.
+"""
 
 from __future__ import annotations
+
+import threading
 
 from ddp import backend
 
@@ -44,36 +54,51 @@ class device:  # noqa: N801 - torch spells it in lower case
         return hash((self.type, self.index))
 
     def __enter__(self) -> device:
-        """``with ddp.device("cuda"):`` makes this the default device inside the block (torch)."""
-        _DEFAULT_STACK.append(_state.default)
-        set_default_device(self)
+        """``with ddp.device("cuda"):`` makes this the calling thread's default device inside
+        the block (torch); other threads keep theirs."""
+        stack = _thread_stack()
+        stack.append(getattr(_local, "default", None))
+        _local.default = self
         return self
 
     def __exit__(self, *exc) -> bool:
-        _state.default = _DEFAULT_STACK.pop()
+        _local.default = _thread_stack().pop()
         return False
 
 
 CPU = device("cpu")
 
 
-class _DefaultDevice:
-    default: device = CPU
+_process_default: device = CPU  # set by set_default_device in the main thread
+_local = threading.local()  # .default: this thread's own (None: none); .stack: enclosing ones
 
 
-_state = _DefaultDevice()
-_DEFAULT_STACK: list[device] = []
+def _thread_stack() -> list[device | None]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
 
 
 def set_default_device(spec) -> None:
     """Where factory functions (``tensor``, ``zeros``, ``randn`` ...) put tensors given no
-    ``device`` (``torch.set_default_device``); ``None`` restores the CPU. Process-wide."""
-    _state.default = CPU if spec is None else as_device(spec)
+    ``device`` (``torch.set_default_device``); ``None`` restores the CPU.
+
+    Per thread; in the main thread it also sets the process default, which threads that set
+    none of their own use (see the module docstring).
+    """
+    global _process_default
+    target = CPU if spec is None else as_device(spec)
+    _local.default = target
+    if threading.current_thread() is threading.main_thread():
+        _process_default = target
 
 
 def get_default_device() -> device:
-    """The device factory functions use when given none (``torch.get_default_device``)."""
-    return _state.default
+    """The calling thread's default device for factory functions (``torch.get_default_device``):
+    its own if it set one, else the process default."""
+    own = getattr(_local, "default", None)
+    return _process_default if own is None else own
 
 
 def device_of(array) -> device:

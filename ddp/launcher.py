@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ddp import config
+
 INSTALL_HINT = (
     "install one into this environment with `pip install mpich` (or `pip install mpi4py` "
     "against your cluster's MPI, see docs/launching.md), or pass --mpiexec PATH"
@@ -128,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    env = dict(os.environ)
-    if args.nproc > 1:
-        env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N ranks must not oversubscribe
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=config.child_env(args.nproc))
     try:
         return proc.wait()
     except KeyboardInterrupt:  # mpiexec got the same SIGINT and stops the ranks

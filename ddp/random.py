@@ -2,7 +2,8 @@
 
 Each thread has its own default generator, seeded with torch's default seed until
 ``manual_seed`` is called in it. In the ``threads`` distributed backend every rank is a thread,
-so each rank draws the same numbers as it would as an MPI process.
+so each rank draws the same numbers as it would as an MPI process. State: per thread
+only (a new thread's generator starts from the default seed, not from its parent's state).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Grad mode: ``no_grad``, ``enable_grad``, ``set_grad_enabled`` (per thread, as in torch).
 
 Per-thread state matters here: the ``threads`` distributed backend runs one rank per thread.
+Every thread starts with grad mode on, whatever the mode of the thread that started it.
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ without ``zero_grad()``, and an optimizer holding tensors that are not in the mo
 See :mod:`ddp.debug.diagnostics` and docs/debugging.md. Nothing is installed while disabled.
 """
 
-import os
-
+from ddp import config
 from ddp.debug.diagnostics import DDPDebugWarning, disable, enable, is_enabled
 
 __all__ = ["DDPDebugWarning", "disable", "enable", "is_enabled"]
 
-if os.environ.get("DDP_DEBUG", "0") not in ("", "0"):
+if config.get("DDP_DEBUG"):
     enable()

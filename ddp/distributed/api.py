@@ -8,9 +8,9 @@ rank: pass that thread the ProcessGroup object (``get_default_group()``) instead
 
 from __future__ import annotations
 
-import os
 import threading
 
+from ddp import config
 from ddp.distributed.process_group import ProcessGroup
 
 BACKENDS = ("local", "threads", "mpi", "nccl")
@@ -18,13 +18,6 @@ BACKENDS = ("local", "threads", "mpi", "nccl")
 _process_group: ProcessGroup | None = None
 _local = threading.local()  # .group (threads backend), .init_pending (spawn did init for fn)
 
-# Launchers that set these run one process per rank; a size above 1 selects the mpi backend.
-_SIZE_ENV_VARS = (
-    "PMI_SIZE",  # MPICH / Hydra, Intel MPI
-    "OMPI_COMM_WORLD_SIZE",  # Open MPI
-    "MV2_COMM_WORLD_SIZE",  # MVAPICH
-    "SLURM_STEP_NUM_TASKS",  # srun (set inside a job step, not in the batch script itself)
-)
 
 
 class _World:
@@ -45,11 +38,10 @@ class GroupMember:
 
 def launched_with_several_ranks() -> bool:
     """True when an MPI launcher (mpiexec, mpirun, srun) started this process among others."""
-    for var in _SIZE_ENV_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 1:
-            return True
-    return "PMIX_RANK" in os.environ and not any(v in os.environ for v in _SIZE_ENV_VARS)
+    # Launchers that set these run one process per rank; a size above 1 selects mpi.
+    if any((config.get(var) or 0) > 1 for var in config.SIZE_VARS):
+        return True
+    return config.is_set("PMIX_RANK") and not config.any_set(config.SIZE_VARS)
 
 
 def _current() -> ProcessGroup | None:

@@ -8,12 +8,12 @@ check) pickle. CuPy arrays are staged through host memory. mpi4py initialises MP
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from ddp import config
 from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
 from ddp.distributed import watchdog
 from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
@@ -39,7 +39,7 @@ def _op(op: ReduceOp):
 
 # With a CUDA-aware MPI (Open MPI/MVAPICH built with CUDA) set DDP_MPI_CUDA_AWARE=1 to hand
 # CuPy arrays to MPI directly (mpi4py reads __cuda_array_interface__) instead of staging them.
-CUDA_AWARE = os.environ.get("DDP_MPI_CUDA_AWARE", "0") == "1"
+CUDA_AWARE: bool = config.get("DDP_MPI_CUDA_AWARE")  # read at import
 
 
 def _mpi_buffer(array):
@@ -230,10 +230,7 @@ def init_mpi_world(timeout=None) -> MPIProcessGroup:
     node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
-    os.environ["RANK"] = str(world.Get_rank())
-    os.environ["WORLD_SIZE"] = str(world.Get_size())
-    os.environ["LOCAL_RANK"] = str(local_rank)
-    os.environ["LOCAL_WORLD_SIZE"] = str(local_size)
+    config.export_launch_env(world.Get_rank(), world.Get_size(), local_rank, local_size)
     from ddp.distributed.cpu_threads import share_cores
     from ddp.distributed.failure import install_abort_hooks
 

@@ -16,10 +16,11 @@ not watched: the host does not wait for it.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from contextlib import contextmanager
+
+from ddp import config
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -27,13 +28,9 @@ DEFAULT_TIMEOUT_S = 1800.0
 def timeout_seconds(timeout=None) -> float:
     """Seconds from a ``timedelta``, a number, ``DDP_TIMEOUT`` or the default."""
     if timeout is None:
-        text = os.environ.get("DDP_TIMEOUT")
-        if not text:
+        timeout = config.get("DDP_TIMEOUT")
+        if timeout is None:
             return DEFAULT_TIMEOUT_S
-        try:
-            timeout = float(text)
-        except ValueError:
-            raise ValueError(f"DDP_TIMEOUT must be a number of seconds, got {text!r}") from None
     seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else float(timeout)
     if not seconds > 0:
         raise ValueError(f"init_process_group: timeout must be positive, got {timeout!r}")

@@ -13,14 +13,13 @@ makes GPU arrays take the reference path too (for A/B timing and debugging);
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ddp import config
 from ddp.backend import is_cupy_array
 from ddp.kernels import reference
 
-FUSED = os.environ.get("DDP_FUSED_KERNELS", "1") != "0"
+FUSED: bool = config.get("DDP_FUSED_KERNELS")  # read at import; tests patch the constant
 
 
 _cuda = None  # ddp.kernels.cuda, imported on first use on a GPU array

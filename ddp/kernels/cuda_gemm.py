@@ -12,13 +12,12 @@ uses ``@``. ``DDP_CUBLAS_DIRECT=0`` turns it off (A/B timing, debugging).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ddp import config
 from ddp.backend import cupy_module
 
-ENABLED = os.environ.get("DDP_CUBLAS_DIRECT", "1") != "0"
+ENABLED: bool = config.get("DDP_CUBLAS_DIRECT")  # read at import; tests patch the constant
 _OP_N, _OP_T = 0, 1
 _CONSTANTS = [np.ones((), np.float32), np.zeros((), np.float32), np.ones((), np.float64),
               np.zeros((), np.float64)]  # alive for the process: cuBLAS reads them by address

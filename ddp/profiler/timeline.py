@@ -28,6 +28,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from ddp import config
+
 _enabled = False
 _directory: str | None = None
 _lock = threading.Lock()
@@ -38,7 +40,6 @@ _NULL = contextlib.nullcontext()
 # perf_counter is monotonic but has an arbitrary origin: shift it onto the wall clock so that the
 # files of separate processes (MPI ranks on one machine) line up.
 _EPOCH_US = (time.time() - time.perf_counter()) * 1e6
-_RANK_ENV_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "RANK")
 
 
 class _ThreadBuffer:
@@ -77,10 +78,10 @@ def _current_rank() -> int:
             return group.global_ranks[group.rank()]
     except Exception:  # noqa: S110 - a timeline must never break the program it observes
         pass
-    for var in _RANK_ENV_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
+    for var in config.RANK_VARS:
+        value = config.get(var)
+        if value is not None:
+            return value
     return 0
 
 
@@ -352,6 +353,7 @@ def _rank_files(directory: str) -> list[str]:
 
 
 atexit.register(_flush_at_exit)
-if os.environ.get("DDP_TIMELINE"):
-    enable(os.environ["DDP_TIMELINE"])
+_from_environment = config.get("DDP_TIMELINE")  # read at import (docs/configuration.md)
+if _from_environment:
+    enable(_from_environment)
 

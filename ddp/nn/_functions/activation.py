@@ -10,8 +10,8 @@ from ddp import kernels, random
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.device import device_of, move_array
+from ddp.kernels.parallel import for_ranges
 from ddp.nn._functions.erf import _erf_float32_range, erf, float32_work_buffers
-from ddp.ops._parallel import for_ranges
 
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

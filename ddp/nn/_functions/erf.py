@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.backend import get_array_module
-from ddp.ops._parallel import for_ranges
+from ddp.kernels.parallel import for_ranges
 
 _A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
       3.20937758913846947e03, 1.85777706184603153e-1)

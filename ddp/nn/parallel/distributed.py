@@ -18,10 +18,10 @@ Collective points (every rank must reach them, in the same order):
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ddp import config
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
 from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler
@@ -166,7 +166,7 @@ def default_comm_mode() -> str:
     ~5 % on compute-heavy steps with ranks filling the cores, but lost ~40 % on a
     communication-heavy one, where MPI only progresses at the few gradient hooks.
     """
-    return os.environ.get("DDP_COMM_MODE", "thread")
+    return config.get("DDP_COMM_MODE")
 
 
 def _resolve_group(process_group):
