@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ddp.distributed import SpawnError, spawn
+
 INSTALL_HINT = (
     "install one into this environment with `pip install mpich` (or `pip install mpi4py` "
     "against your cluster's MPI, see docs/launching.md), or pass --mpiexec PATH"
@@ -67,8 +69,6 @@ def build_mpi_command(args: argparse.Namespace) -> list[str]:
 
 def run_threads(nproc: int, script: str, script_args: list[str]) -> int:
     """Run ``script`` as ``nproc`` simulated ranks in this process; return an exit status."""
-    from ddp.distributed import SpawnError, spawn
-
     path = Path(script)
     if not path.is_file():
         print(f"ddprun: script {script!r} not found", file=sys.stderr)

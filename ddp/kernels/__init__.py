@@ -18,27 +18,18 @@ import os
 import numpy as np
 
 from ddp.backend import is_cupy_array
-from ddp.kernels import reference
+from ddp.kernels import cuda, cuda_gemm, reference  # cuda*: CuPy is imported on first launch
 
 FUSED = os.environ.get("DDP_FUSED_KERNELS", "1") != "0"
 
 
-_cuda = None  # ddp.kernels.cuda, imported on first use on a GPU array
-_cuda_gemm = None
-
-
 def _impl(array):
     """The implementation module for ``array``: ``reference`` unless a fused kernel applies."""
-    global _cuda
     if type(array) is np.ndarray or not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
         return reference
     if not is_cupy_array(array):
         return reference
-    if _cuda is None:
-        from ddp.kernels import cuda
-
-        _cuda = cuda
-    return _cuda
+    return cuda
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
@@ -83,8 +74,6 @@ def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: f
         return False
     if not _all_contiguous(params, grads, momentum_buffers if momentum != 0 else []):
         return False
-    from ddp.kernels import cuda
-
     cuda.sgd_update_multi(params, grads, momentum_buffers, lr=float(lr),
                           weight_decay=float(weight_decay), momentum=float(momentum),
                           dampening=float(dampening), nesterov=bool(nesterov),
@@ -98,14 +87,9 @@ def _all_contiguous(*lists) -> bool:
 
 def matmul(a, b):
     """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm)."""
-    global _cuda_gemm
     if type(a) is np.ndarray or not FUSED:
         return a @ b
-    if _cuda_gemm is None:
-        from ddp.kernels import cuda_gemm
-
-        _cuda_gemm = cuda_gemm
-    out = _cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
+    out = cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
     return a @ b if out is None else out
 
 

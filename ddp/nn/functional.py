@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import ops
+from ddp.backend import get_array_module
 from ddp.nn._functions import activation as _act
 from ddp.nn._functions import conv as _conv
 from ddp.nn._functions import linear as _lin
@@ -68,8 +69,6 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def _min_max(array) -> tuple[int, int]:
     if isinstance(array, np.ndarray):
         return int(array.min()), int(array.max())
-    from ddp.backend import get_array_module
-
     low, high = get_array_module(array).stack((array.min(), array.max())).tolist()
     return int(low), int(high)
 

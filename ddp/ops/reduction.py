@@ -8,9 +8,13 @@ from collections import namedtuple
 import numpy as np
 
 from ddp import dtypes, kernels
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, normalize_dims
+from ddp.ops.promotion import cast_tensor
+from ddp.ops.selection import maximum, minimum
+from ddp.ops.unary import sqrt
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
@@ -226,8 +230,6 @@ class LogSumExp(Function):
 def _reduce_dtype(a):
     """Sums of bool/int tensors are int64, as in torch."""
     if a.array.dtype.kind in "bu" or a.array.dtype in (np.int8, np.int16, np.int32):
-        from ddp.ops._util import cast_tensor
-
         return cast_tensor(a, np.int64)
     return a
 
@@ -258,8 +260,6 @@ def var(a, dim=None, unbiased=None, keepdim=False, correction=None):
 
 
 def std(a, dim=None, unbiased=None, keepdim=False, correction=None):
-    from ddp.ops.unary import sqrt
-
     return sqrt(var(a, dim, unbiased=unbiased, keepdim=keepdim, correction=correction))
 
 
@@ -274,11 +274,7 @@ def min(a, dim=None, keepdim=False):  # noqa: A001
 
 
 def _max_min(a, dim, keepdim, take_max):
-    from ddp.tensor import Tensor
-
-    if isinstance(dim, Tensor):
-        from ddp.ops.selection import maximum, minimum
-
+    if isinstance(dim, tensor_type.Tensor):
         return maximum(a, dim) if take_max else minimum(a, dim)
     if a.array.size == 0:
         raise RuntimeError(
@@ -295,7 +291,8 @@ def _max_min(a, dim, keepdim, take_max):
         idx = xp.expand_dims(idx, d) if keepdim else idx
     else:
         idx = node.indices
-    return ValuesIndices(values, Tensor._from_op(idx.astype(np.int64, copy=False), None))
+    indices = tensor_type.Tensor._from_op(idx.astype(np.int64, copy=False), None)
+    return ValuesIndices(values, indices)
 
 
 def amax(a, dim=None, keepdim=False):
@@ -317,8 +314,7 @@ def argmin(a, dim=None, keepdim=False):
 
 
 def _arg(a, dim, keepdim, take_max):
-    from ddp.tensor import Tensor
-
+    tensor_class = tensor_type.Tensor
     xp = get_array_module(a.array)
     fn = xp.argmax if take_max else xp.argmin
     if dim is None:
@@ -330,7 +326,7 @@ def _arg(a, dim, keepdim, take_max):
         out = fn(a.array, axis=d)
         if keepdim:
             out = xp.expand_dims(out, d)
-    return Tensor._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
+    return tensor_class._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
 
 
 def softmax(a, dim=None, dtype=None):
@@ -367,7 +363,5 @@ def _softmax_dim(a, dim):
 
 
 def _maybe_cast(a, dtype):
-    from ddp.ops._util import cast_tensor
-
     np_dtype = dtypes.to_numpy_dtype(dtype)
     return a if a.array.dtype == np_dtype else cast_tensor(a, np_dtype)
