@@ -10,7 +10,7 @@ from _helpers import check_grad, check_torch
 
 import ddp
 import ddp.nn.functional as F
-from ddp.nn._functions.erf import erf
+from ddp.kernels.erf import erf
 
 torch = pytest.importorskip("torch")
 

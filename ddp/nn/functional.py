@@ -10,13 +10,13 @@ import numpy as np
 
 from ddp import ops
 from ddp.backend import get_array_module
+from ddp.kernels.erf import erf as _erf_array
 from ddp.nn._functions import activation as _act
 from ddp.nn._functions import conv as _conv
 from ddp.nn._functions import linear as _lin
 from ddp.nn._functions import loss as _loss
 from ddp.nn._functions import normalization as _norm
 from ddp.nn._functions import pooling as _pool
-from ddp.nn._functions.erf import erf as _erf_array
 from ddp.ops._util import normalize_dim
 from ddp.tensor import Tensor
 

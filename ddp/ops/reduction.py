@@ -11,6 +11,7 @@ from ddp import dtypes, kernels
 from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.kernels import reference
 from ddp.ops._util import normalize_dim, normalize_dims
 from ddp.ops.promotion import cast_tensor
 from ddp.ops.selection import maximum, minimum
@@ -159,7 +160,8 @@ class MaxMinDim(Function):
 
 
 class Softmax(Function):
-    """Over the last dim: rows of a 2-D view through ``ddp.kernels`` (one launch on a GPU)."""
+    """The maths is ``ddp.kernels``': over the last dim, rows of a 2-D view (one launch on a
+    GPU); over another dim, the reference along that axis (no fused kernel for it)."""
 
     @staticmethod
     def forward(ctx, a, dim):
@@ -167,10 +169,7 @@ class Softmax(Function):
         if a.ndim and dim in (-1, a.ndim - 1) and a.dtype.kind == "f":
             e = kernels.softmax_forward(a.reshape(-1, a.shape[-1])).reshape(a.shape)
         else:
-            xp = get_array_module(a)
-            e = a - a.max(axis=dim, keepdims=True)
-            xp.exp(e, out=e)
-            e /= e.sum(axis=dim, keepdims=True)
+            e = reference.softmax_forward(a, axis=dim)
         ctx.save_for_backward(e)
         return e
 
@@ -181,11 +180,7 @@ class Softmax(Function):
             c = y.shape[-1]
             return kernels.softmax_backward(grad.reshape(-1, c), y.reshape(-1, c)).reshape(
                 y.shape), None
-        # y * (grad - sum(grad * y)): two fresh arrays instead of three
-        dot = (grad * y).sum(axis=ctx.dim, keepdims=True)
-        gx = grad - dot
-        gx *= y
-        return gx, None
+        return reference.softmax_backward(grad, y, axis=ctx.dim), None
 
 
 class LogSoftmax(Function):
