@@ -65,20 +65,33 @@ def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: li
 
 def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: float,
                      weight_decay: float, momentum: float, dampening: float, nesterov: bool,
-                     maximize: bool) -> bool:
-    """SGD over same-dtype GPU tensors in one launch; returns False (doing nothing) where no
-    fused kernel applies (CPU arrays, a missing momentum buffer, non-contiguous arrays)."""
+                     maximize: bool) -> None:
+    """One SGD step over lists of tensors, in place (see ``reference.sgd_update``).
+
+    ``momentum_buffers[i]`` None before the first step with momentum is replaced by the new
+    buffer; the list may be empty when ``momentum == 0``. On a GPU one launch for all tensors
+    when they share a dtype and a device, are contiguous and have their buffers; otherwise the
+    reference, tensor by tensor.
+    """
+    hyper = {"lr": float(lr), "weight_decay": float(weight_decay), "momentum": float(momentum),
+             "dampening": float(dampening), "nesterov": bool(nesterov),
+             "maximize": bool(maximize)}
+    if _sgd_fusable(params, grads, momentum_buffers, momentum):
+        cuda.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+    else:
+        reference.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+
+
+def _sgd_fusable(params, grads, momentum_buffers, momentum) -> bool:
     if not params or _impl(params[0]) is reference:
+        return False
+    first = params[0]
+    if any(type(p) is np.ndarray or p.dtype != first.dtype or p.device != first.device
+           for p in params):
         return False
     if momentum != 0 and any(b is None for b in momentum_buffers):
         return False
-    if not _all_contiguous(params, grads, momentum_buffers if momentum != 0 else []):
-        return False
-    cuda.sgd_update_multi(params, grads, momentum_buffers, lr=float(lr),
-                          weight_decay=float(weight_decay), momentum=float(momentum),
-                          dampening=float(dampening), nesterov=bool(nesterov),
-                          maximize=bool(maximize))
-    return True
+    return _all_contiguous(params, grads, momentum_buffers if momentum != 0 else [])
 
 
 def _all_contiguous(*lists) -> bool:

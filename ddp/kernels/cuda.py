@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from ddp.backend import cupy_module, cupy_unavailable_reason
 from ddp.kernels import cuda_gemm
 from ddp.kernels import reference as ref
@@ -129,8 +131,6 @@ def _device_table(values: list[int]):
     if table is None:
         if len(_TABLES) >= 8:
             _TABLES.pop(next(iter(_TABLES)))
-        import numpy as np
-
         table = _TABLES[key] = cp.asarray(np.asarray(values, dtype=np.int64))
     return table
 
