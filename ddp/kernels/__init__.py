@@ -66,7 +66,7 @@ def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: li
 def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: float,
                      weight_decay: float, momentum: float, dampening: float, nesterov: bool,
                      maximize: bool) -> None:
-    """One SGD step over lists of tensors, in place (see ``reference.sgd_update``).
+    """One SGD step over lists of tensors, in place (see ``reference.sgd_update_multi``).
 
     ``momentum_buffers[i]`` None before the first step with momentum is replaced by the new
     buffer; the list may be empty when ``momentum == 0``. On a GPU one launch for all tensors

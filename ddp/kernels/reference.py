@@ -69,63 +69,53 @@ def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, **hyper) -> None:
         adam_update(p, g, m, v, **hyper)
 
 
-def sgd_update(param, grad, momentum_buffer, *, lr: float, weight_decay: float,
-               momentum: float, dampening: float, nesterov: bool, maximize: bool):
-    """One SGD step (torch's formulas) in place on ``param``; returns the momentum buffer.
+def sgd_update_multi(params, grads, momentum_buffers, *, lr: float, weight_decay: float,
+                     momentum: float, dampening: float, nesterov: bool, maximize: bool) -> None:
+    """One SGD step (torch's formulas) in place on each of ``params``.
 
-    ``momentum_buffer`` is None before the first step with momentum: the returned buffer is then
-    a copy of this step's gradient; afterwards it is updated in place and returned. With
-    ``momentum == 0`` it is neither read nor changed. ``param -= lr * g`` allocates at most the
-    scratch arrays that weight decay, dampening and Nesterov need.
-    This is the one CPU implementation: ``ddp.optim`` calls it for every NumPy parameter.
+    ``momentum_buffers[i]`` is None before the first step with momentum: it becomes a copy of
+    this step's gradient; afterwards it is updated in place. With ``momentum == 0`` the list is
+    neither read nor changed (it may be empty). A step allocates at most the scratch arrays
+    that weight decay, dampening and Nesterov need. This is the one CPU implementation:
+    ``ddp.optim`` calls it for every NumPy parameter (one loop, no call per tensor).
     """
-    xp = get_array_module(param)
-    owned = False  # whether ``grad`` is a scratch array this step may overwrite
-    if maximize:
-        grad = xp.negative(grad)
-        owned = True
-    if weight_decay != 0:
-        decayed = xp.multiply(param, weight_decay)
-        decayed += grad
-        grad, owned = decayed, True
-    if momentum != 0:
-        buf = momentum_buffer
-        if buf is None:
-            buf = grad if owned else grad.copy()
-            owned = False
-            momentum_buffer = buf
-        else:
-            buf *= momentum
-            if dampening == 0:
-                buf += grad
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        xp = get_array_module(param)
+        owned = False  # whether ``grad`` is a scratch array this step may overwrite
+        if maximize:
+            grad = xp.negative(grad)
+            owned = True
+        if weight_decay != 0:
+            decayed = xp.multiply(param, weight_decay)
+            decayed += grad
+            grad, owned = decayed, True
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            if buf is None:
+                buf = grad if owned else grad.copy()
+                owned = False
+                momentum_buffers[i] = buf
             else:
-                scaled = xp.multiply(grad, 1.0 - dampening)
-                buf += scaled
-        if nesterov:
-            ahead = xp.multiply(buf, momentum)
-            if owned:
-                grad += ahead
+                buf *= momentum
+                if dampening == 0:
+                    buf += grad
+                else:
+                    scaled = xp.multiply(grad, 1.0 - dampening)
+                    buf += scaled
+            if nesterov:
+                ahead = xp.multiply(buf, momentum)
+                if owned:
+                    grad += ahead
+                else:
+                    ahead += grad
+                    grad, owned = ahead, True
             else:
-                ahead += grad
-                grad, owned = ahead, True
+                grad, owned = buf, False
+        if owned:
+            grad *= lr
+            param -= grad
         else:
-            grad, owned = buf, False
-    if owned:
-        grad *= lr
-        param -= grad
-    else:
-        param -= xp.multiply(grad, lr)
-    return momentum_buffer
-
-
-def sgd_update_multi(params, grads, momentum_buffers, **hyper) -> None:
-    """``sgd_update`` over lists; ``momentum_buffers[i]`` becomes each new buffer (the list may
-    be empty when ``momentum == 0``)."""
-    with_buffers = hyper["momentum"] != 0
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        buf = sgd_update(p, g, momentum_buffers[i] if with_buffers else None, **hyper)
-        if with_buffers:
-            momentum_buffers[i] = buf
+            param -= xp.multiply(grad, lr)
 
 
 def column_sums(x2):
