@@ -4,9 +4,10 @@ ops, nn and optim call these functions and never pick an implementation themselv
 
     y, saved = kernels.gelu_forward(x, "none")     # one CUDA launch on a GPU
 
-On NumPy arrays each function runs ``ddp.kernels.reference`` (the composed maths the CPU code
-uses); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and for ``matmul`` and
-``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``. ``DDP_FUSED_KERNELS=0``
+On NumPy arrays each function runs ``ddp.kernels.reference``, which is the CPU code (the ops
+hold no copy of its formulas); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and
+for ``matmul`` and ``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``.
+``DDP_FUSED_KERNELS=0``
 makes GPU arrays take the reference path too (for A/B timing and debugging);
 ``DDP_CUBLAS_DIRECT=0`` sends only the matrix products back to ``cupy.matmul``.
 """
