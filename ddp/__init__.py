@@ -7,6 +7,7 @@
 
 
 from ddp import autograd
+from ddp import dtypes as _dtypes
 from ddp.autograd.grad_mode import (
     enable_grad,
     inference_mode,
@@ -149,8 +150,6 @@ def numel(input: Tensor) -> int:  # noqa: A002 - torch.numel(input)
 
 
 def get_default_dtype():
-    from ddp import dtypes as _dtypes
-
     return _dtypes.default_float
 
 

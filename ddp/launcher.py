@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ddp import config
+from ddp.distributed import SpawnError, spawn
 
 INSTALL_HINT = (
     "install one into this environment with `pip install mpich` (or `pip install mpi4py` "
@@ -69,8 +70,6 @@ def build_mpi_command(args: argparse.Namespace) -> list[str]:
 
 def run_threads(nproc: int, script: str, script_args: list[str]) -> int:
     """Run ``script`` as ``nproc`` simulated ranks in this process; return an exit status."""
-    from ddp.distributed import SpawnError, spawn
-
     path = Path(script)
     if not path.is_file():
         print(f"ddprun: script {script!r} not found", file=sys.stderr)

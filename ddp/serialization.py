@@ -34,6 +34,7 @@ import numpy as np
 
 from ddp import backend, dtypes
 from ddp.device import as_device, device, move_array
+from ddp.nn.parameter import Parameter
 from ddp.tensor import Size, Tensor
 
 FORMAT = "ddp.save"
@@ -319,8 +320,6 @@ class _Decoder:
         else:
             array = move_array(array, self._target(saved))
         if node["parameter"]:
-            from ddp.nn.parameter import Parameter
-
             t = Parameter(array, requires_grad=node["requires_grad"])
         else:
             t = Tensor(array, requires_grad=node["requires_grad"])

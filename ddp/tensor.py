@@ -16,12 +16,13 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ddp import backend, dtypes, ops
-from ddp.autograd import engine
+from ddp import backend, dtypes, ops, random
+from ddp.autograd import engine, tensor_type
 from ddp.autograd.function import AccumulateGrad
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 from ddp.device import as_device, device_of, move_array, same_device
 from ddp.tensor_ops import TensorOps
+from ddp.tensor_repr import tensor_repr
 from ddp.utils.hooks import RemovableHandle
 
 _NO_HOOKS = MappingProxyType({})  # read-only: registering replaces it with a dict
@@ -173,7 +174,7 @@ class Tensor(TensorOps):
         return self.array.reshape(()).item()
 
     def tolist(self):
-        return _to_host(self.array).tolist()
+        return backend.to_numpy(self.array).tolist()
 
     def numpy(self) -> np.ndarray:
         """The NumPy array behind a CPU tensor (shared storage); refuses tensors needing grad."""
@@ -190,7 +191,7 @@ class Tensor(TensorOps):
         return self.array
 
     def __array__(self, dtype=None, copy=None):
-        array = _to_host(self.array)
+        array = backend.to_numpy(self.array)
         return array if dtype is None else array.astype(dtype)
 
     def __float__(self) -> float:
@@ -224,8 +225,6 @@ class Tensor(TensorOps):
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        from ddp.tensor_repr import tensor_repr
-
         return tensor_repr(self)
 
     def __format__(self, spec: str) -> str:
@@ -333,7 +332,8 @@ class Tensor(TensorOps):
             raise NotImplementedError("ddp does not support create_graph=True (double backward)")
         if inputs is not None:
             raise NotImplementedError("backward(inputs=...) is not supported")
-        backward([self], None if gradient is None else [gradient], retain_graph=retain_graph)
+        engine.backward([self], None if gradient is None else [gradient],
+                        retain_graph=retain_graph)
 
     def register_hook(self, hook) -> RemovableHandle:
         """Call ``hook(grad)`` when this tensor's gradient is computed; it may return a new one."""
@@ -485,15 +485,11 @@ class Tensor(TensorOps):
         return self.fill_(0)
 
     def uniform_(self, a: float = 0.0, b: float = 1.0, generator=None) -> Tensor:
-        from ddp import random
-
         with no_grad():
             self.copy_(random.uniform_array(self.array.shape, a, b, self.array.dtype, generator))
         return self
 
     def normal_(self, mean: float = 0.0, std: float = 1.0, generator=None) -> Tensor:
-        from ddp import random
-
         with no_grad():
             self.copy_(random.normal_array(self.array.shape, mean, std, self.array.dtype,
                                            generator))
@@ -533,59 +529,11 @@ class Size(tuple):
         return n
 
 
-def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> None:
-    """``ddp.autograd.backward``: backpropagate from several roots at once."""
-    if isinstance(tensors, Tensor):
-        tensors = [tensors]
-    if grad_tensors is None:
-        grad_tensors = [None] * len(tensors)
-    elif isinstance(grad_tensors, Tensor):
-        grad_tensors = [grad_tensors]
-    roots, grads = [], []
-    for i, (t, g) in enumerate(zip(tensors, grad_tensors, strict=True)):
-        if not t._requires_grad:
-            raise RuntimeError(
-                f"element {i} of tensors does not require grad and does not have a grad_fn"
-            )
-        if g is None:
-            if t.array.size != 1:
-                raise RuntimeError(
-                    f"grad can be implicitly created only for scalar outputs (got a tensor of "
-                    f"shape {tuple(t.shape)}); pass gradient= to backward()"
-                )
-            xp = _xp(t.array)
-            g_array = xp.ones(t.array.shape, dtype=t.array.dtype)
-        else:
-            g_array = g.array if isinstance(g, Tensor) else np.asarray(g, dtype=t.array.dtype)
-            if g_array.dtype != t.array.dtype:
-                g_array = g_array.astype(t.array.dtype)
-            if tuple(g_array.shape) != tuple(t.array.shape):
-                raise RuntimeError(
-                    f"Mismatch in shape: grad_output[{i}] has a shape of {tuple(g_array.shape)} "
-                    f"and output[{i}] has a shape of {tuple(t.array.shape)}."
-                )
-        roots.append(t._gradient_edge())
-        grads.append(g_array)
-    engine.run_backward(roots, grads, retain_graph=bool(retain_graph))
-
-
 _TYPE_NAMES = {
     "float16": "HalfTensor", "float32": "FloatTensor", "float64": "DoubleTensor",
     "int8": "CharTensor", "uint8": "ByteTensor", "int16": "ShortTensor", "int32": "IntTensor",
     "int64": "LongTensor", "bool": "BoolTensor",
 }
-
-
-def _xp(array):
-    from ddp.backend import get_array_module
-
-    return get_array_module(array)
-
-
-def _to_host(array) -> np.ndarray:
-    from ddp.backend import to_numpy
-
-    return to_numpy(array)
 
 
 def _assign(target, value) -> None:
@@ -594,3 +542,5 @@ def _assign(target, value) -> None:
         value = value.astype(target.dtype)
     target[...] = value
 
+
+tensor_type.bind_tensor_class(Tensor)  # last: autograd and the ops build Tensors from here on

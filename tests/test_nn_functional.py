@@ -18,7 +18,7 @@ from _helpers import (
 
 import ddp
 import ddp.nn.functional as F
-from ddp.nn._functions.erf import erf
+from ddp.kernels.erf import erf
 
 
 def test_erf_matches_math_erf_to_1e_15():

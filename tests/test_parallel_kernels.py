@@ -1,4 +1,4 @@
-"""Threaded blocked CPU kernels (``ddp.ops._parallel``) and the float32 GELU that uses them."""
+"""Threaded blocked CPU kernels (``ddp.kernels.parallel``) and the float32 GELU that uses them."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from _helpers import (
 )
 
 import ddp
-from ddp.ops import _parallel
+from ddp.kernels import parallel as _parallel
 
 
 def test_for_ranges_covers_every_element_once(monkeypatch):

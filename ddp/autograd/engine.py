@@ -7,6 +7,9 @@ leaf hooks in the same order. A leaf's ``AccumulateGrad`` runs the moment its gr
 so its post-accumulate hooks fire during backward, not at the end: DDP starts communicating
 through them while the rest of backward still runs.
 
+``backward(tensors, grad_tensors, retain_graph)`` (``ddp.autograd.backward``; ``Tensor.backward``
+calls it) checks the roots and their gradients and hands them to ``run_backward``.
+
 Services for DDP-like code:
   * ``register_backward_start_hook(fn)``: ``fn(task)`` runs at the start of every backward,
     with ``task.leaves``, the leaf tensors reachable from the roots, in a deterministic order.
@@ -21,7 +24,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ddp.autograd import tensor_type
 from ddp.autograd.function import _FREED_MESSAGE, AccumulateGrad, _array_of, is_owned
+from ddp.backend import get_array_module
 from ddp.utils.hooks import HookRegistry, RemovableHandle
 
 _local = threading.local()
@@ -81,10 +86,56 @@ def _discover(roots: Sequence) -> tuple[dict, list]:
     return dependencies, leaves
 
 
+def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> None:
+    """``ddp.autograd.backward``: add d(tensors)/d(leaf) into every reachable leaf's ``.grad``.
+
+    Args:
+        tensors: a tensor or a sequence of tensors, the roots; each must require grad.
+        grad_tensors: d(loss)/d(root) per root (tensors, arrays or None); None may stand for a
+            root with one element (its gradient is 1).
+        retain_graph: keep saved values so backward can run through the graph again.
+
+    Raises:
+        RuntimeError: a root does not require grad, has more than one element and no gradient,
+            or its gradient has another shape; or the graph was already freed.
+    """
+    tensor_class = tensor_type.Tensor
+    if isinstance(tensors, tensor_class):
+        tensors = [tensors]
+    if grad_tensors is None:
+        grad_tensors = [None] * len(tensors)
+    elif isinstance(grad_tensors, tensor_class):
+        grad_tensors = [grad_tensors]
+    roots, grads = [], []
+    for i, (t, g) in enumerate(zip(tensors, grad_tensors, strict=True)):
+        if not t._requires_grad:
+            raise RuntimeError(
+                f"element {i} of tensors does not require grad and does not have a grad_fn"
+            )
+        if g is None:
+            if t.array.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs (got a tensor of "
+                    f"shape {tuple(t.shape)}); pass gradient= to backward()"
+                )
+            g_array = get_array_module(t.array).ones(t.array.shape, dtype=t.array.dtype)
+        else:
+            g_array = (g.array if isinstance(g, tensor_class)
+                       else np.asarray(g, dtype=t.array.dtype))
+            if g_array.dtype != t.array.dtype:
+                g_array = g_array.astype(t.array.dtype)
+            if tuple(g_array.shape) != tuple(t.array.shape):
+                raise RuntimeError(
+                    f"Mismatch in shape: grad_output[{i}] has a shape of {tuple(g_array.shape)} "
+                    f"and output[{i}] has a shape of {tuple(t.array.shape)}."
+                )
+        roots.append(t._gradient_edge())
+        grads.append(g_array)
+    run_backward(roots, grads, retain_graph=bool(retain_graph))
+
+
 def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> None:
     """Backpropagate ``root_grads`` (arrays) from ``roots`` (nodes) into the leaves."""
-    from ddp.tensor import Tensor
-
     dependencies, leaves = _discover(roots)
     task = GraphTask(leaves)
     previous = current_task()
@@ -129,7 +180,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
                 continue
             if node.pre_hooks:
                 for hook in tuple(node.pre_hooks.values()):
-                    result = hook(Tensor._from_op(grad, None))
+                    result = hook(tensor_type.Tensor._from_op(grad, None))
                     if result is not None:
                         grad = _array_of(result, "a tensor hook")
             if node._had_saved and node._saved is None:

@@ -25,6 +25,7 @@ import itertools
 
 import numpy as np
 
+from ddp.autograd import tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled
 
 _sequence = itertools.count()  # creation order of nodes: the engine runs later nodes first
@@ -70,8 +71,7 @@ class AccumulateGrad(Node):
         ``.grad`` stays as it is, and the post-accumulate hooks still fire, so that code waiting
         for every reachable leaf (DDP's buckets) is not left waiting.
         """
-        from ddp.tensor import Tensor
-
+        tensor_class = tensor_type.Tensor
         var = self.variable
         if grad is None:
             for hook in tuple(var._post_accumulate_hooks.values()):
@@ -80,7 +80,7 @@ class AccumulateGrad(Node):
         if var._grad_hooks:
             owned = False  # a hook may keep the tensor it was given: never adopt that array
             for hook in tuple(var._grad_hooks.values()):
-                result = hook(Tensor._from_op(grad, None))
+                result = hook(tensor_class._from_op(grad, None))
                 if result is not None:
                     grad = _array_of(result, "a tensor hook")
         if grad.shape != var.array.shape:
@@ -91,7 +91,7 @@ class AccumulateGrad(Node):
         if grad.dtype != var.array.dtype:
             grad, owned = grad.astype(var.array.dtype), True
         if var.grad is None:
-            var.grad = Tensor(grad if owned else grad.copy())
+            var.grad = tensor_class(grad if owned else grad.copy())
         else:
             var.grad.array += grad
         for hook in tuple(var._post_accumulate_hooks.values()):
@@ -142,14 +142,14 @@ class Function(Node):
 
         Positional arguments may be tensors or plain values; keyword arguments are plain values.
         """
-        tensor_type = _Tensor or _tensor_class()
+        tensor_class = tensor_type.Tensor
         ctx = cls()
         record = is_grad_enabled()
         arrays = []
         needs = edges = None
         first = None
         for i, arg in enumerate(args):
-            if isinstance(arg, tensor_type):
+            if isinstance(arg, tensor_class):
                 array = arg.array
                 if first is None:
                     first = array
@@ -168,32 +168,17 @@ class Function(Node):
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
         out = cls.forward(ctx, *arrays, **kwargs)
-        return tensor_type._from_op(out, None if needs is None else ctx)
-
-
-_Tensor = None  # ddp.tensor.Tensor, bound on first use (ddp.tensor imports this module)
-
-
-def _tensor_class():
-    global _Tensor
-    from ddp.tensor import Tensor
-
-    _Tensor = Tensor
-    return Tensor
+        return tensor_class._from_op(out, None if needs is None else ctx)
 
 
 def _array_of(value, what: str):
-    from ddp.tensor import Tensor
-
-    if isinstance(value, Tensor):
+    if isinstance(value, tensor_type.Tensor):
         return value.array
     raise TypeError(f"{what} must return a Tensor or None, got {type(value).__name__}")
 
 
 def _raise_device_mismatch(cls, args) -> None:
-    from ddp.tensor import Tensor
-
-    devices = [str(a.device) for a in args if isinstance(a, Tensor)]
+    devices = [str(a.device) for a in args if isinstance(a, tensor_type.Tensor)]
     raise RuntimeError(
         f"Expected all tensors to be on the same device, but found at least two devices in "
         f"{cls.__name__}: {', '.join(dict.fromkeys(devices))}"

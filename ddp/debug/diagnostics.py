@@ -27,6 +27,13 @@ import threading
 import warnings
 import weakref
 
+from ddp.autograd import engine
+from ddp.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from ddp.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
 _handles: list = []
 _local = threading.local()
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,16 +72,6 @@ def enable() -> None:
     """Install the diagnostics (idempotent); ``DDP_DEBUG=1`` does this when ddp is imported."""
     if _handles:
         return
-    from ddp.autograd import engine
-    from ddp.nn.modules.module import (
-        register_module_forward_hook,
-        register_module_forward_pre_hook,
-    )
-    from ddp.optim.optimizer import (
-        register_optimizer_step_post_hook,
-        register_optimizer_step_pre_hook,
-    )
-
     _handles.extend([
         engine.register_backward_start_hook(_backward_start_hook),
         register_module_forward_pre_hook(_forward_pre_hook),

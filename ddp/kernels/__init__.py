@@ -4,9 +4,10 @@ ops, nn and optim call these functions and never pick an implementation themselv
 
     y, saved = kernels.gelu_forward(x, "none")     # one CUDA launch on a GPU
 
-On NumPy arrays each function runs ``ddp.kernels.reference`` (the composed maths the CPU code
-uses); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and for ``matmul`` and
-``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``. ``DDP_FUSED_KERNELS=0``
+On NumPy arrays each function runs ``ddp.kernels.reference``, which is the CPU code (the ops
+hold no copy of its formulas); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and
+for ``matmul`` and ``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``.
+``DDP_FUSED_KERNELS=0``
 makes GPU arrays take the reference path too (for A/B timing and debugging);
 ``DDP_CUBLAS_DIRECT=0`` sends only the matrix products back to ``cupy.matmul``.
 """
@@ -17,27 +18,18 @@ import numpy as np
 
 from ddp import config
 from ddp.backend import is_cupy_array
-from ddp.kernels import reference
+from ddp.kernels import cuda, cuda_gemm, reference  # cuda*: CuPy is imported on first launch
 
 FUSED: bool = config.get("DDP_FUSED_KERNELS")  # read at import; tests patch the constant
 
 
-_cuda = None  # ddp.kernels.cuda, imported on first use on a GPU array
-_cuda_gemm = None
-
-
 def _impl(array):
     """The implementation module for ``array``: ``reference`` unless a fused kernel applies."""
-    global _cuda
     if type(array) is np.ndarray or not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
         return reference
     if not is_cupy_array(array):
         return reference
-    if _cuda is None:
-        from ddp.kernels import cuda
-
-        _cuda = cuda
-    return _cuda
+    return cuda
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
@@ -73,22 +65,33 @@ def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: li
 
 def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: float,
                      weight_decay: float, momentum: float, dampening: float, nesterov: bool,
-                     maximize: bool) -> bool:
-    """SGD over same-dtype GPU tensors in one launch; returns False (doing nothing) where no
-    fused kernel applies (CPU arrays, a missing momentum buffer, non-contiguous arrays)."""
+                     maximize: bool) -> None:
+    """One SGD step over lists of tensors, in place (see ``reference.sgd_update_multi``).
+
+    ``momentum_buffers[i]`` None before the first step with momentum is replaced by the new
+    buffer; the list may be empty when ``momentum == 0``. On a GPU one launch for all tensors
+    when they share a dtype and a device, are contiguous and have their buffers; otherwise the
+    reference, tensor by tensor.
+    """
+    hyper = {"lr": float(lr), "weight_decay": float(weight_decay), "momentum": float(momentum),
+             "dampening": float(dampening), "nesterov": bool(nesterov),
+             "maximize": bool(maximize)}
+    if _sgd_fusable(params, grads, momentum_buffers, momentum):
+        cuda.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+    else:
+        reference.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+
+
+def _sgd_fusable(params, grads, momentum_buffers, momentum) -> bool:
     if not params or _impl(params[0]) is reference:
+        return False
+    first = params[0]
+    if any(type(p) is np.ndarray or p.dtype != first.dtype or p.device != first.device
+           for p in params):
         return False
     if momentum != 0 and any(b is None for b in momentum_buffers):
         return False
-    if not _all_contiguous(params, grads, momentum_buffers if momentum != 0 else []):
-        return False
-    from ddp.kernels import cuda
-
-    cuda.sgd_update_multi(params, grads, momentum_buffers, lr=float(lr),
-                          weight_decay=float(weight_decay), momentum=float(momentum),
-                          dampening=float(dampening), nesterov=bool(nesterov),
-                          maximize=bool(maximize))
-    return True
+    return _all_contiguous(params, grads, momentum_buffers if momentum != 0 else [])
 
 
 def _all_contiguous(*lists) -> bool:
@@ -97,14 +100,9 @@ def _all_contiguous(*lists) -> bool:
 
 def matmul(a, b):
     """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm)."""
-    global _cuda_gemm
     if type(a) is np.ndarray or not FUSED:
         return a @ b
-    if _cuda_gemm is None:
-        from ddp.kernels import cuda_gemm
-
-        _cuda_gemm = cuda_gemm
-    out = _cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
+    out = cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
     return a @ b if out is None else out
 
 

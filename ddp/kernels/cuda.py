@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 
-from ddp.backend import cupy_module
+import numpy as np
+
+from ddp.backend import cupy_module, cupy_unavailable_reason
+from ddp.kernels import cuda_gemm
 from ddp.kernels import reference as ref
 
 
 def _cp():
     cp = cupy_module()
     if cp is None:  # dispatch never calls here without CuPy; this guards direct use
-        from ddp.backend import cupy_unavailable_reason
-
         raise RuntimeError(f"fused CUDA kernels need CuPy: {cupy_unavailable_reason()}")
     return cp
 
@@ -130,8 +131,6 @@ def _device_table(values: list[int]):
     if table is None:
         if len(_TABLES) >= 8:
             _TABLES.pop(next(iter(_TABLES)))
-        import numpy as np
-
         table = _TABLES[key] = cp.asarray(np.asarray(values, dtype=np.int64))
     return table
 
@@ -189,8 +188,6 @@ def sgd_update_multi(params, grads, momentum_buffers, *, lr, weight_decay, momen
 
 def column_sums(x2):
     """Sums over the rows of a 2-D ``x2``: one cuBLAS GEMV (``ddp.kernels.cuda_gemm``)."""
-    from ddp.kernels import cuda_gemm
-
     return cuda_gemm.column_sums(x2)
 
 

@@ -1,20 +1,29 @@
-"""NumPy reference implementations of the fused kernels (the CPU path, and the GPU tests' oracle).
+"""NumPy reference implementations of the fused kernels: the CPU path, and the GPU tests' oracle.
 
 Each function does the same arithmetic, in the same order, as its CUDA kernel in
 ``ddp.kernels.cuda``; all work on any array module (``xp``) so the GPU tests can run the
-reference on CuPy arrays too.
+reference on CuPy arrays too, and the GPU runs them where no fused kernel applies. The ops
+(``ddp.ops``, ``ddp.nn._functions``) call these through ``ddp.kernels`` and hold no copy of the
+formulas. On float32 NumPy arrays GELU walks the same formulas in cache-sized blocks on
+``OMP_NUM_THREADS`` threads (``_gelu_float32``), with the float32 form of erf of
+``ddp.kernels.erf``.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ddp.backend import get_array_module
+from ddp.kernels.erf import erf, erf_float32_range, float32_work_buffers
+from ddp.kernels.parallel import for_ranges
 
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_TANH_C = 0.044715
+_BLOCK = 1 << 15  # elements per block of the float32 GELU: its work buffers stay in cache
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, *, step: float, lr: float, beta1: float,
@@ -60,38 +69,137 @@ def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, **hyper) -> None:
         adam_update(p, g, m, v, **hyper)
 
 
+def sgd_update_multi(params, grads, momentum_buffers, *, lr: float, weight_decay: float,
+                     momentum: float, dampening: float, nesterov: bool, maximize: bool) -> None:
+    """One SGD step (torch's formulas) in place on each of ``params``.
+
+    ``momentum_buffers[i]`` is None before the first step with momentum: it becomes a copy of
+    this step's gradient; afterwards it is updated in place. With ``momentum == 0`` the list is
+    neither read nor changed (it may be empty). A step allocates at most the scratch arrays
+    that weight decay, dampening and Nesterov need. This is the one CPU implementation:
+    ``ddp.optim`` calls it for every NumPy parameter (one loop, no call per tensor).
+    """
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        xp = get_array_module(param)
+        owned = False  # whether ``grad`` is a scratch array this step may overwrite
+        if maximize:
+            grad = xp.negative(grad)
+            owned = True
+        if weight_decay != 0:
+            decayed = xp.multiply(param, weight_decay)
+            decayed += grad
+            grad, owned = decayed, True
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            if buf is None:
+                buf = grad if owned else grad.copy()
+                owned = False
+                momentum_buffers[i] = buf
+            else:
+                buf *= momentum
+                if dampening == 0:
+                    buf += grad
+                else:
+                    scaled = xp.multiply(grad, 1.0 - dampening)
+                    buf += scaled
+            if nesterov:
+                ahead = xp.multiply(buf, momentum)
+                if owned:
+                    grad += ahead
+                else:
+                    ahead += grad
+                    grad, owned = ahead, True
+            else:
+                grad, owned = buf, False
+        if owned:
+            grad *= lr
+            param -= grad
+        else:
+            param -= xp.multiply(grad, lr)
+
+
 def column_sums(x2):
     """Sums over the rows of a 2-D ``x2`` (a bias gradient): shape ``(x2.shape[1],)``."""
     return x2.sum(axis=0)
 
 
 def gelu_forward(x, approximate: str):
-    """``(y, saved)``: GELU of ``x`` and what backward needs (Phi(x), or tanh(inner))."""
+    """``(y, saved)``: GELU of ``x`` and what backward needs (Phi(x), or tanh(inner)).
+
+    ``approximate`` "none": ``y = x * Phi(x)``, Phi the standard normal CDF; "tanh":
+    ``y = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))``.
+    """
     xp = get_array_module(x)
     if approximate == "tanh":
         t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
         return 0.5 * x * (1.0 + t), t
-    from ddp.nn._functions.erf import erf
-
+    if type(x) is np.ndarray and x.dtype == np.float32:
+        return _gelu_float32(x)
     cdf = erf(x * SQRT_HALF)
+    return _gelu_from_erf(x, cdf), cdf
+
+
+def _gelu_from_erf(x, cdf, out=None):
+    """``x * Phi(x)``, turning ``cdf`` = erf(x / sqrt(2)) into Phi(x) in place on the way."""
     cdf += 1.0
     cdf *= 0.5
-    return x * cdf, cdf
+    return get_array_module(x).multiply(x, cdf, out=out)
+
+
+def _gelu_float32(x):
+    """``gelu_forward`` of a float32 NumPy array: cache-sized blocks, on all threads."""
+    flat = x.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    cdf = np.empty(flat.shape, dtype=np.float32)
+
+    def kernel(begin, end):
+        buffers = float32_work_buffers(min(_BLOCK, end - begin))
+        for start in range(begin, end, _BLOCK):
+            stop = min(start + _BLOCK, end)
+            erf_float32_range(flat, cdf, start, stop, SQRT_HALF, buffers)
+            _gelu_from_erf(flat[start:stop], cdf[start:stop], out=out[start:stop])
+
+    for_ranges(flat.size, kernel)
+    return out.reshape(x.shape), cdf.reshape(x.shape)
 
 
 def gelu_backward(grad, x, saved, approximate: str):
-    """d GELU / dx times ``grad``, from ``gelu_forward``'s ``saved``."""
+    """d GELU / dx times ``grad``, from ``gelu_forward``'s ``saved``; in ``x``'s dtype."""
     xp = get_array_module(x)
     if approximate == "tanh":
         t = saved
         dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
         return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
-    pdf = xp.exp(-0.5 * x * x)
-    pdf *= x
-    pdf *= INV_SQRT_2PI
-    pdf += saved
-    pdf *= grad
-    return pdf
+    if type(x) is np.ndarray and x.dtype == np.float32 and grad.dtype == np.float32:
+        return _gelu_backward_float32(grad, x, saved)
+    return _gelu_grad(grad, x, saved, xp.empty(x.shape, dtype=x.dtype))
+
+
+def _gelu_grad(grad, x, cdf, out):
+    """``out = grad * (Phi(x) + x * phi(x))``, phi the standard normal density: d/dx x Phi(x)."""
+    xp = get_array_module(x)
+    xp.multiply(x, x, out=out)
+    out *= -0.5
+    xp.exp(out, out=out)
+    out *= x
+    out *= INV_SQRT_2PI
+    out += cdf
+    out *= grad
+    return out
+
+
+def _gelu_backward_float32(grad, x, cdf):
+    """``gelu_backward`` of float32 NumPy arrays: cache-sized blocks, on all threads."""
+    g, flat, c = (np.ascontiguousarray(a).reshape(-1) for a in (grad, x, cdf))
+    out = np.empty(flat.shape, dtype=np.float32)
+
+    def kernel(begin, end):
+        for start in range(begin, end, _BLOCK):
+            stop = min(start + _BLOCK, end)
+            _gelu_grad(g[start:stop], flat[start:stop], c[start:stop], out[start:stop])
+
+    for_ranges(flat.size, kernel)
+    return out.reshape(grad.shape)
 
 
 def layer_norm_forward(x2, weight, bias, eps: float):
@@ -120,27 +228,29 @@ def layer_norm_backward_input(grad2, xhat, rstd, weight):
     return gh
 
 
-def softmax_forward(x2):
-    """Row softmax of a 2-D ``x2``."""
-    xp = get_array_module(x2)
-    e = x2 - x2.max(axis=1, keepdims=True)
+def softmax_forward(x, axis: int = -1):
+    """Softmax of ``x`` along ``axis`` (the fused kernel: rows of a 2-D ``x``)."""
+    xp = get_array_module(x)
+    e = x - x.max(axis=axis, keepdims=True)
     xp.exp(e, out=e)
-    e /= e.sum(axis=1, keepdims=True)
+    e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
-def softmax_backward(grad2, y2):
-    """Input gradient of the row softmax ``y2``: ``y * (grad - sum(grad * y))`` per row."""
-    dot = (grad2 * y2).sum(axis=1, keepdims=True)
-    gx = grad2 - dot
-    gx *= y2
+def softmax_backward(grad, y, axis: int = -1):
+    """Input gradient of the softmax ``y`` along ``axis``: ``y * (grad - sum(grad * y))``."""
+    dot = (grad * y).sum(axis=axis, keepdims=True)
+    gx = grad - dot
+    gx *= y
     return gx
 
 
-def softmax_nll(x2, target):
+def softmax_nll(x2, target, return_logits: bool = False):
     """Row softmax of ``x2`` (M, C) and ``logsumexp(row) - row[target]`` per row: ``(p, nll)``.
 
     ``target`` holds valid class indices (callers replace ignored ones by 0 and mask).
+    ``return_logits`` appends ``shifted`` (each row minus its maximum) and ``lse`` (each row's
+    log-sum-exp of ``shifted``), which label smoothing needs; the fused kernel has no such form.
     """
     xp = get_array_module(x2)
     shifted = x2 - x2.max(axis=1, keepdims=True)
@@ -149,4 +259,6 @@ def softmax_nll(x2, target):
     lse = xp.log(s)[:, 0]
     nll = lse - shifted[xp.arange(x2.shape[0]), target]
     e /= s
+    if return_logits:
+        return e, nll, shifted, lse
     return e, nll

@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import ops
+from ddp.backend import get_array_module
+from ddp.kernels.erf import erf as _erf_array
 from ddp.nn._functions import activation as _act
 from ddp.nn._functions import conv as _conv
 from ddp.nn._functions import linear as _lin
 from ddp.nn._functions import loss as _loss
 from ddp.nn._functions import normalization as _norm
 from ddp.nn._functions import pooling as _pool
-from ddp.nn._functions.erf import erf as _erf_array
 from ddp.ops._util import normalize_dim
 from ddp.tensor import Tensor
 
@@ -68,8 +69,6 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def _min_max(array) -> tuple[int, int]:
     if isinstance(array, np.ndarray):
         return int(array.min()), int(array.max())
-    from ddp.backend import get_array_module
-
     low, high = get_array_module(array).stack((array.min(), array.max())).tolist()
     return int(low), int(high)
 

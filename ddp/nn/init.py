@@ -11,6 +11,7 @@ import math
 from ddp import random
 from ddp.autograd.grad_mode import no_grad
 from ddp.device import device_of, move_array
+from ddp.kernels.erf import erfinv
 from ddp.tensor import Tensor
 
 __all__ = [
@@ -83,39 +84,14 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator=None)
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0, generator=None) -> Tensor:
     """Fill with N(mean, std**2) samples truncated to [a, b] (inverse-CDF method, as torch)."""
-    from ddp.nn._functions.erf import erf
-
     def norm_cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
     low, high = norm_cdf((a - mean) / std), norm_cdf((b - mean) / std)
     u = random.uniform_array(tensor.shape, 2 * low - 1, 2 * high - 1, "float64", generator)
-    values = _erfinv(u, erf) * (std * math.sqrt(2.0)) + mean
+    values = erfinv(u) * (std * math.sqrt(2.0)) + mean
     values = values.clip(a, b).astype(tensor.array.dtype)
     return _write(tensor, values)
-
-
-def _erfinv(y, erf):
-    """Inverse error function by Newton's method from Giles' single-precision start."""
-    import numpy as np
-
-    w = -np.log((1.0 - y) * (1.0 + y))
-    small = w < 5.0
-    ws = w - 2.5
-    wl = np.sqrt(np.maximum(w, 5.0)) - 3.0
-    ps = 2.81022636e-08
-    for c in (3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087, -0.00125372503,
-              -0.00417768164, 0.246640727, 1.50140941):
-        ps = c + ps * ws
-    pl = -0.000200214257
-    for c in (0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773, -0.0076224613,
-              0.00943887047, 1.00167406, 2.83297682):
-        pl = c + pl * wl
-    x = np.where(small, ps, pl) * y
-    for _ in range(2):
-        err = erf(x) - y
-        x = x - err / (2.0 / math.sqrt(math.pi) * np.exp(-x * x))
-    return x
 
 
 def constant_(tensor: Tensor, val: float) -> Tensor:

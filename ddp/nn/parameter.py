@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddp.creation import empty
 from ddp.tensor import Tensor
 
 
@@ -14,8 +15,6 @@ class Parameter(Tensor):
 
     def __init__(self, data: Tensor | None = None, requires_grad: bool = True):
         if data is None:
-            from ddp.creation import empty
-
             data = empty(0)
         if isinstance(data, Tensor):
             data = data.array

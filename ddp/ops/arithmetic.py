@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import dtypes, kernels
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
-from ddp.ops._util import binary_operands, cast_tensor, unbroadcast
+from ddp.ops._util import unbroadcast
+from ddp.ops.promotion import binary_operands, cast_tensor
+from ddp.ops.unary import trunc
 
 
 class Add(Function):
@@ -245,8 +248,6 @@ def div(a, b, rounding_mode=None):
     if rounding_mode == "floor":
         return FloorDivide.apply(a, b)
     if rounding_mode == "trunc":
-        from ddp.ops.unary import trunc
-
         return trunc(div(a, b))
     if a.array.dtype.kind != "f":
         a = cast_tensor(a, dtypes.default_float.np_dtype)
@@ -266,9 +267,8 @@ def remainder(a, b):
 
 def pow(a, b):  # noqa: A001
     """``a ** b``: a tensor to a Python number, a number to a tensor, or tensor to tensor."""
-    from ddp.tensor import Tensor
-
-    if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+    if (isinstance(a, tensor_type.Tensor) and isinstance(b, (int, float))
+            and not isinstance(b, bool)):
         if isinstance(b, float) and a.array.dtype.kind != "f":
             a = cast_tensor(a, dtypes.default_float.np_dtype)
         return PowScalar.apply(a, b)
@@ -282,9 +282,8 @@ def neg(a):
 
 def matmul(a, b):
     """Matrix product with NumPy's/torch's batching and 1-D rules."""
-    from ddp.tensor import Tensor
-
-    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+    tensor_class = tensor_type.Tensor
+    if not isinstance(a, tensor_class) or not isinstance(b, tensor_class):
         raise TypeError(
             f"matmul expects tensors, got {type(a).__name__} and {type(b).__name__}"
         )

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from ddp.autograd import tensor_type
 from ddp.backend import get_array_module
-from ddp.ops._util import binary_operands
+from ddp.ops.promotion import binary_operands
 
 
 def _wrap(array):
-    from ddp.tensor import Tensor
-
-    return Tensor._from_op(array, None)
+    return tensor_type.Tensor._from_op(array, None)
 
 
 def _compare(name: str):
     def op(a, b):
-        from ddp.tensor import Tensor
-
-        if not isinstance(b, (Tensor, int, float, bool)) and not hasattr(b, "shape"):
+        if not isinstance(b, (tensor_type.Tensor, int, float, bool)) and not hasattr(b, "shape"):
             return NotImplemented if name in ("equal", "not_equal") else _type_error(name, b)
         a, b = binary_operands(a, b)
         return _wrap(getattr(get_array_module(a.array), name)(a.array, b.array))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.device import device_of, move_array
+from ddp.ops._util import unbroadcast
 
 
 class Cast(Function):
@@ -57,8 +59,6 @@ class CopyInto(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from ddp.ops._util import unbroadcast
-
         return None, unbroadcast(grad, ctx.src_shape).astype(ctx.src_dtype, copy=False)
 
 
@@ -75,9 +75,7 @@ class FullLike(Function):
 def cast(a, np_dtype):
     """``a`` converted to ``np_dtype``; only a floating result stays in the graph (as torch)."""
     if np_dtype.kind != "f" and a.requires_grad:
-        from ddp.tensor import Tensor
-
-        return Tensor._from_op(a.array.astype(np_dtype), None)
+        return tensor_type.Tensor._from_op(a.array.astype(np_dtype), None)
     return Cast.apply(a, np_dtype)
 
 

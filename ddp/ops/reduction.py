@@ -8,9 +8,14 @@ from collections import namedtuple
 import numpy as np
 
 from ddp import dtypes, kernels
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.kernels import reference
 from ddp.ops._util import normalize_dim, normalize_dims
+from ddp.ops.promotion import cast_tensor
+from ddp.ops.selection import maximum, minimum
+from ddp.ops.unary import sqrt
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
@@ -155,7 +160,8 @@ class MaxMinDim(Function):
 
 
 class Softmax(Function):
-    """Over the last dim: rows of a 2-D view through ``ddp.kernels`` (one launch on a GPU)."""
+    """The maths is ``ddp.kernels``': over the last dim, rows of a 2-D view (one launch on a
+    GPU); over another dim, the reference along that axis (no fused kernel for it)."""
 
     @staticmethod
     def forward(ctx, a, dim):
@@ -163,10 +169,7 @@ class Softmax(Function):
         if a.ndim and dim in (-1, a.ndim - 1) and a.dtype.kind == "f":
             e = kernels.softmax_forward(a.reshape(-1, a.shape[-1])).reshape(a.shape)
         else:
-            xp = get_array_module(a)
-            e = a - a.max(axis=dim, keepdims=True)
-            xp.exp(e, out=e)
-            e /= e.sum(axis=dim, keepdims=True)
+            e = reference.softmax_forward(a, axis=dim)
         ctx.save_for_backward(e)
         return e
 
@@ -177,11 +180,7 @@ class Softmax(Function):
             c = y.shape[-1]
             return kernels.softmax_backward(grad.reshape(-1, c), y.reshape(-1, c)).reshape(
                 y.shape), None
-        # y * (grad - sum(grad * y)): two fresh arrays instead of three
-        dot = (grad * y).sum(axis=ctx.dim, keepdims=True)
-        gx = grad - dot
-        gx *= y
-        return gx, None
+        return reference.softmax_backward(grad, y, axis=ctx.dim), None
 
 
 class LogSoftmax(Function):
@@ -226,8 +225,6 @@ class LogSumExp(Function):
 def _reduce_dtype(a):
     """Sums of bool/int tensors are int64, as in torch."""
     if a.array.dtype.kind in "bu" or a.array.dtype in (np.int8, np.int16, np.int32):
-        from ddp.ops._util import cast_tensor
-
         return cast_tensor(a, np.int64)
     return a
 
@@ -258,8 +255,6 @@ def var(a, dim=None, unbiased=None, keepdim=False, correction=None):
 
 
 def std(a, dim=None, unbiased=None, keepdim=False, correction=None):
-    from ddp.ops.unary import sqrt
-
     return sqrt(var(a, dim, unbiased=unbiased, keepdim=keepdim, correction=correction))
 
 
@@ -274,11 +269,7 @@ def min(a, dim=None, keepdim=False):  # noqa: A001
 
 
 def _max_min(a, dim, keepdim, take_max):
-    from ddp.tensor import Tensor
-
-    if isinstance(dim, Tensor):
-        from ddp.ops.selection import maximum, minimum
-
+    if isinstance(dim, tensor_type.Tensor):
         return maximum(a, dim) if take_max else minimum(a, dim)
     if a.array.size == 0:
         raise RuntimeError(
@@ -295,7 +286,8 @@ def _max_min(a, dim, keepdim, take_max):
         idx = xp.expand_dims(idx, d) if keepdim else idx
     else:
         idx = node.indices
-    return ValuesIndices(values, Tensor._from_op(idx.astype(np.int64, copy=False), None))
+    indices = tensor_type.Tensor._from_op(idx.astype(np.int64, copy=False), None)
+    return ValuesIndices(values, indices)
 
 
 def amax(a, dim=None, keepdim=False):
@@ -317,8 +309,7 @@ def argmin(a, dim=None, keepdim=False):
 
 
 def _arg(a, dim, keepdim, take_max):
-    from ddp.tensor import Tensor
-
+    tensor_class = tensor_type.Tensor
     xp = get_array_module(a.array)
     fn = xp.argmax if take_max else xp.argmin
     if dim is None:
@@ -330,7 +321,7 @@ def _arg(a, dim, keepdim, take_max):
         out = fn(a.array, axis=d)
         if keepdim:
             out = xp.expand_dims(out, d)
-    return Tensor._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
+    return tensor_class._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
 
 
 def softmax(a, dim=None, dtype=None):
@@ -367,7 +358,5 @@ def _softmax_dim(a, dim):
 
 
 def _maybe_cast(a, dtype):
-    from ddp.ops._util import cast_tensor
-
     np_dtype = dtypes.to_numpy_dtype(dtype)
     return a if a.array.dtype == np_dtype else cast_tensor(a, np_dtype)

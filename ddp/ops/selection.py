@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module, scalar_array
-from ddp.ops._util import binary_operands, normalize_dim, unbroadcast
+from ddp.ops._util import normalize_dim, unbroadcast
+from ddp.ops.promotion import binary_operands
 
 
 def normalize_index(index):
     """Replace tensors inside an index by their arrays (bool tensors stay masks)."""
-    from ddp.tensor import Tensor
-
-    if isinstance(index, Tensor):
+    tensor_class = tensor_type.Tensor
+    if isinstance(index, tensor_class):
         return index.array
     if isinstance(index, tuple):
-        return tuple(i.array if isinstance(i, Tensor) else i for i in index)
+        return tuple(i.array if isinstance(i, tensor_class) else i for i in index)
     if isinstance(index, list):
-        return np.asarray([i.item() if isinstance(i, Tensor) else i for i in index])
+        return np.asarray([i.item() if isinstance(i, tensor_class) else i for i in index])
     return index
 
 
@@ -195,11 +196,10 @@ def getitem(a, index):
 
 
 def index_put(a, index, value):
-    from ddp.tensor import Tensor
-
+    tensor_class = tensor_type.Tensor
     index = normalize_index(index)
-    if not isinstance(value, Tensor):
-        value = Tensor(get_array_module(a.array).asarray(value, dtype=a.array.dtype))
+    if not isinstance(value, tensor_class):
+        value = tensor_class(get_array_module(a.array).asarray(value, dtype=a.array.dtype))
     elif value.array.dtype != a.array.dtype:
         value = value.to(a.dtype)
     return IndexPut.apply(a, value, index)
@@ -207,30 +207,28 @@ def index_put(a, index, value):
 
 def where(condition, a=None, b=None):
     """Pick ``a`` where ``condition`` holds, else ``b`` (all broadcast together)."""
-    from ddp.tensor import Tensor
-
+    tensor_class = tensor_type.Tensor
     if a is None and b is None:
-        return tuple(Tensor(i.astype(np.int64)) for i in get_array_module(
+        return tuple(tensor_class(i.astype(np.int64)) for i in get_array_module(
             condition.array).nonzero(condition.array))
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+    if not isinstance(a, tensor_class) and not isinstance(b, tensor_class):
         raise TypeError("where(): at least one of the values must be a Tensor")
     a, b = binary_operands(a, b)
-    cond = condition.array if isinstance(condition, Tensor) else np.asarray(condition)
+    cond = condition.array if isinstance(condition, tensor_class) else np.asarray(condition)
     if cond.dtype != np.bool_:
         raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor "
                            f"with dtype {cond.dtype}")
-    return Where.apply(Tensor._from_op(cond, None), a, b)
+    return Where.apply(tensor_class._from_op(cond, None), a, b)
 
 
 def masked_fill(a, mask, value):
     """Set positions where ``mask`` (bool, broadcastable to ``a``) is True to ``value``."""
-    from ddp.tensor import Tensor
-
-    m = mask.array if isinstance(mask, Tensor) else np.asarray(mask)
+    tensor_class = tensor_type.Tensor
+    m = mask.array if isinstance(mask, tensor_class) else np.asarray(mask)
     if m.dtype != np.bool_:
         raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype "
                            f"{m.dtype}")
-    if isinstance(value, Tensor):
+    if isinstance(value, tensor_class):
         value = value.item()
     try:
         np.broadcast_shapes(m.shape, a.array.shape)
@@ -239,7 +237,7 @@ def masked_fill(a, mask, value):
             f"The size of the mask {tuple(m.shape)} must be broadcastable to the tensor of shape "
             f"{tuple(a.array.shape)}"
         ) from None
-    return MaskedFill.apply(a, Tensor._from_op(m, None), value)
+    return MaskedFill.apply(a, tensor_class._from_op(m, None), value)
 
 
 def gather(a, dim, index):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
-from ddp.ops._util import normalize_dim, shape_arg
+from ddp.ops._util import normalize_dim, shape_arg, unbroadcast
+from ddp.ops.promotion import cast_tensor, promote
 
 
 class Reshape(Function):
@@ -47,8 +48,6 @@ class Expand(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from ddp.ops._util import unbroadcast
-
         return unbroadcast(grad, ctx.shape), None
 
 
@@ -340,8 +339,6 @@ def stack(tensors, dim=0):
 
 
 def _common_dtype(tensors):
-    from ddp.ops._util import cast_tensor, promote
-
     target = tensors[0].array.dtype
     for t in tensors[1:]:
         target = promote(target, t.array.dtype)

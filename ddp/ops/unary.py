@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from ddp import dtypes
+from ddp.autograd import tensor_type
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.ops.promotion import cast_tensor
+from ddp.ops.selection import maximum, minimum
 
 
 def _float_input(a):
     """Integer tensors become the default float dtype before a transcendental function."""
     if a.array.dtype.kind in "biu":
-        from ddp.ops._util import cast_tensor
-
         return cast_tensor(a, dtypes.default_float.np_dtype)
     return a
 
@@ -218,13 +219,9 @@ def relu(a):
 
 def clamp(a, min=None, max=None):  # noqa: A002
     """Clip to ``[min, max]``; the gradient passes where the input lies within the bounds."""
-    from ddp.tensor import Tensor
-
     if min is None and max is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
-    if isinstance(min, Tensor) or isinstance(max, Tensor):
-        from ddp.ops.selection import maximum, minimum
-
+    if isinstance(min, tensor_type.Tensor) or isinstance(max, tensor_type.Tensor):
         out = a
         if min is not None:
             out = maximum(out, min)

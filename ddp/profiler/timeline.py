@@ -29,6 +29,13 @@ import time
 from collections.abc import Iterator
 
 from ddp import config
+from ddp.autograd import engine
+from ddp.distributed import api
+from ddp.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from ddp.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 _enabled = False
 _directory: str | None = None
@@ -71,8 +78,6 @@ def _now_us() -> float:
 def _current_rank() -> int:
     """The calling thread's world rank: the default group's, else the launcher's, else 0."""
     try:
-        from ddp.distributed import api
-
         group = api._current()
         if group is not None:
             return group.global_ranks[group.rank()]
@@ -100,16 +105,6 @@ def enable(directory: str | os.PathLike) -> None:
     _directory = os.fspath(directory)
     if _enabled:
         return
-    from ddp.autograd import engine
-    from ddp.nn.modules.module import (
-        register_module_forward_hook,
-        register_module_forward_pre_hook,
-    )
-    from ddp.optim.optimizer import (
-        register_optimizer_step_post_hook,
-        register_optimizer_step_pre_hook,
-    )
-
     _handles.extend([
         register_module_forward_pre_hook(_forward_pre_hook),
         register_module_forward_hook(_forward_hook),

@@ -4,6 +4,7 @@ per rank for BLAS and ddp's elementwise pool."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,7 @@ def test_bare_mpiexec_ranks_get_their_share_of_the_node(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     share = max(1, len(os.sched_getaffinity(0)) // 2)
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    # The ranks' lines may arrive interleaved on one line of mpiexec's output: match records.
+    lines = sorted(re.findall(r"rank \d+ local \d+ pool \d+ blas \[[\d, ]*\]", proc.stdout))
     assert lines == [f"rank {r} local {r} pool {share} blas [{share}]" for r in range(2)], \
         proc.stdout + proc.stderr

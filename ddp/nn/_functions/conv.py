@@ -56,12 +56,9 @@ def _windows(xp_arr, kernel, stride, dilation):
     ho = (h - dh * (kh - 1) - 1) // sh + 1
     wo = (w - dw * (kw - 1) - 1) // sw + 1
     s = xp_arr.strides
-    xp = get_array_module(xp_arr)
     shape = (n, c, ho, wo, kh, kw)
     strides = (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw)
-    if xp is not np:  # CuPy's as_strided has no ``writeable`` argument
-        return xp.lib.stride_tricks.as_strided(xp_arr, shape, strides)
-    return np.lib.stride_tricks.as_strided(xp_arr, shape, strides, writeable=False)
+    return _as_strided(xp_arr, shape, strides)
 
 
 def _col2im(dwin, padded_shape, stride, dilation, dtype, xp):

@@ -6,11 +6,10 @@ and flattened to ``(M, C)`` inside the node, so the graph holds one node per los
 
 from __future__ import annotations
 
-import numpy as np
-
 from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.kernels import reference
 from ddp.ops._util import unbroadcast
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -86,33 +85,23 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
-        xp = get_array_module(x)
         x2, sample_shape = _flatten_classes(x)
-        m, c = x2.shape
+        c = x2.shape[1]
         safe, w_t, valid = _prepare_targets(target, sample_shape, c, ignore_index, weight,
                                             x.dtype)
         eps = label_smoothing
-        if xp is not np and eps == 0.0:  # GPU: softmax and NLL in one fused launch
+        if eps == 0.0:  # the reference on a CPU, one fused launch on a GPU
             e, nll = kernels.softmax_nll(x2, safe)
-            ctx.save_for_backward(e, safe, w_t, valid, weight)
-            ctx.x_shape = x.shape
-            ctx.reduction = reduction
-            ctx.eps = eps
-            return _reduce(nll * w_t, w_t, reduction, sample_shape, ctx)
-        shifted = x2 - x2.max(axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        s = e.sum(axis=1, keepdims=True)
-        lse = xp.log(s)[:, 0]
-        rows = xp.arange(m)
-        per_sample = (lse - shifted[rows, safe]) * w_t
-        if eps > 0.0:
+            per_sample = nll * w_t
+        else:  # smoothing also needs the shifted logits: the reference on both devices
+            e, nll, shifted, lse = reference.softmax_nll(x2, safe, return_logits=True)
+            per_sample = nll * w_t
             if weight is None:
                 smooth = c * lse - shifted.sum(axis=1)
             else:
                 smooth = lse * weight.sum() - shifted @ weight
             per_sample *= 1.0 - eps
             per_sample += (eps / c) * (smooth * valid)
-        e /= s  # e is now the softmax
         ctx.save_for_backward(e, safe, w_t, valid, weight)
         ctx.x_shape = x.shape
         ctx.reduction = reduction

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ddp import ops
 from ddp.tensor import Tensor
 
 _NOT_NUMERIC = re.compile(r"[SaUO]")
@@ -31,8 +32,6 @@ def default_collate(batch: list[Any]) -> Any:
         KeyError: dict samples with different keys.
         ValueError: an empty batch.
     """
-    from ddp import ops
-
     if len(batch) == 0:
         raise ValueError("default_collate: got an empty batch")
     elem = batch[0]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sized
 
+from ddp import distributed as dist
+from ddp.random import Generator, permutation_array
+
 
 class DistributedSampler:
     """Restrict data loading to a rank's share of the dataset, as ``torch``'s sampler does.
@@ -34,8 +37,6 @@ class DistributedSampler:
     def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
         if num_replicas is None or rank is None:
-            from ddp import distributed as dist
-
             if num_replicas is None:
                 num_replicas = dist.get_world_size()
             if rank is None:
@@ -64,8 +65,6 @@ class DistributedSampler:
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
         if self.shuffle:
-            from ddp.random import Generator, permutation_array
-
             generator = Generator().manual_seed(self.seed + self.epoch)
             indices = permutation_array(n, generator).tolist()
         else:
