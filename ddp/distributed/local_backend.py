@@ -17,8 +17,8 @@ class LocalProcessGroup(ProcessGroup):
 
     backend = "local"
 
-    def __init__(self, name: str = "WORLD"):
-        super().__init__(0, 1, [0], name)
+    def __init__(self, name: str = "WORLD", *, check_collectives: bool = True):
+        super().__init__(0, 1, [0], name, check_collectives=check_collectives)
 
     def _verify(self, description: str) -> None:
         pass
@@ -44,8 +44,8 @@ class LocalProcessGroup(ProcessGroup):
     def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
         return obj
 
-    def _dup(self, desc: str) -> ProcessGroup:
-        return LocalProcessGroup(self.name + ".dup")
+    def _dup(self, desc: str, check_collectives: bool) -> ProcessGroup:
+        return LocalProcessGroup(self.name + ".dup", check_collectives=check_collectives)
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
         return LocalProcessGroup(f"group{ranks}")

@@ -85,8 +85,9 @@ class MPIProcessGroup(ProcessGroup):
     backend = "mpi"
 
     def __init__(self, comm, global_ranks: list[int], name: str = "WORLD",
-                 local_rank: int | None = None):
-        super().__init__(comm.Get_rank(), comm.Get_size(), global_ranks, name)
+                 local_rank: int | None = None, *, check_collectives: bool = True):
+        super().__init__(comm.Get_rank(), comm.Get_size(), global_ranks, name,
+                         check_collectives=check_collectives)
         self.comm = comm
         self.local_rank = local_rank
         self._header = np.empty(2, dtype=np.int64)
@@ -194,11 +195,12 @@ class MPIProcessGroup(ProcessGroup):
         with self._watched(desc or f"broadcast_object(src={src})"):
             return self.comm.bcast(obj, root=src)
 
-    def _dup(self, desc: str) -> ProcessGroup:
+    def _dup(self, desc: str, check_collectives: bool) -> ProcessGroup:
         self._verify(desc)
         with self._watched(desc):
             comm = self.comm.Dup()
-        return MPIProcessGroup(comm, self.global_ranks, self.name + ".dup", self.local_rank)
+        return MPIProcessGroup(comm, self.global_ranks, self.name + ".dup", self.local_rank,
+                               check_collectives=check_collectives)
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
         self._verify(desc)

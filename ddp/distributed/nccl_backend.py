@@ -64,9 +64,9 @@ class NCCLProcessGroup(ProcessGroup):
     backend = "nccl"
 
     def __init__(self, mpi_group: MPIProcessGroup, device_index: int | None = None,
-                 name: str | None = None):
+                 name: str | None = None, *, check_collectives: bool = True):
         super().__init__(mpi_group.rank(), mpi_group.size(), mpi_group.global_ranks,
-                         name or mpi_group.name)
+                         name or mpi_group.name, check_collectives=check_collectives)
         cp = cupy_module()
         nccl = nccl_module()
         self.mpi = mpi_group
@@ -202,8 +202,9 @@ class NCCLProcessGroup(ProcessGroup):
     def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
         return self.mpi._broadcast_object(obj, src, desc)
 
-    def _dup(self, desc: str) -> ProcessGroup:
-        return NCCLProcessGroup(self.mpi._dup(desc), self.device_index, self.name + ".dup")
+    def _dup(self, desc: str, check_collectives: bool) -> ProcessGroup:
+        return NCCLProcessGroup(self.mpi._dup(desc, False), self.device_index,
+                                self.name + ".dup", check_collectives=check_collectives)
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
         sub = self.mpi._new_subgroup(ranks, desc)

@@ -57,22 +57,29 @@ def _check_array(array, what: str) -> None:
 class ProcessGroup:
     """Base of all process groups; see the module docstring.
 
+    Args:
+        rank: this process's rank within the group.
+        size: the number of ranks.
+        global_ranks: the world rank of each member, indexed by group rank.
+        name: a label used in error messages.
+        check_collectives: verify before each collective that all ranks issued the same one.
+            Fixed for the group's lifetime and the same on all ranks; a group made by
+            ``dup(description=...)`` has it off (see :meth:`dup`).
+
     Attributes:
-        check_collectives: verify before each collective that all ranks issued the same one
-            (default True). DDP turns it off on its own group after checking its bucket layout
-            once with :meth:`verify`. Must be set identically on all ranks.
         global_ranks: the world rank of each member, indexed by group rank.
         name: a label used in error messages.
     """
 
     backend = "base"
 
-    def __init__(self, rank: int, size: int, global_ranks: list[int], name: str = "WORLD"):
+    def __init__(self, rank: int, size: int, global_ranks: list[int], name: str = "WORLD", *,
+                 check_collectives: bool = True):
         self._rank = rank
         self._size = size
         self.global_ranks = list(global_ranks)
         self.name = name
-        self.check_collectives = True
+        self._check_collectives = bool(check_collectives)
         self._seq = 0
 
     def __repr__(self) -> str:
@@ -80,6 +87,11 @@ class ProcessGroup:
             f"<{type(self).__name__} {self.name!r} backend={self.backend} "
             f"rank={self._rank} size={self._size}>"
         )
+
+    @property
+    def check_collectives(self) -> bool:
+        """Whether each collective first checks that all ranks issued the same one (read-only)."""
+        return self._check_collectives
 
     def rank(self) -> int:
         """This process's rank within the group."""
@@ -156,17 +168,32 @@ class ProcessGroup:
     def verify(self, description: str) -> None:
         """Collective: raise RuntimeError on every rank unless all passed the same description.
 
-        Always checks, whatever ``check_collectives`` says; DDP calls it once per bucket layout.
+        Always checks, whatever ``check_collectives`` says.
         """
         self._seq += 1
         self._verify(f"#{self._seq} verify({description})")
 
-    def dup(self) -> ProcessGroup:
-        """A new group on the same ranks with its own channel; call on all ranks."""
+    def dup(self, description: str | None = None) -> ProcessGroup:
+        """A new group on the same ranks with its own channel; a collective of this group.
+
+        Args:
+            description: what fixes the order of every collective the new group will issue
+                (e.g. a bucket layout). When given, all ranks must pass the same text, and the
+                new group skips the per-collective consensus check: its order is fixed by the
+                verified description. When None, the new group checks as this one does.
+
+        Returns:
+            The new group; its ``check_collectives`` is False with a description, else this
+            group's.
+
+        Raises:
+            RuntimeError: on every rank, naming what each rank passed, when ranks passed
+                different descriptions (or issued something else than ``dup``).
+        """
         self._seq += 1
-        new = self._dup(f"#{self._seq} dup()")
-        new.check_collectives = self.check_collectives
-        return new
+        if description is None:
+            return self._dup(f"#{self._seq} dup()", self._check_collectives)
+        return self._dup(f"#{self._seq} dup({description})", False)
 
     def new_subgroup(self, ranks: list[int]) -> ProcessGroup | None:
         """A group of the given group ranks (sorted); None on non-members. Call on all ranks."""
@@ -186,7 +213,7 @@ class ProcessGroup:
     def _describe(self, kind: str, array, extra: str) -> str | None:
         """The fingerprint text of the next collective, or None when checks are off."""
         self._seq += 1
-        if not self.check_collectives:
+        if not self._check_collectives:
             return None
         if array is None:
             return f"#{self._seq} {kind}({extra})"
@@ -225,7 +252,8 @@ class ProcessGroup:
     def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
         raise NotImplementedError
 
-    def _dup(self, desc: str) -> ProcessGroup:
+    def _dup(self, desc: str, check_collectives: bool) -> ProcessGroup:
+        """A new group on the same ranks after verifying ``desc`` (always, checks on or off)."""
         raise NotImplementedError
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:

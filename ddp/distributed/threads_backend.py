@@ -152,8 +152,10 @@ class ThreadsProcessGroup(ProcessGroup):
 
     backend = "threads"
 
-    def __init__(self, channel: Channel, rank: int, name: str = "WORLD"):
-        super().__init__(rank, len(channel.members), channel.members, name)
+    def __init__(self, channel: Channel, rank: int, name: str = "WORLD", *,
+                 check_collectives: bool = True):
+        super().__init__(rank, len(channel.members), channel.members, name,
+                         check_collectives=check_collectives)
         self.channel = channel
 
     def _exchange(self, desc, payload, what, compute):
@@ -208,11 +210,12 @@ class ThreadsProcessGroup(ProcessGroup):
             return self._exchange(desc, payload, "broadcast_object", lambda xs: obj)
         return self._exchange(desc, payload, "broadcast_object", lambda xs: pickle.loads(xs[src]))
 
-    def _dup(self, desc: str) -> ProcessGroup:
+    def _dup(self, desc: str, check_collectives: bool) -> ProcessGroup:
         # Rank 0 makes the channel and publishes it; the others adopt it.
         fresh = Channel(self.channel.universe, self.channel.members) if self._rank == 0 else None
         channel = self._exchange(desc, fresh, "dup", lambda xs: xs[0])
-        return ThreadsProcessGroup(channel, self._rank, self.name + ".dup")
+        return ThreadsProcessGroup(channel, self._rank, self.name + ".dup",
+                                   check_collectives=check_collectives)
 
     def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
         members = [self.global_ranks[r] for r in ranks]

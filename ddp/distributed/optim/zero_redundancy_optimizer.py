@@ -125,10 +125,8 @@ class ZeroRedundancyOptimizer(Optimizer):
             max(1, int(min(first_bucket_cap_mb, bucket_cap_mb) * 2**20) // itemsize))
         # A private channel: never interleaves with the user's collectives. Checked once here,
         # then the per-collective consensus check is skipped (the order is fixed by the layout).
-        self._pg = pg.dup()
-        self._pg.verify(f"ZeroRedundancyOptimizer stage={stage} {optimizer_class.__name__}: "
-                        f"{self.layout.describe()}")
-        self._pg.check_collectives = False
+        self._pg = pg.dup(description=f"ZeroRedundancyOptimizer stage={stage} "
+                                      f"{optimizer_class.__name__}: {self.layout.describe()}")
 
         self.flat_params: dict = {}
         for d, buf in self.layout.buffers.items():

@@ -107,21 +107,19 @@ class DistributedDataParallel(Module):
                              [b.array for b in module.buffers()], src=0)
 
         trained = [(name, p) for name, p in named if p.requires_grad]
-        comm_pg = pg.dup()  # the reducer's own channel: never interleaves with user collectives
+        comm_mode = comm_mode or default_comm_mode()
+        # The reducer's own channel: never interleaves with user collectives. The model (checked
+        # above), where each parameter lives and these settings fix the buckets and so every
+        # collective of the reducer; verified once by the dup, they need no per-collective check.
+        comm_pg = pg.dup(description=(
+            f"DDP reducer find_unused={find_unused_parameters} comm_mode={comm_mode} "
+            f"bucket_cap_mb={float(bucket_cap_mb)} "
+            f"devices={','.join(p.device.type for _, p in trained)}"))
         self.reducer = Reducer([p for _, p in trained], [name for name, _ in trained], comm_pg,
                                bucket_cap_mb=bucket_cap_mb,
                                find_unused_parameters=find_unused_parameters,
                                gradient_as_bucket_view=gradient_as_bucket_view,
-                               comm_mode=comm_mode or default_comm_mode())
-        layout = "; ".join(
-            f"{b.buffer.dtype}[{','.join(trained[i][0] for i in b.params)}]"
-            for b in self.reducer.buckets
-        )
-        comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters} "
-                       f"comm_mode={self.reducer.comm_mode}: {layout}")
-        # Bucket order is now known to agree on all ranks, and it alone fixes the order of the
-        # reducer's collectives: skip the per-collective consensus check on this channel.
-        comm_pg.check_collectives = False
+                               comm_mode=comm_mode)
         for _, p in trained:  # lets a sharded optimizer take gradient sync over (ZeRO stage 2)
             p._ddp_reducer = weakref.ref(self.reducer)
 
