@@ -28,7 +28,7 @@ from typing import Any
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-COMM_MODES = ("thread", "nonblocking", "sync")  # the reducer's modes (ddp.nn.parallel.reducer)
+COMM_MODES = ("thread", "nonblocking", "sync")  # the gradient-sync overlap modes (grad_sync)
 
 
 def _flag(name: str, text: str) -> bool:

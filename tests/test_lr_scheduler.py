@@ -137,3 +137,28 @@ def test_invalid_arguments():
     other = optim.SGD([ddp.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ValueError, match="same optimizer"):
         lr_scheduler.SequentialLR(opt, [lr_scheduler.StepLR(other, 1)], milestones=[])
+
+
+def _order_warnings(module, sequence: str) -> list[bool]:
+    """Run ``sequence`` ('o': optimizer.step, 'a'/'b': create scheduler a/b, 'A'/'B': step it)
+    and record, per scheduler step, whether the wrong-order warning was raised."""
+    opt = _optimizer(module)
+    scheds, warned = {}, []
+    for op in sequence:
+        if op == "o":
+            opt.step()
+        elif op.islower():
+            scheds[op] = module.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                scheds[op.lower()].step()
+            warned.append(any("before `optimizer.step()`" in str(w.message) for w in caught))
+    return warned
+
+
+@pytest.mark.parametrize("sequence", ["aA", "aoA", "oaA", "aoAbB", "aboBA", "aAoAbB"])
+def test_wrong_order_warning_matches_torch(sequence):
+    """Only optimizer steps after the first scheduler was attached count, for all schedulers of
+    that optimizer (torch records them on the optimizer)."""
+    assert _order_warnings(ddp, sequence) == _order_warnings(torch, sequence)

@@ -132,13 +132,13 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
     else:
         raise ValueError(f"init_process_group: unknown backend {backend!r}; expected {BACKENDS}")
     if world_size not in (-1, None) and world_size != pg.size():
-        pg._destroy()
+        pg.destroy()
         raise RuntimeError(
             f"init_process_group: world_size={world_size} but the {backend} launcher started "
             f"{pg.size()} rank(s)"
         )
     if rank not in (-1, None) and rank != pg.rank():
-        pg._destroy()
+        pg.destroy()
         raise RuntimeError(f"init_process_group: rank={rank} but this process is rank {pg.rank()}")
     _process_group = pg
 
@@ -147,14 +147,14 @@ def destroy_process_group(group=None) -> None:
     """Forget the default group of this rank (not a collective)."""
     global _process_group
     if group is not None and not isinstance(group, _World) and group is not _current():
-        group._destroy()
+        group.destroy()
         return
     if getattr(_local, "group", None) is not None:
         _local.group = None
         _local.init_pending = False
         return
     if _process_group is not None:
-        _process_group._destroy()
+        _process_group.destroy()
         _process_group = None
 
 
@@ -195,8 +195,7 @@ def get_world_size(group=None) -> int:
 def get_local_rank() -> int:
     """Rank among the processes of this node (``LOCAL_RANK``); for threads, the rank."""
     pg = get_default_group()
-    local_rank = getattr(pg, "local_rank", None)
-    return pg.rank() if local_rank is None else local_rank
+    return pg.rank() if pg.local_rank is None else pg.local_rank
 
 
 def get_global_rank(group: ProcessGroup, group_rank: int) -> int:

@@ -17,35 +17,35 @@ class LocalProcessGroup(ProcessGroup):
 
     backend = "local"
 
-    def __init__(self, name: str = "WORLD"):
-        super().__init__(0, 1, [0], name)
+    def __init__(self, name: str = "WORLD", *, check_collectives: bool = True):
+        super().__init__(0, 1, [0], name, check_collectives=check_collectives)
 
-    def _verify(self, description: str) -> None:
+    def _verify(self, description: str, what: str) -> None:
         pass
 
-    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
+    def _allreduce_impl(self, array, op: ReduceOp) -> None:
         pass  # the reduction of one contribution is itself (AVG divides by 1)
 
-    def _broadcast(self, array, src: int, desc: str | None) -> None:
+    def _broadcast_impl(self, array, src: int) -> None:
         pass
 
-    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+    def _allgather_impl(self, out_array, in_array) -> None:
         out_array.reshape(-1)[...] = in_array.reshape(-1)
 
-    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+    def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         out_array.reshape(-1)[...] = in_array.reshape(-1)
 
-    def _barrier(self, desc: str | None) -> None:
+    def _barrier_impl(self) -> None:
         pass
 
-    def _allgather_object(self, obj: Any, desc: str | None) -> list:
+    def _allgather_object_impl(self, obj: Any) -> list:
         return [copy.deepcopy(obj)]
 
-    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
+    def _broadcast_object_impl(self, obj: Any, src: int) -> Any:
         return obj
 
-    def _dup(self, desc: str) -> ProcessGroup:
-        return LocalProcessGroup(self.name + ".dup")
+    def _dup_impl(self, check_collectives: bool) -> ProcessGroup:
+        return LocalProcessGroup(self.name + ".dup", check_collectives=check_collectives)
 
-    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
-        return LocalProcessGroup(f"group{ranks}")
+    def _new_subgroup_impl(self, ranks: list[int], check_collectives: bool) -> ProcessGroup | None:
+        return LocalProcessGroup(f"group{ranks}", check_collectives=check_collectives)

@@ -8,7 +8,6 @@ check) pickle. CuPy arrays are staged through host memory. mpi4py initialises MP
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -80,146 +79,114 @@ class _RequestWork(Work):
 
 
 class MPIProcessGroup(ProcessGroup):
-    """A group over an MPI communicator owned by this object."""
+    """A group over an MPI communicator owned by this object.
+
+    Args:
+        comm: the mpi4py communicator; the group owns it from now on (``destroy()`` frees it).
+        global_ranks, name, local_rank, check_collectives: as for ``ProcessGroup``.
+    """
 
     backend = "mpi"
 
     def __init__(self, comm, global_ranks: list[int], name: str = "WORLD",
-                 local_rank: int | None = None):
-        super().__init__(comm.Get_rank(), comm.Get_size(), global_ranks, name)
-        self.comm = comm
-        self.local_rank = local_rank
+                 local_rank: int | None = None, *, check_collectives: bool = True):
+        super().__init__(comm.Get_rank(), comm.Get_size(), global_ranks, name,
+                         check_collectives=check_collectives, local_rank=local_rank)
+        self._comm = comm
         self._header = np.empty(2, dtype=np.int64)
 
-    @contextmanager
-    def _watched(self, what: str):
-        """Register the collective ``what`` with the watchdog while this rank waits in it."""
-        dog = watchdog.current()
-        if dog is None:
-            yield
-            return
-        token = dog.begin(f"{what} of group {self.name!r} (rank {self._rank} of "
-                          f"{self._size})")
-        try:
-            yield
-        finally:
-            dog.end(token)
+    @property
+    def comm(self):
+        """The mpi4py communicator this group owns (``COMM_NULL`` once destroyed).
+
+        For interoperating with mpi4py code: what runs on it directly bypasses this group's
+        consensus check and watchdog.
+        """
+        return self._comm
 
     # The mismatch check: one tiny Allreduce of [h, -h] with MAX gives [max h, -min h]; the
     # ranks agree iff both equal this rank's h. Every rank sees the same verdict.
-    def _verify(self, description: str) -> None:
+    def _verify(self, description: str, what: str) -> None:
         h = fingerprint(description)
         header = self._header
         header[0] = h
         header[1] = -h
-        with self._watched(f"{description} (in the check that every rank issued it)"):
-            self.comm.Allreduce(_mpi().IN_PLACE, header, op=_mpi().MAX)
+        self._comm.Allreduce(_mpi().IN_PLACE, header, op=_mpi().MAX)
         if header[0] != h or header[1] != -h:
-            descriptions = self.comm.allgather(description)
+            descriptions = self._comm.allgather(description)
             raise RuntimeError(mismatch_message(self.name, "mpi", descriptions))
 
-    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
-        if desc is not None:
-            self._verify(desc)
+    def _allreduce_impl(self, array, op: ReduceOp) -> None:
         stage = _HostStage(array)
-        with self._watched(desc or f"allreduce(numel={array.size})"):
-            self.comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        self._comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
         if op is ReduceOp.AVG:
             stage.host /= self._size
         stage.commit()
 
-    def _allreduce_async(self, array, op: ReduceOp, desc: str | None) -> Work:
-        if desc is not None:
-            self._verify(desc)
+    def _allreduce_async_impl(self, array, op: ReduceOp) -> Work:
         stage = _HostStage(array)
-        request = self.comm.Iallreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
-        dog = watchdog.current()
-        token = None if dog is None else dog.begin(
-            f"{desc or f'allreduce(numel={array.size})'} of group {self.name!r} (rank "
-            f"{self._rank} of {self._size}, started asynchronously)")
+        request = self._comm.Iallreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
 
         def finish() -> None:
-            try:
-                request.Wait()
-            finally:
-                if token is not None:
-                    dog.end(token)
+            request.Wait()
             if op is ReduceOp.AVG:
                 stage.host /= self._size
             stage.commit()
 
         return _RequestWork(request, finish)
 
-    def _broadcast(self, array, src: int, desc: str | None) -> None:
-        if desc is not None:
-            self._verify(desc)
+    def _broadcast_impl(self, array, src: int) -> None:
         stage = _HostStage(array)
-        with self._watched(desc or f"broadcast(numel={array.size}, src={src})"):
-            self.comm.Bcast(stage.host, root=src)
+        self._comm.Bcast(stage.host, root=src)
         stage.commit()
 
-    def _allgather(self, out_array, in_array, desc: str | None) -> None:
-        if desc is not None:
-            self._verify(desc)
+    def _allgather_impl(self, out_array, in_array) -> None:
         out = _HostStage(out_array)
-        with self._watched(desc or f"allgather(numel={in_array.size})"):
-            self.comm.Allgather(_mpi_buffer(in_array), out.host)
+        self._comm.Allgather(_mpi_buffer(in_array), out.host)
         out.commit()
 
-    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
-        if desc is not None:
-            self._verify(desc)
+    def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         out = _HostStage(out_array)
-        with self._watched(desc or f"reduce_scatter(numel={in_array.size})"):
-            self.comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
+        self._comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
         if op is ReduceOp.AVG:
             out.host /= self._size
         out.commit()
 
-    def _barrier(self, desc: str | None) -> None:
-        if desc is not None:
-            self._verify(desc)
-        with self._watched(desc or "barrier()"):
-            self.comm.Barrier()
+    def _barrier_impl(self) -> None:
+        self._comm.Barrier()
 
-    def _allgather_object(self, obj: Any, desc: str | None) -> list:
-        if desc is not None:
-            self._verify(desc)
-        with self._watched(desc or "allgather_object()"):
-            return self.comm.allgather(obj)
+    def _allgather_object_impl(self, obj: Any) -> list:
+        return self._comm.allgather(obj)
 
-    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
-        if desc is not None:
-            self._verify(desc)
-        with self._watched(desc or f"broadcast_object(src={src})"):
-            return self.comm.bcast(obj, root=src)
+    def _broadcast_object_impl(self, obj: Any, src: int) -> Any:
+        return self._comm.bcast(obj, root=src)
 
-    def _dup(self, desc: str) -> ProcessGroup:
-        self._verify(desc)
-        with self._watched(desc):
-            comm = self.comm.Dup()
-        return MPIProcessGroup(comm, self.global_ranks, self.name + ".dup", self.local_rank)
+    def _dup_impl(self, check_collectives: bool) -> ProcessGroup:
+        return MPIProcessGroup(self._comm.Dup(), self.global_ranks, self.name + ".dup",
+                               self.local_rank, check_collectives=check_collectives)
 
-    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
-        self._verify(desc)
-        members = self.comm.Get_group().Incl(ranks)
-        with self._watched(desc):
-            comm = self.comm.Create(members)  # collective over self.comm; COMM_NULL off-group
+    def _new_subgroup_impl(self, ranks: list[int], check_collectives: bool) -> ProcessGroup | None:
+        members = self._comm.Get_group().Incl(ranks)
+        comm = self._comm.Create(members)  # collective over self.comm; COMM_NULL off-group
         members.Free()
         if comm == _mpi().COMM_NULL:
             return None
-        return MPIProcessGroup(comm, [self.global_ranks[r] for r in ranks],
-                               f"group{[self.global_ranks[r] for r in ranks]}")
+        global_ranks = [self.global_ranks[r] for r in ranks]
+        return MPIProcessGroup(comm, global_ranks, f"group{global_ranks}",
+                               check_collectives=check_collectives)
 
-    def _destroy(self) -> None:
+    def _destroy_impl(self) -> None:
         MPI = _mpi()
-        if self.comm != MPI.COMM_NULL and not MPI.Is_finalized():
-            self.comm.Free()
-        self.comm = MPI.COMM_NULL
+        if self._comm != MPI.COMM_NULL and not MPI.Is_finalized():
+            self._comm.Free()
+        self._comm = MPI.COMM_NULL
 
 
-def init_mpi_world(timeout=None) -> MPIProcessGroup:
+def init_mpi_world(timeout=None, *, check_collectives: bool = True) -> MPIProcessGroup:
     """The WORLD group over ``COMM_WORLD.Dup()``; sets torchrun's env vars and the abort hooks.
+
+    ``check_collectives`` is the new group's (the ``nccl`` backend builds on an unchecked one,
+    since it checks its collectives itself).
 
     ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` come from ``Split_type(COMM_TYPE_SHARED)`` (the ranks
     sharing this node's memory); ``RANK`` and ``WORLD_SIZE`` from COMM_WORLD. The node's cores
@@ -237,4 +204,5 @@ def init_mpi_world(timeout=None) -> MPIProcessGroup:
     share_cores(local_size)
     install_abort_hooks(world.Get_rank(), world.Get_size())
     watchdog.install(world.Get_rank(), world.Get_size(), timeout)
-    return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank)
+    return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank,
+                           check_collectives=check_collectives)

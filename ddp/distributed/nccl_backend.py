@@ -12,7 +12,9 @@ is ready for any kernel or copy queued afterwards on the caller's stream. ``Work
 async collective does the same stream wait.
 
 Host (NumPy) arrays, object collectives, ``barrier`` and the mismatch check go through the MPI
-group underneath, so code that mixes small host buffers (ZeRO's norms and flags) keeps working.
+group underneath, through its public methods, so code that mixes small host buffers (ZeRO's
+norms and flags) keeps working. That MPI group does not check its own collectives: this group
+checks every collective, host ones included, before handing it on.
 """
 
 from __future__ import annotations
@@ -59,25 +61,40 @@ def _nccl_dtype(nccl, array) -> int:
 
 
 class NCCLProcessGroup(ProcessGroup):
-    """A group whose CuPy-array collectives run in NCCL; see the module docstring."""
+    """A group whose CuPy-array collectives run in NCCL; see the module docstring.
+
+    Args:
+        mpi_group: an MPI group on the same ranks, owned by this group from now on: it
+            bootstraps NCCL and carries host arrays, objects, ``barrier`` and the consensus
+            check. Build it with ``check_collectives=False`` (as ``init_nccl_world`` does):
+            this group checks its collectives itself, so a checking one would check host
+            collectives twice.
+        device_index: this rank's GPU; default ``local_rank % device count``.
+        name: the group's label; default the MPI group's.
+        check_collectives: as for ``ProcessGroup``.
+
+    Attributes:
+        mpi: the MPI group (see Args).
+        device_index: the GPU of this rank's communicator.
+    """
 
     backend = "nccl"
 
     def __init__(self, mpi_group: MPIProcessGroup, device_index: int | None = None,
-                 name: str | None = None):
+                 name: str | None = None, *, check_collectives: bool = True):
         super().__init__(mpi_group.rank(), mpi_group.size(), mpi_group.global_ranks,
-                         name or mpi_group.name)
+                         name or mpi_group.name, check_collectives=check_collectives,
+                         local_rank=mpi_group.local_rank)
         cp = cupy_module()
         nccl = nccl_module()
         self.mpi = mpi_group
-        self.local_rank = mpi_group.local_rank
         if device_index is None:
-            local = mpi_group.local_rank if mpi_group.local_rank is not None else self._rank
+            local = self.local_rank if self.local_rank is not None else self._rank
             device_index = local % cp.cuda.runtime.getDeviceCount()
         self.device_index = device_index
         self._nccl = nccl
         uid = nccl.get_unique_id() if self._rank == 0 else None
-        uid = mpi_group.comm.bcast(uid, root=0)  # collective over the MPI group: all ranks
+        uid = mpi_group.broadcast_object(uid, 0)  # collective over the MPI group: all ranks
         with cp.cuda.Device(device_index):
             self._comm = nccl.NcclCommunicator(self._size, uid, self._rank)
             self._stream = cp.cuda.Stream(non_blocking=True)
@@ -116,27 +133,31 @@ class NCCLProcessGroup(ProcessGroup):
         with cupy_module().cuda.Device(self.device_index), self._stream:
             array /= self._size
 
+    def _record(self):
+        cp = cupy_module()
+        with cp.cuda.Device(self.device_index):
+            event = cp.cuda.Event(disable_timing=True)
+            event.record(self._stream)
+        return event
+
     # ------------------------------------------------------------------- array collectives
-    def _verify(self, description: str) -> None:
-        self.mpi._verify(description)
+    def _verify(self, description: str, what: str) -> None:
+        self.mpi.verify(description)  # checks whatever the MPI group's check_collectives says
 
-    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
-        done = self._allreduce_start(array, op, desc)
-        if done is not None:
-            self._join(done)
-
-    def _allreduce_async(self, array, op: ReduceOp, desc: str | None) -> Work:
+    def _allreduce_impl(self, array, op: ReduceOp) -> None:
         if not is_cupy_array(array):
-            return self.mpi._allreduce_async(array, op, desc)
-        done = self._allreduce_start(array, op, desc)
+            self.mpi.allreduce(array, op)
+            return
+        self._join(self._allreduce_start(array, op))
+
+    def _allreduce_async_impl(self, array, op: ReduceOp) -> Work:
+        if not is_cupy_array(array):
+            return self.mpi.allreduce_async(array, op)
+        done = self._allreduce_start(array, op)
         return Work(lambda: self._join(done))
 
-    def _allreduce_start(self, array, op: ReduceOp, desc: str | None):
-        if not is_cupy_array(array):
-            self.mpi._allreduce(array, op, desc)
-            return None
-        if desc is not None:
-            self._verify(desc)
+    def _allreduce_start(self, array, op: ReduceOp):
+        """Queue the all-reduce of a CuPy array; the event recorded after it."""
         self._check_device(array)
         nccl = self._nccl
         kind, count = _nccl_dtype(nccl, array), array.size
@@ -148,37 +169,27 @@ class NCCLProcessGroup(ProcessGroup):
             done = self._record()
         return done
 
-    def _record(self):
-        cp = cupy_module()
-        with cp.cuda.Device(self.device_index):
-            event = cp.cuda.Event(disable_timing=True)
-            event.record(self._stream)
-        return event
-
-    def _broadcast(self, array, src: int, desc: str | None) -> None:
+    def _broadcast_impl(self, array, src: int) -> None:
         if not is_cupy_array(array):
-            return self.mpi._broadcast(array, src, desc)
-        if desc is not None:
-            self._verify(desc)
+            self.mpi.broadcast(array, src)
+            return
         self._check_device(array)
         kind, ptr = _nccl_dtype(self._nccl, array), array.data.ptr
         self._join(self._run(lambda s: self._comm.broadcast(ptr, ptr, array.size, kind, src, s)))
 
-    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+    def _allgather_impl(self, out_array, in_array) -> None:
         if not (is_cupy_array(out_array) and is_cupy_array(in_array)):
-            return self.mpi._allgather(out_array, in_array, desc)
-        if desc is not None:
-            self._verify(desc)
+            self.mpi.allgather(out_array, in_array)
+            return
         self._check_device(out_array, in_array)
         kind = _nccl_dtype(self._nccl, in_array)
         sptr, rptr, n = in_array.data.ptr, out_array.data.ptr, in_array.size
         self._join(self._run(lambda s: self._comm.allGather(sptr, rptr, n, kind, s)))
 
-    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+    def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         if not (is_cupy_array(out_array) and is_cupy_array(in_array)):
-            return self.mpi._reduce_scatter(out_array, in_array, op, desc)
-        if desc is not None:
-            self._verify(desc)
+            self.mpi.reduce_scatter(out_array, in_array, op)
+            return
         self._check_device(out_array, in_array)
         nccl = self._nccl
         kind, nop = _nccl_dtype(nccl, in_array), getattr(nccl, _OPS[op])
@@ -188,33 +199,37 @@ class NCCLProcessGroup(ProcessGroup):
             self._divide(out_array)
         self._join(self._record())
 
-    def _barrier(self, desc: str | None) -> None:
+    def _barrier_impl(self) -> None:
         """Host barrier after this rank's queued GPU work (compute and collectives) finished."""
         cp = cupy_module()
         with cp.cuda.Device(self.device_index):
             cp.cuda.get_current_stream().synchronize()
             self._stream.synchronize()
-        self.mpi._barrier(desc)
+        self.mpi.barrier()
 
-    def _allgather_object(self, obj: Any, desc: str | None) -> list:
-        return self.mpi._allgather_object(obj, desc)
+    def _allgather_object_impl(self, obj: Any) -> list:
+        return self.mpi.allgather_object(obj)
 
-    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
-        return self.mpi._broadcast_object(obj, src, desc)
+    def _broadcast_object_impl(self, obj: Any, src: int) -> Any:
+        return self.mpi.broadcast_object(obj, src)
 
-    def _dup(self, desc: str) -> ProcessGroup:
-        return NCCLProcessGroup(self.mpi._dup(desc), self.device_index, self.name + ".dup")
+    def _dup_impl(self, check_collectives: bool) -> ProcessGroup:
+        # The MPI group's plain dup keeps it unchecked, as this group's host channel must be.
+        return NCCLProcessGroup(self.mpi.dup(), self.device_index, self.name + ".dup",
+                                check_collectives=check_collectives)
 
-    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
-        sub = self.mpi._new_subgroup(ranks, desc)
-        return None if sub is None else NCCLProcessGroup(sub, self.device_index)
+    def _new_subgroup_impl(self, ranks: list[int], check_collectives: bool) -> ProcessGroup | None:
+        sub = self.mpi.new_subgroup(ranks)
+        if sub is None:
+            return None
+        return NCCLProcessGroup(sub, self.device_index, check_collectives=check_collectives)
 
-    def _destroy(self) -> None:
+    def _destroy_impl(self) -> None:
         comm, self._comm = getattr(self, "_comm", None), None
         if comm is not None:
             self._stream.synchronize()
             comm.destroy()
-        self.mpi._destroy()
+        self.mpi.destroy()
 
 
 def init_nccl_world(timeout=None) -> NCCLProcessGroup:
@@ -222,11 +237,11 @@ def init_nccl_world(timeout=None) -> NCCLProcessGroup:
     from ddp.distributed.mpi_backend import init_mpi_world
 
     nccl_module()  # fail before touching MPI when NCCL cannot work here
-    mpi_world = init_mpi_world(timeout)
+    mpi_world = init_mpi_world(timeout, check_collectives=False)  # the NCCL group checks
     try:
         pg = NCCLProcessGroup(mpi_world)
     except BaseException:
-        mpi_world._destroy()
+        mpi_world.destroy()
         raise
     cupy_module().cuda.Device(pg.device_index).use()  # tensors default to this rank's GPU
     return pg

@@ -1,10 +1,14 @@
 """``ProcessGroup``: one rank's handle on a group of ranks, with array-level collectives.
 
-A concrete group (local, threads, mpi) implements the underscored primitives; this base class
-validates arguments and, unless ``check_collectives`` is False, verifies before every collective
-that all ranks issued the same one. The check sends a fingerprint of (sequence number, kind,
-dtype, element count, op or root) through the backend's cheapest consensus (one ``Allreduce``
-of ``[h, -h]`` with MAX on MPI), so ranks that disagree raise a ``RuntimeError`` on every rank
+Every public collective is a template method of this base class: it validates the arguments,
+counts the collective, checks consensus, registers the wait with the watchdog
+(``ddp.distributed.watchdog``, when one is installed) and only then calls the backend's
+primitive (``_allreduce_impl`` ...), which just moves the bytes. A concrete group (local,
+threads, mpi, nccl) implements those primitives and ``_verify``, its cheapest consensus.
+
+The consensus check, unless ``check_collectives`` is False, sends a fingerprint of (sequence
+number, kind, dtype, element count, op or root) through ``_verify`` (one ``Allreduce`` of
+``[h, -h]`` with MAX on MPI), so ranks that disagree raise a ``RuntimeError`` on every rank
 naming what each rank issued instead of hanging or summing unrelated buffers.
 
 Every method is a collective: all ranks of the group must call it, in the same order. A group
@@ -14,10 +18,14 @@ independent channel (e.g. for a communication thread).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
+from ddp.distributed import watchdog
 from ddp.distributed.reduce_op import ReduceOp, Work, as_reduce_op
+
+_UNWATCHED = contextlib.nullcontext()  # reusable: the watchdog is off or the text not needed
 
 
 def fingerprint(description: str) -> int:
@@ -54,25 +62,55 @@ def _check_array(array, what: str) -> None:
         )
 
 
+class _WatchedWork(Work):
+    """An async collective's Work that stays registered with the watchdog until waited on."""
+
+    def __init__(self, work: Work, dog: watchdog.Watchdog, token: int):
+        super().__init__(self._finish_watched)
+        self._work = work
+        self._dog = dog
+        self._token = token
+
+    def _finish_watched(self) -> None:
+        try:
+            self._work.wait()
+        finally:
+            self._dog.end(self._token)
+
+    def is_completed(self) -> bool:
+        return self._done or self._work.is_completed()
+
+
 class ProcessGroup:
     """Base of all process groups; see the module docstring.
 
-    Attributes:
-        check_collectives: verify before each collective that all ranks issued the same one
-            (default True). DDP turns it off on its own group after checking its bucket layout
-            once with :meth:`verify`. Must be set identically on all ranks.
+    Args:
+        rank: this process's rank within the group.
+        size: the number of ranks.
         global_ranks: the world rank of each member, indexed by group rank.
         name: a label used in error messages.
+        check_collectives: verify before each collective that all ranks issued the same one.
+            Fixed for the group's lifetime and the same on all ranks; a group made by
+            ``dup(description=...)`` has it off (see :meth:`dup`).
+        local_rank: this process's rank among the group's processes on its node, when the
+            backend knows it (``get_local_rank()``); None otherwise.
+
+    Attributes:
+        global_ranks: the world rank of each member, indexed by group rank.
+        name: a label used in error messages.
+        local_rank: see Args.
     """
 
     backend = "base"
 
-    def __init__(self, rank: int, size: int, global_ranks: list[int], name: str = "WORLD"):
+    def __init__(self, rank: int, size: int, global_ranks: list[int], name: str = "WORLD", *,
+                 check_collectives: bool = True, local_rank: int | None = None):
         self._rank = rank
         self._size = size
         self.global_ranks = list(global_ranks)
         self.name = name
-        self.check_collectives = True
+        self.local_rank = local_rank
+        self._check_collectives = bool(check_collectives)
         self._seq = 0
 
     def __repr__(self) -> str:
@@ -80,6 +118,11 @@ class ProcessGroup:
             f"<{type(self).__name__} {self.name!r} backend={self.backend} "
             f"rank={self._rank} size={self._size}>"
         )
+
+    @property
+    def check_collectives(self) -> bool:
+        """Whether each collective first checks that all ranks issued the same one (read-only)."""
+        return self._check_collectives
 
     def rank(self) -> int:
         """This process's rank within the group."""
@@ -92,26 +135,42 @@ class ProcessGroup:
     # ------------------------------------------------------------------ array-level collectives
     def allreduce(self, array, op: ReduceOp = ReduceOp.SUM) -> None:
         """Reduce ``array`` over all ranks, in place; every rank gets the result."""
-        op, desc = self._allreduce_args(array, op)
-        self._allreduce(array, op, desc)
+        op = self._check_allreduce(array, op)
+        with self._watched(self._begin("allreduce", array, f"op={op.name}")):
+            self._allreduce_impl(array, op)
 
     def allreduce_async(self, array, op: ReduceOp = ReduceOp.SUM) -> Work:
-        """Start :meth:`allreduce`; the result is in ``array`` after ``Work.wait()``."""
-        op, desc = self._allreduce_args(array, op)
-        return self._allreduce_async(array, op, desc)
+        """Start :meth:`allreduce`; the result is in ``array`` after ``Work.wait()``.
 
-    def _allreduce_args(self, array, op) -> tuple[ReduceOp, str | None]:
+        The consensus check (when on) runs before this returns; the watchdog times the
+        collective until ``wait()``.
+        """
+        op = self._check_allreduce(array, op)
+        text = self._begin("allreduce", array, f"op={op.name}")
+        dog = watchdog.current()
+        if text is None or dog is None:
+            return self._allreduce_async_impl(array, op)
+        token = dog.begin(self._watch_label(text, ", started asynchronously"))
+        try:
+            work = self._allreduce_async_impl(array, op)
+        except BaseException:
+            dog.end(token)
+            raise
+        return _WatchedWork(work, dog, token)
+
+    def _check_allreduce(self, array, op) -> ReduceOp:
         op = as_reduce_op(op)
         _check_array(array, "allreduce")
         if op is ReduceOp.AVG and array.dtype.kind not in "fc":
             raise TypeError(f"allreduce: ReduceOp.AVG needs a floating array, got {array.dtype}")
-        return op, self._describe("allreduce", array, f"op={op.name}")
+        return op
 
     def broadcast(self, array, src: int) -> None:
         """Copy ``array`` of group rank ``src`` into ``array`` on every rank, in place."""
         self._check_rank(src, "broadcast src")
         _check_array(array, "broadcast")
-        self._broadcast(array, src, self._describe("broadcast", array, f"src={src}"))
+        with self._watched(self._begin("broadcast", array, f"src={src}")):
+            self._broadcast_impl(array, src)
 
     def allgather(self, out_array, in_array) -> None:
         """Concatenate every rank's ``in_array`` into ``out_array`` in rank order."""
@@ -122,7 +181,8 @@ class ProcessGroup:
                 f"allgather: out has {out_array.size} {out_array.dtype} elements, expected "
                 f"size * in.size = {self._size} * {in_array.size} of {in_array.dtype}"
             )
-        self._allgather(out_array, in_array, self._describe("allgather", in_array, ""))
+        with self._watched(self._begin("allgather", in_array, "")):
+            self._allgather_impl(out_array, in_array)
 
     def reduce_scatter(self, out_array, in_array, op: ReduceOp = ReduceOp.SUM) -> None:
         """Reduce ``in_array`` over ranks; rank r gets the r-th of ``size`` equal slices."""
@@ -136,58 +196,100 @@ class ProcessGroup:
             )
         if op is ReduceOp.AVG and in_array.dtype.kind not in "fc":
             raise TypeError(f"reduce_scatter: AVG needs a floating array, got {in_array.dtype}")
-        desc = self._describe("reduce_scatter", in_array, f"op={op.name}")
-        self._reduce_scatter(out_array, in_array, op, desc)
+        with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")):
+            self._reduce_scatter_impl(out_array, in_array, op)
 
     def barrier(self) -> None:
         """Block until every rank of the group has called ``barrier``."""
-        self._barrier(self._describe("barrier", None, ""))
+        with self._watched(self._begin("barrier", None, "")):
+            self._barrier_impl()
 
     def allgather_object(self, obj: Any) -> list:
         """Every rank's picklable ``obj``, in rank order (pickles: small objects only)."""
-        return self._allgather_object(obj, self._describe("allgather_object", None, ""))
+        with self._watched(self._begin("allgather_object", None, "")):
+            return self._allgather_object_impl(obj)
 
     def broadcast_object(self, obj: Any, src: int) -> Any:
         """Rank ``src``'s picklable ``obj`` on every rank (pickles: small objects only)."""
         self._check_rank(src, "broadcast_object src")
-        desc = self._describe("broadcast_object", None, f"src={src}")
-        return self._broadcast_object(obj, src, desc)
+        with self._watched(self._begin("broadcast_object", None, f"src={src}")):
+            return self._broadcast_object_impl(obj, src)
 
+    # ------------------------------------------------------------------------ group lifecycle
     def verify(self, description: str) -> None:
         """Collective: raise RuntimeError on every rank unless all passed the same description.
 
-        Always checks, whatever ``check_collectives`` says; DDP calls it once per bucket layout.
+        Always checks, whatever ``check_collectives`` says.
         """
         self._seq += 1
-        self._verify(f"#{self._seq} verify({description})")
+        text = f"#{self._seq} verify({description})"
+        self._consensus(text, text)
 
-    def dup(self) -> ProcessGroup:
-        """A new group on the same ranks with its own channel; call on all ranks."""
+    def dup(self, description: str | None = None) -> ProcessGroup:
+        """A new group on the same ranks with its own channel; a collective of this group.
+
+        Args:
+            description: what fixes the order of every collective the new group will issue
+                (e.g. a bucket layout). When given, all ranks must pass the same text, and the
+                new group skips the per-collective consensus check: its order is fixed by the
+                verified description. When None, the new group checks as this one does.
+
+        Returns:
+            The new group; its ``check_collectives`` is False with a description, else this
+            group's.
+
+        Raises:
+            RuntimeError: on every rank, naming what each rank passed, when ranks passed
+                different descriptions (or issued something else than ``dup``). The check runs
+                whatever this group's ``check_collectives`` says.
+        """
         self._seq += 1
-        new = self._dup(f"#{self._seq} dup()")
-        new.check_collectives = self.check_collectives
-        return new
+        text = f"#{self._seq} dup({'' if description is None else description})"
+        self._consensus(text, "dup")
+        with self._watched(text):
+            return self._dup_impl(self._check_collectives if description is None else False)
 
     def new_subgroup(self, ranks: list[int]) -> ProcessGroup | None:
-        """A group of the given group ranks (sorted); None on non-members. Call on all ranks."""
+        """A group of the given group ranks (sorted); None on non-members. Call on all ranks.
+
+        The ranks are always checked to agree; the new group checks its collectives as this
+        one does.
+        """
         ranks = sorted(int(r) for r in ranks)
         if len(set(ranks)) != len(ranks) or not ranks:
             raise ValueError(f"new_group: ranks must be distinct and non-empty, got {ranks}")
         for r in ranks:
             self._check_rank(r, "new_group rank")
         self._seq += 1
-        return self._new_subgroup(ranks, f"#{self._seq} new_group(ranks={ranks})")
+        text = f"#{self._seq} new_group(ranks={ranks})"
+        self._consensus(text, "new_group")
+        with self._watched(text):
+            return self._new_subgroup_impl(ranks, self._check_collectives)
+
+    def destroy(self) -> None:
+        """Release the backend's resources (not a collective); the group is unusable after."""
+        self._destroy_impl()
 
     # ------------------------------------------------------------------------------- helpers
     def _check_rank(self, rank: int, what: str) -> None:
         if not 0 <= rank < self._size:
             raise ValueError(f"{what} {rank} is out of range for a group of size {self._size}")
 
-    def _describe(self, kind: str, array, extra: str) -> str | None:
-        """The fingerprint text of the next collective, or None when checks are off."""
+    def _begin(self, kind: str, array, extra: str) -> str | None:
+        """Count the next collective and check consensus when on; its text for the watchdog.
+
+        The text is None when neither the check nor a watchdog needs it, so the unchecked,
+        unwatched hot path formats nothing.
+        """
         self._seq += 1
-        if not self.check_collectives:
-            return None
+        if not self._check_collectives:
+            return None if watchdog.current() is None else self._describe(kind, array, extra)
+        text = self._describe(kind, array, extra)
+        self._consensus(text, kind)
+        return text
+
+    def _describe(self, kind: str, array, extra: str) -> str:
+        """The fingerprint text of the collective numbered ``self._seq``."""
         if array is None:
             return f"#{self._seq} {kind}({extra})"
         sep = ", " if extra else ""
@@ -196,40 +298,65 @@ class ProcessGroup:
         shape = f", shape={tuple(array.shape)}" if array.ndim != 1 else ""
         return f"#{self._seq} {kind}({array.dtype}, numel={array.size}{shape}{sep}{extra})"
 
-    # ---------------------------------------------------- backend primitives (all collectives)
-    def _verify(self, description: str) -> None:
+    def _consensus(self, text: str, what: str) -> None:
+        """Raise RuntimeError on every rank unless every rank passed ``text`` (a collective).
+
+        ``what`` names the collective in errors about ranks that never arrive.
+        """
+        with self._watched(text, note=", in the check that every rank issued it"):
+            self._verify(text, what)
+
+    def _watch_label(self, text: str, note: str = "") -> str:
+        return f"{text} of group {self.name!r} (rank {self._rank} of {self._size}{note})"
+
+    def _watched(self, text: str | None, note: str = ""):
+        """A context registering the collective ``text`` with the watchdog while it waits."""
+        dog = watchdog.current()
+        if text is None or dog is None:
+            return _UNWATCHED
+        return dog.watch(self._watch_label(text, note))
+
+    # -------------------------------------------------------------------- backend primitives
+    # Collectives that only move bytes: arguments are valid, consensus is checked and the
+    # watchdog is armed by the public method that calls them.
+    def _verify(self, description: str, what: str) -> None:
+        """Raise RuntimeError on every rank unless all passed ``description`` (a collective).
+
+        ``what`` is the short name of the checked collective, for errors raised while waiting.
+        """
         raise NotImplementedError
 
-    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
+    def _allreduce_impl(self, array, op: ReduceOp) -> None:
         raise NotImplementedError
 
-    def _allreduce_async(self, array, op: ReduceOp, desc: str | None) -> Work:
-        self._allreduce(array, op, desc)
+    def _allreduce_async_impl(self, array, op: ReduceOp) -> Work:
+        self._allreduce_impl(array, op)
         return Work()
 
-    def _broadcast(self, array, src: int, desc: str | None) -> None:
+    def _broadcast_impl(self, array, src: int) -> None:
         raise NotImplementedError
 
-    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+    def _allgather_impl(self, out_array, in_array) -> None:
         raise NotImplementedError
 
-    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+    def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         raise NotImplementedError
 
-    def _barrier(self, desc: str | None) -> None:
+    def _barrier_impl(self) -> None:
         raise NotImplementedError
 
-    def _allgather_object(self, obj: Any, desc: str | None) -> list:
+    def _allgather_object_impl(self, obj: Any) -> list:
         raise NotImplementedError
 
-    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
+    def _broadcast_object_impl(self, obj: Any, src: int) -> Any:
         raise NotImplementedError
 
-    def _dup(self, desc: str) -> ProcessGroup:
+    def _dup_impl(self, check_collectives: bool) -> ProcessGroup:
+        """A new group on the same ranks with its own channel."""
         raise NotImplementedError
 
-    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
+    def _new_subgroup_impl(self, ranks: list[int], check_collectives: bool) -> ProcessGroup | None:
         raise NotImplementedError
 
-    def _destroy(self) -> None:
+    def _destroy_impl(self) -> None:
         """Release backend resources (not a collective)."""

@@ -1,10 +1,11 @@
 """The ``threads`` backend: N simulated ranks as threads of one process.
 
-Each collective is an exchange on a *channel*: every rank puts (fingerprint, payload) in its
-slot and meets the others at a rendezvous; each rank then reads all slots and computes its own
-result (reductions in rank order, so every rank gets bit-identical, deterministic results); a
-second rendezvous guarantees nobody reuses its buffer while others still read it. Payloads are
-the callers' arrays themselves (no copies until the result is written back).
+Each collective is an exchange on a *channel*: every rank puts its payload in its slot and
+meets the others at a rendezvous; each rank then reads all slots and computes its own result
+(reductions in rank order, so every rank gets bit-identical, deterministic results); a second
+rendezvous guarantees nobody reuses its buffer while others still read it. Payloads are the
+callers' arrays themselves (no copies until the result is written back). The consensus check
+(``_verify``) compares the ranks' fingerprint texts at one rendezvous (``Channel.agree``).
 
 A ``Universe`` holds what all channels of one ``spawn`` share: a condition variable, the ranks
 that have exited and the failure that aborted the job. A rank that waits for a rank that failed
@@ -61,6 +62,9 @@ class Channel:
         self.universe = universe
         self.members = list(members)
         self.slots: list[Any] = [None] * len(members)
+        # Consensus texts, in two rows used alternately (see ``agree``).
+        self._texts: list[list[str | None]] = [[None] * len(members), [None] * len(members)]
+        self._agreements = [0] * len(members)  # per member: how many ``agree`` calls so far
         self._count = 0
         self._generation = 0
 
@@ -102,20 +106,29 @@ class Channel:
                     )
                 self.universe.cond.wait(min(left, 1.0))
 
-    def exchange(self, group_rank: int, desc: str | None, payload: Any, what: str,
-                 compute: Callable[[list], Any], group_name: str) -> Any:
-        """Publish ``payload``, then return ``compute(all payloads)``; checks fingerprints."""
-        self.slots[group_rank] = (desc, payload)
+    def agree(self, group_rank: int, text: str, what: str) -> list[str | None]:
+        """Publish ``text`` and return every member's text of the same round.
+
+        One rendezvous instead of an exchange's two: the texts are immutable, and successive
+        rounds alternate between two rows, so a member that runs ahead can only write a row
+        again after everyone passed the next rendezvous, that is, finished reading this one.
+        """
+        row = self._texts[self._agreements[group_rank] % 2]
+        self._agreements[group_rank] += 1
+        row[group_rank] = text
+        self.rendezvous(group_rank, what)
+        return list(row)
+
+    def exchange(self, group_rank: int, payload: Any, what: str,
+                 compute: Callable[[list], Any]) -> Any:
+        """Publish ``payload``, then return ``compute(all payloads)`` (raising on every rank
+        that ``compute`` raises on, after the others finished reading the payloads)."""
+        self.slots[group_rank] = payload
         self.rendezvous(group_rank, what)
         error = None
         result = None
         try:
-            descs = [s[0] for s in self.slots]
-            if any(d is not None for d in descs) and any(d != desc for d in descs):
-                texts = [d if d is not None else "a collective with checks off" for d in descs]
-                error = RuntimeError(mismatch_message(group_name, "threads", texts))
-            else:
-                result = compute([s[1] for s in self.slots])
+            result = compute(list(self.slots))
         except Exception as exc:  # keep the second rendezvous, then re-raise
             error = exc
         self.rendezvous(group_rank, what)
@@ -152,21 +165,27 @@ class ThreadsProcessGroup(ProcessGroup):
 
     backend = "threads"
 
-    def __init__(self, channel: Channel, rank: int, name: str = "WORLD"):
-        super().__init__(rank, len(channel.members), channel.members, name)
+    def __init__(self, channel: Channel, rank: int, name: str = "WORLD", *,
+                 check_collectives: bool = True):
+        super().__init__(rank, len(channel.members), channel.members, name,
+                         check_collectives=check_collectives)
         self.channel = channel
 
-    def _exchange(self, desc, payload, what, compute):
-        return self.channel.exchange(self._rank, desc, payload, what, compute, self.name)
+    def _exchange(self, payload, what, compute):
+        return self.channel.exchange(self._rank, payload, what, compute)
 
-    def _verify(self, description: str) -> None:
-        self._exchange(description, None, description, lambda _: None)
+    def _verify(self, description: str, what: str) -> None:
+        texts = self.channel.agree(self._rank, description, what)
+        if any(t != description for t in texts):
+            # A text that is not there: that rank is in an exchange without a check.
+            shown = [t if t is not None else "a collective without a consensus check"
+                     for t in texts]
+            raise RuntimeError(mismatch_message(self.name, "threads", shown))
 
-    def _allreduce(self, array, op: ReduceOp, desc: str | None) -> None:
-        result = self._exchange(desc, array, "allreduce", lambda xs: _reduce(xs, op, self._size))
-        array[...] = result
+    def _allreduce_impl(self, array, op: ReduceOp) -> None:
+        array[...] = self._exchange(array, "allreduce", lambda xs: _reduce(xs, op, self._size))
 
-    def _broadcast(self, array, src: int, desc: str | None) -> None:
+    def _broadcast_impl(self, array, src: int) -> None:
         def compute(arrays):
             if arrays[src].size != array.size:
                 raise ValueError(
@@ -176,51 +195,52 @@ class ThreadsProcessGroup(ProcessGroup):
             if self._rank != src:
                 array.reshape(-1)[...] = arrays[src].reshape(-1)
 
-        self._exchange(desc, array, "broadcast", compute)
+        self._exchange(array, "broadcast", compute)
 
-    def _allgather(self, out_array, in_array, desc: str | None) -> None:
+    def _allgather_impl(self, out_array, in_array) -> None:
         def compute(arrays):
             xp = get_array_module(out_array)
             return xp.concatenate([a.reshape(-1) for a in arrays])
 
-        out_array.reshape(-1)[...] = self._exchange(desc, in_array, "allgather", compute)
+        out_array.reshape(-1)[...] = self._exchange(in_array, "allgather", compute)
 
-    def _reduce_scatter(self, out_array, in_array, op: ReduceOp, desc: str | None) -> None:
+    def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         n = out_array.size
         lo, hi = self._rank * n, (self._rank + 1) * n
 
         def compute(arrays):
             return _reduce([a.reshape(-1)[lo:hi] for a in arrays], op, self._size)
 
-        out_array.reshape(-1)[...] = self._exchange(desc, in_array, "reduce_scatter", compute)
+        out_array.reshape(-1)[...] = self._exchange(in_array, "reduce_scatter", compute)
 
-    def _barrier(self, desc: str | None) -> None:
-        self._exchange(desc, None, "barrier", lambda _: None)
+    def _barrier_impl(self) -> None:
+        self._exchange(None, "barrier", lambda _: None)
 
-    def _allgather_object(self, obj: Any, desc: str | None) -> list:
+    def _allgather_object_impl(self, obj: Any) -> list:
         payload = pickle.dumps(obj)
-        return self._exchange(desc, payload, "allgather_object",
-                              lambda xs: [pickle.loads(x) for x in xs])
+        return self._exchange(payload, "allgather_object", lambda xs: [pickle.loads(x) for x in xs])
 
-    def _broadcast_object(self, obj: Any, src: int, desc: str | None) -> Any:
+    def _broadcast_object_impl(self, obj: Any, src: int) -> Any:
         payload = pickle.dumps(obj) if self._rank == src else None
         if self._rank == src:
-            return self._exchange(desc, payload, "broadcast_object", lambda xs: obj)
-        return self._exchange(desc, payload, "broadcast_object", lambda xs: pickle.loads(xs[src]))
+            return self._exchange(payload, "broadcast_object", lambda xs: obj)
+        return self._exchange(payload, "broadcast_object", lambda xs: pickle.loads(xs[src]))
 
-    def _dup(self, desc: str) -> ProcessGroup:
+    def _dup_impl(self, check_collectives: bool) -> ProcessGroup:
         # Rank 0 makes the channel and publishes it; the others adopt it.
         fresh = Channel(self.channel.universe, self.channel.members) if self._rank == 0 else None
-        channel = self._exchange(desc, fresh, "dup", lambda xs: xs[0])
-        return ThreadsProcessGroup(channel, self._rank, self.name + ".dup")
+        channel = self._exchange(fresh, "dup", lambda xs: xs[0])
+        return ThreadsProcessGroup(channel, self._rank, self.name + ".dup",
+                                   check_collectives=check_collectives)
 
-    def _new_subgroup(self, ranks: list[int], desc: str) -> ProcessGroup | None:
+    def _new_subgroup_impl(self, ranks: list[int], check_collectives: bool) -> ProcessGroup | None:
         members = [self.global_ranks[r] for r in ranks]
         fresh = Channel(self.channel.universe, members) if self._rank == 0 else None
-        channel = self._exchange(desc, fresh, "new_group", lambda xs: xs[0])
+        channel = self._exchange(fresh, "new_group", lambda xs: xs[0])
         if self._rank not in ranks:
             return None
-        return ThreadsProcessGroup(channel, ranks.index(self._rank), f"group{members}")
+        return ThreadsProcessGroup(channel, ranks.index(self._rank), f"group{members}",
+                                   check_collectives=check_collectives)
 
 
 def make_world(size: int) -> tuple[Universe, list[ThreadsProcessGroup]]:

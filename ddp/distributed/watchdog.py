@@ -2,7 +2,8 @@
 
 A collective that some ranks never issue (an extra ``backward()`` on one rank, a collective in
 a rank-dependent branch whose fingerprint check is off, a rank stuck in its own work) blocks the
-others forever. Every MPI collective of ddp registers here while it waits; a daemon thread
+others forever. Every collective of a ``ProcessGroup`` registers here while it waits (the base
+class does it, for all backends; only MPI jobs install a watchdog); a daemon thread
 checks once a second (or faster for short timeouts) and, past the timeout, prints which rank
 waited in which collective and aborts all ranks, as an unhandled exception does
 (``ddp.distributed.failure``).

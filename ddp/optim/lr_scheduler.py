@@ -11,12 +11,43 @@ from __future__ import annotations
 import math
 import types
 import warnings
+import weakref
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ddp.optim.optimizer import Optimizer
+
+
+class _StepTracker:
+    """Whether an optimizer has stepped since the first scheduler was attached to it.
+
+    Torch's schedulers record this on the optimizer itself (``_opt_called``, set by a patched
+    ``step``); here the optimizer's public ``register_step_post_hook`` records it, shared by
+    every scheduler of that optimizer, and the hook removes itself once it has fired.
+    """
+
+    def __init__(self, optimizer: Optimizer):
+        self.stepped = False
+        self._handle = optimizer.register_step_post_hook(self._on_step)
+
+    def _on_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        self.stepped = True
+        self._handle.remove()
+
+
+_trackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Optimizer -> _StepTracker
+
+
+def _track_steps(optimizer: Optimizer) -> None:
+    if optimizer not in _trackers:
+        _trackers[optimizer] = _StepTracker(optimizer)
+
+
+def _optimizer_stepped(optimizer: Optimizer) -> bool:
+    tracker = _trackers.get(optimizer)
+    return tracker is not None and tracker.stepped
 
 
 class LRScheduler:
@@ -45,6 +76,7 @@ class LRScheduler:
         self.base_lrs: list[float] = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._is_initial = False
+        _track_steps(optimizer)
         self._initial_step()
 
     def _initial_step(self) -> None:
@@ -65,7 +97,7 @@ class LRScheduler:
 
     def step(self, epoch: int | None = None) -> None:
         """Advance one epoch (or jump to ``epoch``, deprecated) and set the groups' ``lr``."""
-        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
+        if self._step_count == 1 and not _optimizer_stepped(self.optimizer):
             warnings.warn(
                 "Detected call of `lr_scheduler.step()` before `optimizer.step()`; call them in "
                 "the opposite order, or the first value of the schedule is skipped.",

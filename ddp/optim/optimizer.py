@@ -331,7 +331,6 @@ def _run_hooked(self: Optimizer, step: Callable, args: tuple, kwargs: dict) -> A
             args, kwargs = result
     with no_grad():
         out = step(self, *args, **kwargs)
-    self._opt_called = True  # read by LRScheduler to warn about a wrong call order
     for hook in (*_global_step_post_hooks.values(), *self._step_post_hooks.values()):
         hook(self, args, kwargs)
     return out

@@ -183,6 +183,17 @@ def case_model_mismatch() -> None:
     dist.barrier()  # the group still works afterwards: nobody is stuck in a collective
 
 
+def case_settings_mismatch() -> None:
+    """DDP settings that differ on the last rank are refused on every rank by the reducer's
+    verified channel (``dup(description=...)``), naming that rank."""
+    rank, size = dist.get_rank(), dist.get_world_size()
+    last = size - 1
+    with pytest.raises(RuntimeError, match=rf"Collective mismatch.*rank {last} issued .*DDP "
+                                           rf"reducer find_unused=True"):
+        DDP(make_net(0), find_unused_parameters=rank == last)
+    dist.barrier()  # the group still works afterwards: nobody is stuck in a collective
+
+
 def case_buffers_follow_rank0() -> None:
     """Buffers are broadcast from rank 0 at construction and before each synchronised forward."""
     rank = dist.get_rank()

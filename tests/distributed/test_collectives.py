@@ -111,10 +111,48 @@ def check_process_group_arrays() -> None:
     assert pg.allgather_object(r * 2) == [2 * i for i in range(n)]
     assert pg.broadcast_object({"from": r}, src=0) == {"from": 0}
     pg.barrier()
-    pg.check_collectives = False  # DDP's hot path: the same results without the header
+    unchecked = pg.dup(description="check_process_group_arrays")  # DDP's hot path: no header
     c = np.ones(3, dtype=np.float32)
-    pg.allreduce(c, ReduceOp.AVG)
+    unchecked.allreduce(c, ReduceOp.AVG)
     np.testing.assert_array_equal(c, 1.0)
+
+
+def check_described_dup() -> None:
+    """dup(description) verifies the text on every rank and returns an unchecked channel."""
+    r, n = dist.get_rank(), dist.get_world_size()
+    world = dist.get_default_group()
+    assert world.check_collectives
+    plain = world.dup()
+    assert plain.check_collectives and plain.dup().check_collectives
+    fixed = world.dup(description="layout A")
+    assert not fixed.check_collectives
+    assert not fixed.dup().check_collectives  # a plain dup inherits the parent's checking
+    with pytest.raises(AttributeError):
+        fixed.check_collectives = True  # fixed at construction
+    if n == 1:
+        return  # a world of one cannot disagree with itself
+    # Rank 0 reduces a (1, 6) array, the others (6,): the same bytes, so only the consensus
+    # check objects. The plain dup still checks; the described one does not.
+    shaped = np.full((1, 6) if r == 0 else (6,), float(r))
+    with pytest.raises(RuntimeError, match=r"Collective mismatch.*shape=\(1, 6\)"):
+        plain.allreduce(shaped)
+    fixed.allreduce(shaped)
+    np.testing.assert_array_equal(shaped.reshape(-1), (n - 1) * n / 2)
+    # Descriptions that differ: every rank raises, naming what each rank passed.
+    odd = f"layout {'B' if r == n - 1 else 'A'}"
+    with pytest.raises(RuntimeError, match="Collective mismatch") as info:
+        world.dup(description=odd)
+    message = str(info.value)
+    assert f"rank {n - 1} issued" in message and "dup(layout B)" in message
+    assert "dup(layout A)" in message
+    # Also when the parent group itself does not check.
+    with pytest.raises(RuntimeError, match="dup\\(layout B\\)"):
+        fixed.dup(description=odd)
+    # Both groups stay usable afterwards.
+    c = np.ones(4)
+    world.allreduce(c)
+    fixed.allreduce(c)
+    np.testing.assert_array_equal(c, n * n)
 
 
 def check_new_group() -> None:
@@ -165,6 +203,7 @@ CHECKS = [
     check_reduce_scatter,
     check_objects_and_barrier,
     check_process_group_arrays,
+    check_described_dup,
     check_new_group,
     check_mismatch_detected,
 ]

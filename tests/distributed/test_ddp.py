@@ -53,6 +53,10 @@ def test_model_mismatch_refused_on_every_rank():
     run(cases.case_model_mismatch, 3)
 
 
+def test_settings_mismatch_refused_on_every_rank():
+    run(cases.case_settings_mismatch, 3)
+
+
 def test_buffers_follow_rank0():
     run(cases.case_buffers_follow_rank0, 2)
 

@@ -68,3 +68,8 @@ def test_comm_failure_raises_in_backward(mpi_world, comm_mode):
 @pytest.mark.mpi(min_size=2)
 def test_backward_without_ddp_forward_is_local(mpi_world):
     cases.case_backward_without_ddp_forward_is_local()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_settings_mismatch_refused_on_every_rank(mpi_world):
+    cases.case_settings_mismatch()

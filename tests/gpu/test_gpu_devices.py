@@ -85,12 +85,12 @@ def test_dataloader_batches_move_to_gpu():
         assert (xb[:, 0] / 2).tolist() == yb.float().tolist()
 
 
-def _mpi_self():
+def _mpi_self(check: bool = True):
     from mpi4py import MPI
 
     from ddp.distributed.mpi_backend import MPIProcessGroup
 
-    return MPIProcessGroup(MPI.COMM_SELF.Dup(), [0], "SELF", 0)
+    return MPIProcessGroup(MPI.COMM_SELF.Dup(), [0], "SELF", 0, check_collectives=check)
 
 
 def _exercise(pg):
@@ -121,19 +121,19 @@ def test_nccl_process_group_world_size_one():
     pytest.importorskip("cupy.cuda.nccl", reason="CuPy without its NCCL bindings")
     from ddp.distributed.nccl_backend import NCCLProcessGroup
 
-    pg = NCCLProcessGroup(_mpi_self())
+    pg = NCCLProcessGroup(_mpi_self(check=False))
     assert pg.backend == "nccl" and pg.size() == 1 and pg.device_index == 0
     _exercise(pg)
     dup = pg.dup()
     _exercise(dup)
-    dup._destroy()
-    pg._destroy()
+    dup.destroy()
+    pg.destroy()
 
 
 def test_mpi_process_group_accepts_cupy_arrays():
     pg = _mpi_self()
     _exercise(pg)
-    pg._destroy()
+    pg.destroy()
 
 
 def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
@@ -141,7 +141,7 @@ def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
     from ddp.distributed.nccl_backend import NCCLProcessGroup
     from ddp.nn.parallel import DistributedDataParallel
 
-    pg = NCCLProcessGroup(_mpi_self())
+    pg = NCCLProcessGroup(_mpi_self(check=False))
     ddp.manual_seed(0)
     plain = ddp.nn.Linear(5, 3).cuda()
     ddp.manual_seed(0)
@@ -151,7 +151,7 @@ def test_ddp_on_gpu_with_nccl_group_matches_plain_training():
         model(x).pow(2).sum().backward()
     np.testing.assert_allclose(wrapped.module.weight.grad.cpu().numpy(),
                                plain.weight.grad.cpu().numpy(), rtol=1e-5, atol=1e-6)
-    pg._destroy()
+    pg.destroy()
 
 
 def test_main_job_on_gpu_matches_cpu(tmp_path, capsys):

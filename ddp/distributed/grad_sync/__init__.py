@@ -8,8 +8,8 @@ filled, reduced and written back: ``AllReduceBuckets`` (DDP, ``allreduce.py``) a
 """
 
 from ddp.distributed.grad_sync.allreduce import AllReduceBuckets, assign_buckets
-from ddp.distributed.grad_sync.scheduler import OVERLAP_MODES, GradSyncScheduler
+from ddp.distributed.grad_sync.scheduler import OVERLAP_MODES, GradSyncScheduler, check_overlap
 from ddp.distributed.grad_sync.strategy import SyncStrategy
 
 __all__ = ["OVERLAP_MODES", "AllReduceBuckets", "GradSyncScheduler", "SyncStrategy",
-           "assign_buckets"]
+           "assign_buckets", "check_overlap"]

@@ -42,15 +42,22 @@ from collections.abc import Callable
 from functools import partial
 
 from ddp.autograd import engine
+from ddp.config import COMM_MODES
 from ddp.distributed.grad_sync.comm_thread import CommThread
 from ddp.distributed.grad_sync.strategy import SyncStrategy
 from ddp.profiler import timeline
 from ddp.tensor import Tensor
 
-OVERLAP_MODES = ("thread", "nonblocking", "sync")
+OVERLAP_MODES = COMM_MODES  # named in the configuration table too (DDP_COMM_MODE)
 
 _live: weakref.WeakSet = weakref.WeakSet()  # every scheduler not yet handed over or closed
 _live_lock = threading.Lock()
+
+
+def check_overlap(overlap: str) -> None:
+    """Raise ValueError unless ``overlap`` is one of ``OVERLAP_MODES``."""
+    if overlap not in OVERLAP_MODES:
+        raise ValueError(f"Invalid comm_mode: {overlap!r} (expected one of {OVERLAP_MODES})")
 
 
 class GradSyncScheduler:
@@ -78,8 +85,7 @@ class GradSyncScheduler:
     def __init__(self, params: list[Tensor], names: list[str], strategy: SyncStrategy,
                  process_group, *, overlap: str = "thread", every_backward: bool = False,
                  exclusive: bool = False):
-        if overlap not in OVERLAP_MODES:
-            raise ValueError(f"Invalid comm_mode: {overlap!r} (expected one of {OVERLAP_MODES})")
+        check_overlap(overlap)
         if overlap not in strategy.overlap_modes:
             raise ValueError(f"{strategy.owner} does not support comm_mode {overlap!r} "
                              f"(supported: {strategy.overlap_modes})")

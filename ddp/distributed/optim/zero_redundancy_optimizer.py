@@ -126,10 +126,9 @@ class ZeroRedundancyOptimizer(Optimizer):
             max(1, int(min(first_bucket_cap_mb, bucket_cap_mb) * 2**20) // itemsize))
         # A private channel: never interleaves with the user's collectives. Checked once here,
         # then the per-collective consensus check is skipped (the order is fixed by the layout).
-        self.process_group = pg.dup()
-        self.process_group.verify(f"ZeroRedundancyOptimizer stage={stage} "
-                                  f"{optimizer_class.__name__}: {self.layout.describe()}")
-        self.process_group.check_collectives = False
+        self.process_group = pg.dup(description=f"ZeroRedundancyOptimizer stage={stage} "
+                                                f"{optimizer_class.__name__}: "
+                                                f"{self.layout.describe()}")
 
         self.flat_params: dict = {}
         for d, buf in self.layout.buffers.items():

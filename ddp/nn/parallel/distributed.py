@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from ddp import config
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
-from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler
+from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler, check_overlap
 from ddp.nn.modules.module import Module
 
 _BROADCAST_CHUNK_BYTES = 256 * 1024 * 1024
@@ -109,15 +109,15 @@ class DistributedDataParallel(Module):
         trained = [(name, p) for name, p in named if p.requires_grad]
         params, names = [p for _, p in trained], [name for name, _ in trained]
         mode = comm_mode or default_comm_mode()
+        check_overlap(mode)
         buckets = AllReduceBuckets(params, names, pg.size(), bucket_cap_mb=bucket_cap_mb,
                                    find_unused_parameters=find_unused_parameters,
                                    gradient_as_bucket_view=gradient_as_bucket_view)
-        # The reducer's own channel: never interleaves with user collectives. Bucket order,
-        # agreed on by all ranks here, alone fixes the order of its collectives.
-        comm_pg = pg.dup()
-        comm_pg.verify(f"DDP buckets find_unused={find_unused_parameters} "
-                       f"comm_mode={mode}: {buckets.describe()}")
-        comm_pg.check_collectives = False
+        # The reducer's own channel: never interleaves with user collectives. The bucket layout,
+        # verified identical on all ranks by this dup, alone fixes the order of its collectives,
+        # so the channel needs no per-collective check.
+        comm_pg = pg.dup(description=f"DDP buckets find_unused={find_unused_parameters} "
+                                     f"comm_mode={mode}: {buckets.describe()}")
         # A ZeroRedundancyOptimizer over these parameters (built before or after) takes the
         # gradient sync over: see the scheduler's ownership rule.
         self.reducer = GradSyncScheduler(params, names, buckets, comm_pg, overlap=mode)
