@@ -1,28 +1,14 @@
-"""Shape and layout ops: reshape, transpose, (un)squeeze, expand, split, cat, stack, tril ..."""
+"""Shape and layout ops: transpose, (un)squeeze, expand, split, cat, stack, tril ...
+
+``reshape`` and ``view``, which the ops here build on, live in ``views.py``.
+"""
 
 from __future__ import annotations
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, shape_arg
-
-
-class Reshape(Function):
-    backward_name = "ViewBackward0"
-
-    @staticmethod
-    def forward(ctx, a, shape):
-        ctx.shape = a.shape
-        try:
-            return a.reshape(shape)
-        except ValueError:
-            raise RuntimeError(
-                f"shape '{list(shape)}' is invalid for input of size {a.size}"
-            ) from None
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.reshape(ctx.shape), None
+from ddp.ops.views import reshape
 
 
 class Permute(Function):
@@ -142,20 +128,6 @@ class Contiguous(Function):
     @staticmethod
     def backward(ctx, grad):
         return grad
-
-
-def _infer_shape(shape: tuple, size: int) -> tuple:
-    if shape.count(-1) > 1:
-        raise RuntimeError("only one dimension can be inferred")
-    return shape
-
-
-def reshape(a, *shape):
-    shape = _infer_shape(shape_arg(shape), a.array.size)
-    return Reshape.apply(a, shape)
-
-
-view = reshape
 
 
 def flatten(a, start_dim=0, end_dim=-1):
