@@ -175,6 +175,58 @@ def test_view_argument_forms():
         x.view(2.0, 3)
 
 
+# Other ops that torch documents as views (or as copies): ddp aliases exactly where torch does.
+ALIASING_OPS = {
+    "flatten": lambda x: x.flatten(),
+    "flatten_t": lambda x: x.t().flatten(),
+    "unflatten": lambda x: x.unflatten(1, (3, 1)),
+    "unflatten_t": lambda x: x.t().unflatten(0, (3, 1)),
+    "view_as": lambda x: x.view_as(x.t()),
+    "reshape_as_t": lambda x: x.t().reshape_as(x),
+    "squeeze": lambda x: x.unsqueeze(1).squeeze(),
+    "unsqueeze_t": lambda x: x.t().unsqueeze(1),
+    "t": lambda x: x.t(),
+    "transpose": lambda x: x.transpose(0, 1),
+    "permute": lambda x: x.permute(1, 0),
+    "T": lambda x: x.T,
+    "mT": lambda x: x.mT,
+    "narrow": lambda x: x.narrow(1, 1, 2),
+    "split": lambda x: x.split(1, dim=0)[1],
+    "chunk": lambda x: x.chunk(3, dim=1)[2],
+    "unbind": lambda x: x.unbind(1)[1],
+    "getitem": lambda x: x[1, 1:],
+    "flip": lambda x: x.flip(0),
+    "flip_t": lambda x: x.t().flip(1),
+    "contiguous_t": lambda x: x.t().contiguous(),
+    "repeat": lambda x: x.repeat(1, 1),
+    "fancy_index": lambda x: x[[0, 1]],
+    "detach": lambda x: x.detach(),
+    "clone": lambda x: x.clone(),
+}
+
+
+@pytest.mark.parametrize("op", ALIASING_OPS.values(), ids=list(ALIASING_OPS))
+def test_ops_alias_their_input_exactly_when_torch_does(op):
+    x, tx = ddp.arange(6.0).reshape(2, 3), torch.arange(6.0).reshape(2, 3)
+    got, expected = op(x), op(tx)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    shares = _torch_shares(expected, tx)
+    assert np.shares_memory(got.array, x.array) == shares
+    if shares:  # and a write through the result is seen by the input, as in torch
+        last = (-1,) * got.ndim
+        got[last] = expected[last] = -1.0
+        np.testing.assert_array_equal(x.numpy(), tx.numpy())
+
+
+@pytest.mark.parametrize(("shape", "dims"), [((2, 3), (1, 1)), ((2, 3), (-1, 1)), ((3,), (0, -1)),
+                                            ((2, 3), (0, 1)), ((), (0, -1))])
+def test_flatten_returns_the_tensor_itself_where_torch_does(shape, dims):
+    x, tx = ddp.zeros(shape), torch.zeros(shape)
+    got, expected = x.flatten(*dims), tx.flatten(*dims)
+    assert (got is x) == (expected is tx)
+    assert tuple(got.shape) == tuple(expected.shape)
+
+
 # ------------------------------------------------------------------------- view(dtype)
 DTYPE_NAMES = ["float32", "int32", "uint8", "float64", "int64", "float16", "int16", "int8"]
 BYTE_LAYOUTS = {
@@ -260,3 +312,13 @@ def test_gradient_of_a_view_does_not_alias_data_or_the_incoming_gradient():
     w.view(3, 2).sum().backward()
     np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 3), 2.0))
     np.testing.assert_array_equal(w.detach().numpy(), np.arange(6.0).reshape(2, 3))
+
+
+def test_writing_through_an_expanded_tensor_is_refused_loudly():
+    # torch lets a write reach the base through an expanded view; ddp's expand is a read-only
+    # NumPy broadcast, so the write raises rather than going anywhere else.
+    x = ddp.zeros(3)
+    y = x.expand(2, 3)
+    assert np.shares_memory(y.array, x.array)
+    with pytest.raises(ValueError, match="read-only"):
+        y[0, 0] = 5.0

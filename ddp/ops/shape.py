@@ -8,6 +8,7 @@ from __future__ import annotations
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, shape_arg
+from ddp.ops.misc import Clone
 from ddp.ops.views import reshape
 
 
@@ -111,7 +112,8 @@ class Flip(Function):
     @staticmethod
     def forward(ctx, a, axes):
         ctx.axes = axes
-        return get_array_module(a).flip(a, axis=axes)
+        # A copy, as torch's flip: a NumPy flip is a view, which a write would carry to ``a``.
+        return get_array_module(a).flip(a, axis=axes).copy(order="K")
 
     @staticmethod
     def backward(ctx, grad):
@@ -137,6 +139,8 @@ def flatten(a, start_dim=0, end_dim=-1):
     e = normalize_dim(end_dim, a.ndim)
     if s > e:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+    if s == e:  # torch returns the tensor itself
+        return a
     shape = a.array.shape
     return reshape(a, shape[:s] + (-1,) + shape[e + 1:])
 
@@ -356,4 +360,6 @@ def repeat(a, *sizes):
         target_shape.append(rep * size)
     x = reshape(x, tuple(interleaved))
     x = expand(x, tuple(expanded_shape))
-    return reshape(contiguous(x), tuple(target_shape))
+    # Clone, not contiguous(): with every repeat 1 the expanded array is still ``a``'s memory,
+    # and torch's repeat always copies.
+    return reshape(Clone.apply(x), tuple(target_shape))
