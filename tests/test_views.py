@@ -169,8 +169,11 @@ def test_view_argument_forms():
     assert x.view(ddp.Size([1, 6])).shape == (1, 6)
     assert ddp.tensor(5.0).view(1, 1).shape == (1, 1) and ddp.tensor(5.0).view(-1).shape == (1,)
     assert x.view(dtype=ddp.int32).dtype == ddp.int32
-    with pytest.raises(TypeError, match="invalid combination"):
-        x.view(6, dtype=ddp.int32)
+    assert ddp.tensor(5.0).view(()).shape == ()
+    for bad in (lambda T: T.ones(1).view(1, dtype=T.int32), lambda T: T.ones(1).view()):
+        for T in (torch, ddp):
+            with pytest.raises(TypeError, match="invalid combination"):
+                bad(T)
     with pytest.raises(TypeError, match="float"):
         x.view(2.0, 3)
 

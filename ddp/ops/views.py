@@ -155,15 +155,15 @@ def view(a, *shape, dtype=None, size=None):
         RuntimeError: torch's messages for a bad shape (see :func:`infer_size`), for strides
             that cannot express ``shape`` without a copy, and for a dtype whose element size
             does not fit ``a``'s last dimension or strides (see :func:`view_dtype`).
-        TypeError: both a shape and a dtype, or an argument that is neither.
+        TypeError: no argument, both a shape and a dtype, or an argument that is neither.
     """
     if dtype is None and len(shape) == 1 and _is_dtype(shape[0]):
         dtype, shape = shape[0], ()
-    if dtype is not None or size is not None:
+    if dtype is not None or size is not None or not shape:
         given = [type(s).__name__ for s in shape]
         given += [f"{k}={type(v).__name__}" for k, v in (("dtype", dtype), ("size", size))
                   if v is not None]
-        if shape or (dtype is not None and size is not None):
+        if shape or (dtype is not None and size is not None) or not given:
             raise TypeError(
                 f"view() received an invalid combination of arguments - got ({', '.join(given)}),"
                 f" but expected one of: (dtype dtype), (tuple of ints size)"
