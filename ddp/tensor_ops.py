@@ -272,10 +272,14 @@ class TensorOps:
     def reshape(self, *shape):
         return ops.reshape(self, *shape)
 
-    def view(self, *shape):
-        if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)):
-            return self.to(shape[0])
-        return ops.view(self, *shape)
+    def view(self, *shape, dtype=None, size=None):
+        """This tensor's memory under a new shape, or its bytes read as ``dtype``.
+
+        As torch: the result always shares memory with ``self``; a shape the strides cannot
+        express raises (use ``reshape``), and ``view(dtype)`` is outside the graph. See
+        ``ddp.ops.views.view``.
+        """
+        return ops.view(self, *shape, dtype=dtype, size=size)
 
     def view_as(self, other):
         return ops.view(self, other.shape)

@@ -80,7 +80,6 @@ from ddp.ops.shape import (
     narrow,
     permute,
     repeat,
-    reshape,
     select,
     split,
     squeeze,
@@ -92,7 +91,6 @@ from ddp.ops.shape import (
     unbind,
     unflatten,
     unsqueeze,
-    view,
 )
 from ddp.ops.unary import (
     abs,
@@ -112,3 +110,4 @@ from ddp.ops.unary import (
     tanh,
     trunc,
 )
+from ddp.ops.views import reshape, view, view_dtype

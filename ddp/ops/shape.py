@@ -1,29 +1,16 @@
-"""Shape and layout ops: reshape, transpose, (un)squeeze, expand, split, cat, stack, tril ..."""
+"""Shape and layout ops: transpose, (un)squeeze, expand, split, cat, stack, tril ...
+
+``reshape`` and ``view``, which the ops here build on, live in ``views.py``.
+"""
 
 from __future__ import annotations
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, shape_arg, unbroadcast
+from ddp.ops.misc import Clone
 from ddp.ops.promotion import cast_tensor, promote
-
-
-class Reshape(Function):
-    backward_name = "ViewBackward0"
-
-    @staticmethod
-    def forward(ctx, a, shape):
-        ctx.shape = a.shape
-        try:
-            return a.reshape(shape)
-        except ValueError:
-            raise RuntimeError(
-                f"shape '{list(shape)}' is invalid for input of size {a.size}"
-            ) from None
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.reshape(ctx.shape), None
+from ddp.ops.views import reshape
 
 
 class Permute(Function):
@@ -124,7 +111,8 @@ class Flip(Function):
     @staticmethod
     def forward(ctx, a, axes):
         ctx.axes = axes
-        return get_array_module(a).flip(a, axis=axes)
+        # A copy, as torch's flip: a NumPy flip is a view, which a write would carry to ``a``.
+        return get_array_module(a).flip(a, axis=axes).copy(order="K")
 
     @staticmethod
     def backward(ctx, grad):
@@ -143,20 +131,6 @@ class Contiguous(Function):
         return grad
 
 
-def _infer_shape(shape: tuple, size: int) -> tuple:
-    if shape.count(-1) > 1:
-        raise RuntimeError("only one dimension can be inferred")
-    return shape
-
-
-def reshape(a, *shape):
-    shape = _infer_shape(shape_arg(shape), a.array.size)
-    return Reshape.apply(a, shape)
-
-
-view = reshape
-
-
 def flatten(a, start_dim=0, end_dim=-1):
     if a.ndim == 0:
         return reshape(a, 1)
@@ -164,6 +138,8 @@ def flatten(a, start_dim=0, end_dim=-1):
     e = normalize_dim(end_dim, a.ndim)
     if s > e:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+    if s == e:  # torch returns the tensor itself
+        return a
     shape = a.array.shape
     return reshape(a, shape[:s] + (-1,) + shape[e + 1:])
 
@@ -381,4 +357,6 @@ def repeat(a, *sizes):
         target_shape.append(rep * size)
     x = reshape(x, tuple(interleaved))
     x = expand(x, tuple(expanded_shape))
-    return reshape(contiguous(x), tuple(target_shape))
+    # Clone, not contiguous(): with every repeat 1 the expanded array is still ``a``'s memory,
+    # and torch's repeat always copies.
+    return reshape(Clone.apply(x), tuple(target_shape))

@@ -189,7 +189,7 @@ def case_settings_mismatch() -> None:
     rank, size = dist.get_rank(), dist.get_world_size()
     last = size - 1
     with pytest.raises(RuntimeError, match=rf"Collective mismatch.*rank {last} issued .*DDP "
-                                           rf"reducer find_unused=True"):
+                                           rf"buckets find_unused=True"):
         DDP(make_net(0), find_unused_parameters=rank == last)
     dist.barrier()  # the group still works afterwards: nobody is stuck in a collective
 
