@@ -11,8 +11,8 @@ import ddp
 from ddp.autograd import engine, tensor_type
 
 ROOT = Path(ddp.__file__).parent
-# Function-level imports load optional modules or a backend chosen at run time there.
-FUNCTION_IMPORTS_ALLOWED = ("distributed", "nn/parallel")
+# Function-level imports load the process-group backend chosen at run time (MPI, NCCL).
+FUNCTION_IMPORTS_ALLOWED = ("distributed/api.py",)
 LOWER_LAYERS = ("autograd", "ops", "kernels", "backend.py", "dtypes.py", "device.py")
 UPPER_MODULES = ("ddp.tensor", "ddp.tensor_ops", "ddp.creation", "ddp.nn", "ddp.optim",
                  "ddp.distributed", "ddp.utils.data", "ddp.serialization", "ddp.profiler",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import threading
 
 from ddp import config
+from ddp.backend import cupy_module
+from ddp.distributed.local_backend import LocalProcessGroup
 from ddp.distributed.process_group import ProcessGroup
+from ddp.distributed.watchdog import timeout_seconds
 
 BACKENDS = ("local", "threads", "mpi", "nccl")
 
@@ -101,23 +104,17 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
             f"{_process_group.backend}); call destroy_process_group() first"
         )
     if timeout is not None:
-        from ddp.distributed.watchdog import timeout_seconds
-
         timeout_seconds(timeout)  # a bad value fails here, on every backend
     if backend == "nccl":
-        from ddp.backend import cupy_module
-
         if cupy_module() is None:
             backend = None  # no GPU here: run the torch script on CPU (see the docstring)
     if backend in (None, "gloo", "auto"):
         backend = "mpi" if launched_with_several_ranks() else "local"
     backend = backend.lower()
     if backend == "local":
-        from ddp.distributed.local_backend import LocalProcessGroup
-
         pg: ProcessGroup = LocalProcessGroup()
     elif backend == "mpi":
-        from ddp.distributed.mpi_backend import init_mpi_world
+        from ddp.distributed.mpi_backend import init_mpi_world  # the backends load on demand
 
         pg = init_mpi_world(timeout)
     elif backend == "nccl":

@@ -15,6 +15,8 @@ import numpy as np
 from ddp import config
 from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
 from ddp.distributed import watchdog
+from ddp.distributed.cpu_threads import share_cores
+from ddp.distributed.failure import install_abort_hooks
 from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
 from ddp.distributed.reduce_op import ReduceOp, Work
 
@@ -198,9 +200,6 @@ def init_mpi_world(timeout=None, *, check_collectives: bool = True) -> MPIProces
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
     config.export_launch_env(world.Get_rank(), world.Get_size(), local_rank, local_size)
-    from ddp.distributed.cpu_threads import share_cores
-    from ddp.distributed.failure import install_abort_hooks
-
     share_cores(local_size)
     install_abort_hooks(world.Get_rank(), world.Get_size())
     watchdog.install(world.Get_rank(), world.Get_size(), timeout)

@@ -23,7 +23,7 @@ import importlib
 from typing import Any
 
 from ddp.backend import cupy_module, cupy_unavailable_reason, is_cupy_array
-from ddp.distributed.mpi_backend import MPIProcessGroup
+from ddp.distributed.mpi_backend import MPIProcessGroup, init_mpi_world
 from ddp.distributed.process_group import ProcessGroup
 from ddp.distributed.reduce_op import ReduceOp, Work
 
@@ -234,8 +234,6 @@ class NCCLProcessGroup(ProcessGroup):
 
 def init_nccl_world(timeout=None) -> NCCLProcessGroup:
     """The WORLD group: MPI's WORLD for bootstrap/objects, NCCL on GPU local_rank % count."""
-    from ddp.distributed.mpi_backend import init_mpi_world
-
     nccl_module()  # fail before touching MPI when NCCL cannot work here
     mpi_world = init_mpi_world(timeout, check_collectives=False)  # the NCCL group checks
     try:

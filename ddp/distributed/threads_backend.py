@@ -24,6 +24,7 @@ from typing import Any
 from ddp.backend import get_array_module
 from ddp.distributed.process_group import ProcessGroup, mismatch_message
 from ddp.distributed.reduce_op import ReduceOp
+from ddp.distributed.watchdog import timeout_seconds
 
 
 class PeerAbortedError(RuntimeError):
@@ -34,8 +35,6 @@ class Universe:
     """State shared by all channels of one simulated job."""
 
     def __init__(self, size: int):
-        from ddp.distributed.watchdog import timeout_seconds
-
         self.size = size
         self.cond = threading.Condition()
         self.exited: set[int] = set()

@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 
 from ddp import config
+from ddp.distributed.failure import abort_job
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -95,8 +96,6 @@ class Watchdog:
                 return
 
     def _expire(self, what: str, waited: float) -> None:
-        from ddp.distributed.failure import abort_job
-
         abort_job(self.rank, self.size, (
             f"collective {what} waited {waited:.1f} s, past the timeout of "
             f"{self.timeout_s:g} s: the other ranks never issued it. Typical causes: ranks "

@@ -27,9 +27,13 @@ from typing import Any
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.distributed import api
 from ddp.distributed.checkpoint import storage
+from ddp.distributed.local_backend import LocalProcessGroup
 from ddp.distributed.optim.flat_layout import FlatLayout
+from ddp.distributed.optim.shard_state import merge_meta
 from ddp.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
+from ddp.nn.parallel import DistributedDataParallel
 from ddp.tensor import Tensor
 
 FORMAT = "ddp.distributed.checkpoint/1"
@@ -38,18 +42,12 @@ FORMAT = "ddp.distributed.checkpoint/1"
 def _group(optimizer, process_group):
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         return optimizer.process_group
-    from ddp.distributed import api
-
     if process_group is not None or api.is_initialized():
         return api.resolve_group(process_group)
-    from ddp.distributed.local_backend import LocalProcessGroup
-
     return LocalProcessGroup()
 
 
 def _unwrap(model):
-    from ddp.nn.parallel import DistributedDataParallel
-
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -193,8 +191,6 @@ def _describe_optimizer(index: dict, jobs: list, optimizer, names: dict, rank: i
         local = optimizer.local_state()
         meta = ({k: str(a.dtype) for k, a in local.slices.items()}, local.group_keys,
                 local.scalars)
-        from ddp.distributed.optim.shard_state import merge_meta
-
         dtypes, group_keys, scalars = merge_meta(optimizer.process_group.allgather_object(meta))
         slices = dict(local.slices)
         for d, buf in layout.buffers.items():

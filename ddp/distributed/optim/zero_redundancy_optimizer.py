@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.distributed.api import resolve_group
 from ddp.distributed.grad_sync import GradSyncScheduler
 from ddp.distributed.optim import shard_state
 from ddp.distributed.optim.flat_layout import FlatLayout
@@ -101,8 +102,6 @@ class ZeroRedundancyOptimizer(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], optimizer_class: type,
                  process_group=None, stage: int = 1, bucket_cap_mb: float = 4.0,
                  first_bucket_cap_mb: float = 1.0, **defaults: Any):
-        from ddp.distributed.api import resolve_group
-
         if stage not in (1, 2):
             raise ValueError(f"ZeroRedundancyOptimizer: stage must be 1 or 2, got {stage!r}")
         if not callable(optimizer_class):

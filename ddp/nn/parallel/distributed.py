@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from ddp import config
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
+from ddp.distributed.api import resolve_group
 from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler, check_overlap
 from ddp.nn.modules.module import Module
 
@@ -170,8 +171,6 @@ def default_comm_mode() -> str:
 
 
 def _resolve_group(process_group):
-    from ddp.distributed.api import resolve_group
-
     return resolve_group(process_group)  # None or group.WORLD: the default group
 
 
