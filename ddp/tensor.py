@@ -399,14 +399,34 @@ class Tensor(TensorOps):
 
     # -------------------------------------------------------------------------------- in place
     def _check_inplace(self) -> bool:
-        """True when an in-place op must be recorded in the graph (non-leaf under grad mode)."""
+        """True when an in-place op must be recorded in the graph (non-leaf under grad mode).
+
+        A recorded in-place op is computed out of place and the tensor rebound to the result
+        (``_rebase``), which would silently detach a *view* from the tensor it views (torch
+        rewrites the base's graph instead, CopySlices): such ops raise, saying so.
+        """
         if not is_grad_enabled():
             return False
-        if self.grad_fn is None and self._requires_grad:
+        node = self.grad_fn
+        if node is None:
+            if self._requires_grad:
+                raise RuntimeError(
+                    "a leaf Variable that requires grad is being used in an in-place operation."
+                )
+            return False
+        if getattr(node, "returns_view", False):
+            if type(node.next_edges[0]) is AccumulateGrad:
+                raise RuntimeError(
+                    "a view of a leaf Variable that requires grad is being used in an in-place "
+                    "operation."
+                )
             raise RuntimeError(
-                "a leaf Variable that requires grad is being used in an in-place operation."
+                f"in-place operation on a view ({node.name()}) of a tensor that requires grad: "
+                "ddp records in-place ops out of place, which would leave the viewed tensor "
+                "unchanged (torch rewrites its graph instead). Use the out-of-place op, or "
+                "clone() the view first."
             )
-        return self.grad_fn is not None
+        return True
 
     def _rebase(self, result: Tensor) -> Tensor:
         """Make ``self`` the (recorded) result of an in-place op done out of place."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _helpers import check_torch
+from _helpers import check_torch, torch_oracle
 
 import ddp
 from ddp.ops.views import NOT_VIEWABLE, view_strides
 
-torch = pytest.importorskip("torch")
+torch = torch_oracle()
 
 # Layouts of a (2, 3, 4) base: contiguous, permuted, sliced with steps and offsets, expanded.
 LAYOUTS = {
@@ -325,3 +325,51 @@ def test_writing_through_an_expanded_tensor_is_refused_loudly():
     assert np.shares_memory(y.array, x.array)
     with pytest.raises(ValueError, match="read-only"):
         y[0, 0] = 5.0
+
+
+# ------------------------------------------------------------- in-place ops through views
+@pytest.mark.parametrize("make_view", [
+    lambda t: t.view(-1), lambda t: t.t(), lambda t: t[0], lambda t: t.narrow(0, 0, 1),
+    lambda t: t.unsqueeze(0),
+], ids=["view", "t", "select", "narrow", "unsqueeze"])
+def test_inplace_on_a_view_of_a_leaf_that_requires_grad_raises_like_torch(make_view, torch):
+    expected = "a view of a leaf Variable that requires grad is being used in an in-place"
+    for lib in (ddp, torch):
+        w = lib.ones(2, 2, requires_grad=True)
+        with pytest.raises(RuntimeError, match=expected):
+            make_view(w).mul_(3)
+    w = ddp.ones(2, 2, requires_grad=True)
+    with pytest.raises(RuntimeError, match=expected):
+        w.view(-1)[0] = 5.0
+
+
+def test_inplace_on_a_view_of_a_graph_tensor_raises_instead_of_detaching(torch):
+    # torch updates h through the view (CopySlices): grad 6. ddp cannot yet, so it must say so.
+    w_t = torch.ones(2, 2, requires_grad=True)
+    h_t = w_t * 2
+    h_t.view(-1).mul_(3)
+    h_t.sum().backward()
+    assert w_t.grad.tolist() == [[6.0, 6.0], [6.0, 6.0]]
+    w = ddp.ones(2, 2, requires_grad=True)
+    h = w * 2
+    with pytest.raises(RuntimeError, match=r"in-place operation on a view \(ViewBackward0\)"):
+        h.view(-1).mul_(3)
+
+
+def test_inplace_through_views_without_a_graph_writes_the_base():
+    x = ddp.zeros(2, 3)
+    x.view(-1)[4] = 7.0
+    x.t()[0].add_(1.0)
+    with ddp.no_grad():
+        w = ddp.ones(2, 2, requires_grad=True)
+        w.view(-1).mul_(3)
+    assert x.tolist() == [[1.0, 0.0, 0.0], [1.0, 7.0, 0.0]]
+    assert w.tolist() == [[3.0, 3.0], [3.0, 3.0]]
+
+
+def test_inplace_on_a_reshape_copy_is_allowed_as_in_torch():
+    w = ddp.arange(6.0).reshape(2, 3).requires_grad_()
+    y = w.t().reshape(-1)  # a copy: not a view of w
+    y.mul_(2)
+    y.sum().backward()
+    assert w.grad.tolist() == [[2.0] * 3] * 2

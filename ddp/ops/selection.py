@@ -54,6 +54,7 @@ class GetItem(Function):
             index = _index_on_device(index, get_array_module(a))
         ctx.shape = a.shape
         ctx.index = index
+        ctx.returns_view = _is_basic(index)
         try:
             return a[index]
         except IndexError as exc:

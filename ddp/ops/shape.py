@@ -14,6 +14,7 @@ from ddp.ops.views import reshape
 
 
 class Permute(Function):
+    returns_view = True  # the result shares the input's memory (see Tensor._check_inplace)
     @staticmethod
     def forward(ctx, a, axes):
         ctx.axes = axes
@@ -28,6 +29,7 @@ class Permute(Function):
 
 
 class Expand(Function):
+    returns_view = True
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
@@ -42,6 +44,7 @@ class Slice(Function):
     """Basic (view) indexing along one or more axes, used by split/chunk/narrow."""
 
     backward_name = "SliceBackward0"
+    returns_view = True
 
     @staticmethod
     def forward(ctx, a, index):

@@ -44,7 +44,10 @@ class Reshape(Function):
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
-        return a.reshape(shape)
+        out = a.reshape(shape)
+        # A view of ``a``'s memory (NumPy and CuPy point a view's base at the owner), or a copy.
+        ctx.returns_view = out.base is not None and (out.base is a or out.base is a.base)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
