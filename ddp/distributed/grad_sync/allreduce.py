@@ -101,6 +101,8 @@ class AllReduceBuckets(SyncStrategy):
         exact = world & (world - 1) == 0
         self._prescale = 1.0 / world if exact and world > 1 else None
         self._postdivide = None if exact else world  # Python numbers: float32 stays so
+        self._world = world
+        self._rescale: float | None = None  # average_over(): world / contributing ranks
 
         cap = max(1, int(bucket_cap_mb * _MB))
         first_cap = min(cap, max(1, int(first_bucket_cap_mb * _MB)))
@@ -156,6 +158,16 @@ class AllReduceBuckets(SyncStrategy):
         else:
             view[...] = grad.array
 
+    def zero_buckets(self) -> None:
+        for flat in self.flat_buffers:
+            flat[...] = 0
+        self._used[:] = 0
+
+    def average_over(self, ranks: int | None) -> None:
+        """Divide the sums by ``ranks`` instead of the world size from now on (None: the world
+        size again). ``Join(divide_by_initial_world_size=False)``: only the active ranks count."""
+        self._rescale = None if ranks in (None, self._world) else self._world / ranks
+
     def nbytes(self, bucket: Bucket) -> int:
         return int(bucket.buffer.nbytes)
 
@@ -175,6 +187,8 @@ class AllReduceBuckets(SyncStrategy):
     def _finish_average(self, buffer) -> None:
         if self._postdivide is not None:
             buffer /= self._postdivide
+        if self._rescale is not None:
+            buffer *= self._rescale
 
     def after_backward_jobs(self, process_group) -> list[Job]:
         return [(f"buckets {k}", partial(self._allreduce, flat, process_group))

@@ -115,6 +115,7 @@ class GradSyncScheduler:
         self._expect = False
         self._forward_thread: int | None = None
         self._backward_start = 0.0
+        self._shadowing = False  # shadow(): collectives of a backward this rank does not run
         self.last_timeline: dict | None = None
 
         self.comm = CommThread(f"{strategy.thread_prefix}-comm-rank{self._rank}")
@@ -177,7 +178,8 @@ class GradSyncScheduler:
         self._mark_ready(index, hooked=True)
 
     def _mark_ready(self, index: int, hooked: bool) -> None:
-        self.strategy.fill(index, hooked)
+        if not self._shadowing:
+            self.strategy.fill(index, hooked)
         self._ready[index] = True
         completed = False
         for position in self._param_buckets[index]:
@@ -279,6 +281,28 @@ class GradSyncScheduler:
             self._finalize()
         finally:
             self._expect, self._forward_thread, self._overlap = expect, forward_thread, overlap
+
+    def shadow(self) -> None:
+        """Collective: issue exactly the collectives of one synchronised backward, in the same
+        overlap mode and order, contributing zero gradients; then finish as a backward would.
+
+        For a rank that has run out of inputs while others still train (``Join``): it matches
+        their bucket collectives without running a backward. Does nothing after ``hand_over``
+        (the new owner shadows instead).
+        """
+        if self.handed_over:
+            return
+        if self._task is not None:
+            raise RuntimeError("shadow() cannot run during a synchronised backward")
+        self._arm(object())
+        self.strategy.zero_buckets()
+        self._shadowing = True
+        try:
+            for i in range(len(self.params)):
+                self._mark_ready(i, hooked=False)
+            self._finalize()
+        finally:
+            self._shadowing = False
 
     def hand_over(self, to: GradSyncScheduler | None = None) -> None:
         """Stop synchronising for good: another component (``to``) reduces these gradients.

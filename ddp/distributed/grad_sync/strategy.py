@@ -44,6 +44,11 @@ class SyncStrategy:
         """
         raise NotImplementedError
 
+    def zero_buckets(self) -> None:
+        """Backward thread: fill every bucket with zero gradients (``GradSyncScheduler.shadow``:
+        this rank contributes nothing to the reductions it joins)."""
+        raise NotImplementedError
+
     def nbytes(self, bucket) -> int:
         """Bytes a bucket's collective moves in (for the timeline)."""
         return 0

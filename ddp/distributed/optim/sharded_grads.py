@@ -125,6 +125,10 @@ class ShardedGrads(SyncStrategy):
         self.fresh = False
         self.has_grads = True
 
+    def zero_buckets(self) -> None:
+        for b in self.buckets:
+            self._staging(b)[...] = 0
+
     def _staging(self, b: ShardBucket):
         """The buffer bucket ``b`` is gathered in before its reduce-scatter."""
         raise NotImplementedError
@@ -211,6 +215,10 @@ class Stage1Grads(ShardedGrads):
 
     def _staging(self, b: ShardBucket):
         return self.flat[b.dtype][b.lo:b.hi]
+
+    def zero_buckets(self) -> None:
+        if self.fresh:  # otherwise ``begin`` prepared the buffer: adding nothing leaves it so
+            self._zero_held()
 
     def _put(self, dst, src) -> None:
         if src is None:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.distributed.algorithms.join import Joinable, JoinHook
 from ddp.distributed.api import resolve_group
 from ddp.distributed.grad_sync import GradSyncScheduler
 from ddp.distributed.optim import shard_state
@@ -73,7 +74,7 @@ class _GroupView(MutableMapping):
         return repr(dict(self))
 
 
-class ZeroRedundancyOptimizer(Optimizer):
+class ZeroRedundancyOptimizer(Optimizer, Joinable):
     """Shard ``optimizer_class``'s state (stage 1) and the gradients (stage 2) over the ranks.
 
     Training code is unchanged: ``loss.backward(); opt.step(); opt.zero_grad()``.
@@ -115,6 +116,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         user_groups, self.param_groups = self.param_groups, []
         self._params = [p for g in user_groups for p in g["params"]]
         pg = resolve_group(process_group)
+        self._join_group = pg  # Join's counting runs on the user's group, beside DDP's
         self.rank, self.world = pg.rank(), pg.size()
         if bucket_cap_mb <= 0 or first_bucket_cap_mb <= 0:
             raise ValueError(f"Invalid bucket caps: bucket_cap_mb={bucket_cap_mb}, "
@@ -158,6 +160,22 @@ class ZeroRedundancyOptimizer(Optimizer):
                                       self.grads, self.process_group, every_backward=True,
                                       exclusive=True)
         self._consolidated: dict | None = None
+
+    # ------------------------------------------------------------------------------- join
+    can_lead_join = False  # its iteration's first collective is in backward: Join([model, opt])
+
+    def join_hook(self, **kwargs: Any) -> JoinHook:
+        """A joined rank's ZeRO iteration: reduce-scatter zero gradients with the active ranks
+        (its shard receives their average), then step its shard and all-gather, as they do."""
+        return _ZeROJoinHook(self)
+
+    @property
+    def join_device(self):
+        return self._params[0].device
+
+    @property
+    def join_process_group(self):
+        return self._join_group
 
     def _make_shard_params(self) -> list[ShardParam]:
         shards = []
@@ -425,3 +443,14 @@ class ZeroRedundancyOptimizer(Optimizer):
             for k, v in saved.items():
                 if k != "params":
                     group[k] = v
+
+
+class _ZeROJoinHook(JoinHook):
+    def __init__(self, optimizer: ZeroRedundancyOptimizer):
+        self.optimizer = optimizer
+
+    def main_hook(self) -> None:
+        opt = self.optimizer
+        opt.zero_grad()
+        opt.sync.shadow()
+        opt.step()

@@ -10,7 +10,8 @@ Collective points (every rank must reach them, in the same order):
   * construction: model check (one small all-gather), parameter and buffer broadcast from
     rank 0, and the creation (and bucket-layout check) of the reducer's private group;
   * every ``forward`` with grad enabled outside ``no_sync()``: buffer broadcast from rank 0
-    (when ``broadcast_buffers`` and the module has buffers);
+    (when ``broadcast_buffers`` and the module has buffers); inside ``join()``, first the join
+    all-reduce (active ranks) and one small all-reduce agreeing on this iteration;
   * the ``backward`` that follows such a forward: the bucket all-reduces (plus one bitmap
     all-reduce with ``find_unused_parameters=True``).
 """
@@ -21,17 +22,21 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from ddp import config
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
+from ddp.distributed.algorithms.join import Join, Joinable, JoinHook
 from ddp.distributed.api import resolve_group
 from ddp.distributed.grad_sync import AllReduceBuckets, GradSyncScheduler, check_overlap
+from ddp.distributed.reduce_op import ReduceOp
 from ddp.nn.modules.module import Module
 
 _BROADCAST_CHUNK_BYTES = 256 * 1024 * 1024
 
 
-class DistributedDataParallel(Module):
+class DistributedDataParallel(Module, Joinable):
     """Wrap ``module`` so that backward averages its gradients over ``process_group``.
 
     Must be constructed on every rank of the group, with the same model (same parameter
@@ -122,16 +127,54 @@ class DistributedDataParallel(Module):
         # A ZeroRedundancyOptimizer over these parameters (built before or after) takes the
         # gradient sync over: see the scheduler's ownership rule.
         self.reducer = GradSyncScheduler(params, names, buckets, comm_pg, overlap=mode)
+        self._join_divide_by_initial_world_size = True
 
     def forward(self, *inputs, **kwargs):
         """Run the wrapped module; arms gradient synchronisation for the next backward."""
-        if is_grad_enabled() and self.require_backward_grad_sync:
-            if self.broadcast_buffers and self.process_group.size() > 1:
-                buffers = [b.array for b in self.module.buffers()]
-                if buffers:
-                    _broadcast_coalesced(self.process_group, buffers, src=0)
+        sync = is_grad_enabled() and self.require_backward_grad_sync
+        source = 0
+        active = Join.notify_join_context(self)
+        if active is not None:  # inside join(): agree with the ranks that have joined
+            sync, source = _join_round(self.process_group, sync, self.process_group.rank())
+            self.reducer.strategy.average_over(
+                None if self._join_divide_by_initial_world_size else active)
+        if sync:
+            self._sync_buffers(source)
             self.reducer.expect_backward()
         return self.module(*inputs, **kwargs)
+
+    def _sync_buffers(self, source: int) -> None:
+        if self.broadcast_buffers and self.process_group.size() > 1:
+            buffers = [b.array for b in self.module.buffers()]
+            if buffers:
+                _broadcast_coalesced(self.process_group, buffers, src=source)
+
+    # ------------------------------------------------------------------------------- join
+    def join(self, divide_by_initial_world_size: bool = True, enable: bool = True,
+             throw_on_early_termination: bool = False) -> Join:
+        """Context manager for uneven inputs: ``with model.join(): for batch in my_batches:``.
+
+        A rank whose loop ends first shadows the others' collectives (buffer broadcast,
+        gradient buckets) with zero gradients until every rank is done; then the last rank to
+        finish broadcasts its model so all replicas are equal. Gradients are the sum over the
+        active ranks divided by the initial world size (``divide_by_initial_world_size``) or
+        by the number of active ranks. Must be entered on every rank.
+        """
+        return Join([self], enable, throw_on_early_termination,
+                    divide_by_initial_world_size=divide_by_initial_world_size)
+
+    def join_hook(self, divide_by_initial_world_size: bool = True, **kwargs) -> JoinHook:
+        """The hook a joined rank runs (``Joinable``); every rank builds it (``Join``)."""
+        self._join_divide_by_initial_world_size = divide_by_initial_world_size
+        return _DDPJoinHook(self)
+
+    @property
+    def join_device(self):
+        return next(self.module.parameters()).device
+
+    @property
+    def join_process_group(self):
+        return self.process_group
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -158,6 +201,37 @@ class DistributedDataParallel(Module):
             yield
         finally:
             self.require_backward_grad_sync = previous
+
+
+class _DDPJoinHook(JoinHook):
+    """A joined rank's side of DDP's iteration: the agreement, the buffers, the buckets."""
+
+    def __init__(self, model: DistributedDataParallel):
+        self.model = model
+
+    def main_hook(self) -> None:
+        model = self.model
+        sync, source = _join_round(model.process_group, False, -1)
+        if sync:
+            model._sync_buffers(source)
+            model.reducer.shadow()
+
+    def post_hook(self, is_last_joiner: bool) -> None:
+        model, pg = self.model, self.model.process_group
+        model.reducer.strategy.average_over(None)
+        # The replicas of ranks that joined early missed steps: the last joiner's is current.
+        source = np.array([pg.rank() if is_last_joiner else -1], dtype=np.int64)
+        pg.allreduce(source, ReduceOp.MAX)
+        _broadcast_coalesced(pg, [p.array for p in model.module.parameters()] +
+                             [b.array for b in model.module.buffers()], src=int(source[0]))
+
+
+def _join_round(pg, sync: bool, rank: int) -> tuple[bool, int]:
+    """Collective inside ``join()``: does this iteration synchronise (any active rank says so),
+    and the highest active rank (the source of the buffers; joined ranks pass -1)."""
+    flags = np.array([int(sync), rank], dtype=np.int64)
+    pg.allreduce(flags, ReduceOp.MAX)
+    return bool(flags[0]), int(flags[1])
 
 
 def default_comm_mode() -> str:
