@@ -158,6 +158,7 @@ __version__ = "0.1.0"
 from ddp import cuda as cuda  # noqa: E402 - never imports CuPy by itself
 from ddp import debug as debug  # noqa: E402 - DDP_DEBUG=1 switches diagnostics on at import
 from ddp import distributed as distributed  # noqa: E402 - needs the names above
+from ddp import futures as futures  # noqa: E402 - torch.futures
 from ddp import nn as nn  # noqa: E402 - nn builds on the names above
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline

@@ -33,11 +33,13 @@ from ddp.distributed.collectives import (
     broadcast_object_list,
     reduce_scatter_tensor,
 )
+from ddp.distributed.grad_sync.grad_bucket import GradBucket
 from ddp.distributed.process_group import ProcessGroup
 from ddp.distributed.reduce_op import ReduceOp, Work
 from ddp.distributed.spawn import SpawnError, spawn
 
 __all__ = [
+    "GradBucket",
     "GroupMember",
     "ProcessGroup",
     "ReduceOp",

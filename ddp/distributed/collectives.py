@@ -51,7 +51,7 @@ def all_reduce(tensor, op: ReduceOp = ReduceOp.SUM, group=None, async_op: bool =
         buf.commit()
         return None
     work = pg.allreduce_async(buf.array, op)
-    return Work(lambda: (work.wait(), buf.commit()))
+    return Work(lambda: (work.wait(), buf.commit()), result=[tensor])
 
 
 def broadcast(tensor, src: int, group=None, async_op: bool = False):
@@ -60,7 +60,7 @@ def broadcast(tensor, src: int, group=None, async_op: bool = False):
     buf = _Contiguous(tensor, "broadcast")
     pg.broadcast(buf.array, get_group_rank(pg, src))
     buf.commit()
-    return Work() if async_op else None
+    return Work(result=[tensor]) if async_op else None
 
 
 def barrier(group=None, async_op: bool = False, device_ids=None):
@@ -90,7 +90,7 @@ def all_gather(tensor_list: list, tensor, group=None, async_op: bool = False):
     pg.allgather(out, array)
     for i, t in enumerate(tensor_list):
         t.array[...] = out[i]
-    return Work() if async_op else None
+    return Work(result=[tensor_list]) if async_op else None
 
 
 def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op: bool = False):
@@ -100,7 +100,7 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op: bo
     inp = _Contiguous(input_tensor, "all_gather_into_tensor").array
     pg.allgather(out.array, inp)
     out.commit()
-    return Work() if async_op else None
+    return Work(result=[output_tensor]) if async_op else None
 
 
 def reduce_scatter_tensor(output, input, op: ReduceOp = ReduceOp.SUM, group=None,  # noqa: A002
@@ -111,7 +111,7 @@ def reduce_scatter_tensor(output, input, op: ReduceOp = ReduceOp.SUM, group=None
     inp = _Contiguous(input, "reduce_scatter_tensor").array
     pg.reduce_scatter(out.array, inp, op)
     out.commit()
-    return Work() if async_op else None
+    return Work(result=[output]) if async_op else None
 
 
 def all_gather_object(object_list: list, obj: Any, group=None) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
+
+from ddp.futures import Future
 
 
 class ReduceOp(enum.Enum):
@@ -42,9 +45,10 @@ class Work:
     that is already complete.
     """
 
-    def __init__(self, finish: Callable[[], None] | None = None):
+    def __init__(self, finish: Callable[[], None] | None = None, result: Any = None):
         self._finish = finish
         self._done = finish is None
+        self._result = result  # what get_future() yields: torch's list of output tensors
 
     def wait(self, timeout=None) -> bool:
         """Complete the collective (``timeout`` is accepted for torch compatibility, unused)."""
@@ -56,3 +60,12 @@ class Work:
 
     def is_completed(self) -> bool:
         return self._done
+
+    def result(self) -> Any:
+        """The collective's output tensors (a list), once complete."""
+        self.wait()
+        return self._result
+
+    def get_future(self) -> Future:
+        """A ``Future`` of ``result()``: waiting for it completes this collective."""
+        return Future(_complete=self.result)

@@ -7,6 +7,10 @@ its last slot is filled; after backward the averages are written back into ``.gr
 device are consecutive slices of one flat buffer, so overlap ``"sync"`` all-reduces them all
 with a single collective. With ``find_unused_parameters`` a usage bitmap is all-reduced after
 the buckets, so a parameter no rank used keeps ``.grad`` None.
+
+A communication hook (``set_comm_hook``, torch's ``register_comm_hook`` contract) replaces the
+averaging all-reduce: each full bucket is handed to ``hook(state, GradBucket)``, which returns
+a ``Future`` of the reduced buffer; DDP neither pre-scales nor divides (the hook averages).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from functools import partial
 import numpy as np
 
 from ddp.backend import get_array_module
+from ddp.distributed.grad_sync.grad_bucket import GradBucket
 from ddp.distributed.grad_sync.strategy import Job, SyncStrategy
+from ddp.distributed.reduce_op import Work
+from ddp.futures import Future
 from ddp.tensor import Tensor
 
 _MB = 1024 * 1024
@@ -103,6 +110,7 @@ class AllReduceBuckets(SyncStrategy):
         self._postdivide = None if exact else world  # Python numbers: float32 stays so
         self._world = world
         self._rescale: float | None = None  # average_over(): world / contributing ranks
+        self._hook = None  # (state, hook) of set_comm_hook
 
         cap = max(1, int(bucket_cap_mb * _MB))
         first_cap = min(cap, max(1, int(first_bucket_cap_mb * _MB)))
@@ -130,6 +138,12 @@ class AllReduceBuckets(SyncStrategy):
                 offset += size
             self.buckets.append(Bucket(b, buffer, indices))
         self._used = np.zeros(len(arrays), dtype=np.int32)
+
+    def set_comm_hook(self, state, hook) -> None:
+        """Reduce each bucket with ``hook(state, bucket)`` instead of the averaging all-reduce
+        (DDP's ``register_comm_hook``); between backwards, on every rank alike."""
+        self._hook = (state, hook)
+        self._prescale = self._postdivide = None  # the hook averages
 
     def describe(self) -> str:
         """The bucket layout, for the ranks' one-time agreement check."""
@@ -172,17 +186,49 @@ class AllReduceBuckets(SyncStrategy):
         return int(bucket.buffer.nbytes)
 
     def reduce(self, bucket: Bucket, process_group) -> None:
+        if self._hook is not None:
+            self._take_hook_result(bucket, self._run_hook(bucket))
+            return
         self._allreduce(bucket.buffer, process_group)
+
+    def _run_hook(self, bucket: Bucket) -> Future:
+        state, hook = self._hook
+        grad_bucket = GradBucket(bucket.index, len(self.buckets), bucket.buffer,
+                                 [self._params[i] for i in bucket.params],
+                                 [self._slots[i] for i in bucket.params])
+        future = hook(state, grad_bucket)
+        if not isinstance(future, Future):
+            raise TypeError(f"communication hook {getattr(hook, '__name__', hook)!r} must return "
+                            f"a ddp.futures.Future (torch.futures.Future), got "
+                            f"{type(future).__name__}")
+        return future
+
+    def _take_hook_result(self, bucket: Bucket, future: Future) -> None:
+        value = future.wait()
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]  # a collective's own future: [tensor]
+        if not isinstance(value, Tensor) or value.numel() != bucket.buffer.size:
+            raise RuntimeError(
+                f"communication hook: the future of bucket {bucket.index} must hold a Tensor of "
+                f"{bucket.buffer.size} elements (the bucket), got "
+                f"{value.shape if isinstance(value, Tensor) else type(value).__name__}")
+        if value.array is not bucket.buffer:
+            bucket.buffer[...] = value.array.reshape(-1)
+        self._finish_average(bucket.buffer)
 
     def _allreduce(self, buffer, process_group) -> None:
         process_group.allreduce(buffer)
         self._finish_average(buffer)
 
     def reduce_async(self, bucket: Bucket, process_group):
+        if self._hook is not None:
+            future = self._run_hook(bucket)
+            return _HookWork(lambda: self._take_hook_result(bucket, future), future)
         return process_group.allreduce_async(bucket.buffer)
 
     def complete_async(self, bucket: Bucket) -> None:
-        self._finish_average(bucket.buffer)
+        if self._hook is None:  # a hook's result was taken when its work completed
+            self._finish_average(bucket.buffer)
 
     def _finish_average(self, buffer) -> None:
         if self._postdivide is not None:
@@ -191,6 +237,8 @@ class AllReduceBuckets(SyncStrategy):
             buffer *= self._rescale
 
     def after_backward_jobs(self, process_group) -> list[Job]:
+        if self._hook is not None:
+            return super().after_backward_jobs(process_group)  # one hook call per bucket
         return [(f"buckets {k}", partial(self._allreduce, flat, process_group))
                 for k, flat in enumerate(self.flat_buffers)]
 
@@ -220,3 +268,14 @@ class AllReduceBuckets(SyncStrategy):
             bucket.buffer = bucket.buffer[:0]
         self.flat_buffers = []
         self._slots = [None] * len(self._slots)
+
+
+class _HookWork(Work):
+    """A communication hook's future, as the scheduler's non-blocking path waits for it."""
+
+    def __init__(self, finish, future: Future):
+        super().__init__(finish)
+        self._future = future
+
+    def is_completed(self) -> bool:
+        return self._done or self._future.done()

@@ -282,6 +282,22 @@ class GradSyncScheduler:
         finally:
             self._expect, self._forward_thread, self._overlap = expect, forward_thread, overlap
 
+    def use_overlap(self, overlap: str) -> None:
+        """Launch buckets in ``overlap`` mode from the next backward on (between backwards, on
+        every rank alike: DDP's ``register_comm_hook`` runs hooks in the backward thread).
+
+        Raises:
+            ValueError: an unknown mode, or one the strategy does not support.
+            RuntimeError: during a synchronised backward.
+        """
+        check_overlap(overlap)
+        if overlap not in self.strategy.overlap_modes:
+            raise ValueError(f"{self.strategy.owner} does not support comm_mode {overlap!r}")
+        if self._task is not None:
+            raise RuntimeError("use_overlap() cannot run during a synchronised backward")
+        self.overlap = overlap
+        self._overlap = _OVERLAPS[overlap]
+
     def shadow(self) -> None:
         """Collective: issue exactly the collectives of one synchronised backward, in the same
         overlap mode and order, contributing zero gradients; then finish as a backward would.

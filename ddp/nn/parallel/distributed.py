@@ -128,6 +128,7 @@ class DistributedDataParallel(Module, Joinable):
         # gradient sync over: see the scheduler's ownership rule.
         self.reducer = GradSyncScheduler(params, names, buckets, comm_pg, overlap=mode)
         self._join_divide_by_initial_world_size = True
+        self._comm_hook = None
 
     def forward(self, *inputs, **kwargs):
         """Run the wrapped module; arms gradient synchronisation for the next backward."""
@@ -148,6 +149,38 @@ class DistributedDataParallel(Module, Joinable):
             buffers = [b.array for b in self.module.buffers()]
             if buffers:
                 _broadcast_coalesced(self.process_group, buffers, src=source)
+
+    # ------------------------------------------------------------------------- comm hooks
+    def register_comm_hook(self, state: object, hook) -> None:
+        """Reduce each gradient bucket with ``hook(state, bucket)`` (torch's contract).
+
+        ``bucket`` is a ``ddp.distributed.GradBucket``; the hook returns a ``ddp.futures.Future``
+        (torch.futures.Future) whose value is the reduced bucket (a Tensor of
+        ``bucket.buffer().numel()`` elements); DDP writes it back and does not divide by the
+        world size itself (the hook averages, as ``default_hooks.allreduce_hook`` does). Ready
+        hooks: ``ddp.distributed.algorithms.ddp_comm_hooks.default_hooks``
+        (``allreduce_hook``, ``fp16_compress_hook``). As in torch, hooks run in the backward
+        thread: with ``comm_mode="thread"`` DDP switches to ``"nonblocking"`` (the hook's
+        asynchronous collectives are progressed by the later gradient hooks). Call once, on
+        every rank, before training.
+
+        Raises:
+            TypeError: ``hook`` is not callable.
+            RuntimeError: a hook is already registered, or a ZeroRedundancyOptimizer owns the
+                gradient sync of this model.
+        """
+        if not callable(hook):
+            raise TypeError("Communication hook must be callable.")
+        if self._comm_hook is not None:
+            raise RuntimeError(
+                "register_comm_hook or register_builtin_comm_hook can only be called once.")
+        if self.reducer.handed_over:
+            raise RuntimeError("register_comm_hook: a ZeroRedundancyOptimizer owns the gradient "
+                               "synchronisation of this model (it reduce-scatters every bucket)")
+        self._comm_hook = hook
+        self.reducer.strategy.set_comm_hook(state, hook)
+        if self.reducer.overlap == "thread":
+            self.reducer.use_overlap("nonblocking")
 
     # ------------------------------------------------------------------------------- join
     def join(self, divide_by_initial_world_size: bool = True, enable: bool = True,
