@@ -155,6 +155,7 @@ def get_default_dtype():
 
 __version__ = "0.1.0"
 
+from ddp import amp as amp  # noqa: E402
 from ddp import cuda as cuda  # noqa: E402 - never imports CuPy by itself
 from ddp import debug as debug  # noqa: E402 - DDP_DEBUG=1 switches diagnostics on at import
 from ddp import distributed as distributed  # noqa: E402 - needs the names above

@@ -304,6 +304,14 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
             self.grads.scale_(coef)
         return Tensor(total)
 
+    def unscale_grads_(self, inv_scale: float) -> bool:
+        """Collective: multiply this rank's averaged gradient shard by ``inv_scale``
+        (``GradScaler.unscale_``); True on every rank when any rank's shard holds inf/NaN."""
+        self.grads.absorb_manual_grads()
+        if self.grads.has_grads:
+            self.grads.scale_(inv_scale)
+        return self.has_nonfinite_grad()
+
     def has_nonfinite_grad(self) -> bool:
         """Collective: True on every rank when any rank's gradient slice holds inf or nan."""
         self.grads.absorb_manual_grads()
