@@ -157,7 +157,7 @@ def _write(path: str, array) -> dict:
     try:
         record = storage.write_array(path, array)
     except OSError as exc:
-        raise files.no_space(exc, path) from exc
+        files.raise_os_error(exc, path)
     return record if record is not None else files.record_of(path)
 
 

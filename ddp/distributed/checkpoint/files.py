@@ -20,7 +20,7 @@ import io
 import os
 import re
 import stat
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -41,11 +41,11 @@ def to_host(array) -> np.ndarray:
     return np.ascontiguousarray(array if xp is np else xp.asnumpy(array))
 
 
-def no_space(exc: OSError, path: str) -> OSError:
-    """``exc`` itself, or for a full disk an OSError(ENOSPC) naming ``path``."""
+def raise_os_error(exc: OSError, path: str) -> NoReturn:
+    """Re-raise ``exc``; a full disk (ENOSPC, EDQUOT) as OSError(ENOSPC) naming ``path``."""
     if exc.errno in _NO_SPACE:
-        return OSError(errno.ENOSPC, f"no space left on device writing {path!r}")
-    return exc
+        raise OSError(errno.ENOSPC, f"no space left on device writing {path!r}") from exc
+    raise exc
 
 
 def inside(directory: str, name: str) -> str:
@@ -102,7 +102,7 @@ def write_array(path: str, array) -> dict[str, Any]:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise no_space(exc, path) from exc
+        raise_os_error(exc, path)
     return {"sha256": out.sha256.hexdigest(), "bytes": out.nbytes, "dtype": str(host.dtype),
             "shape": list(host.shape)}
 
@@ -123,7 +123,7 @@ def write_bytes(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise no_space(exc, path) from exc
+        raise_os_error(exc, path)
 
 
 def read_bytes(path: str, limit: int) -> bytes:

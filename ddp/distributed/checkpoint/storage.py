@@ -124,7 +124,7 @@ def begin(root: str) -> tuple[str, str]:
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         os.makedirs(os.path.join(tmp, "model"))
     except OSError as exc:
-        raise files.no_space(exc, root) from exc
+        files.raise_os_error(exc, root)
     return tmp, final
 
 
