@@ -57,9 +57,8 @@ def test_index_layout_and_no_pickle(tmp_path):
     path = storage.latest_dir(str(tmp_path))
     assert os.path.basename(path) == "v000001"
     with open(os.path.join(path, "index.json")) as f:
-        top = json.load(f)
-    assert top["format"] == "ddp.distributed.checkpoint/2" and len(top["sha256"]) == 64
-    index = top["body"]
+        index = json.load(f)
+    assert index["format"] == "ddp.distributed.checkpoint/2" and len(index["sha256"]) == 64
     for name, record in index["files"].items():  # every file's size and SHA-256
         with open(os.path.join(path, name), "rb") as f:
             data = f.read()

@@ -62,7 +62,7 @@ def test_enospc_names_the_file_on_every_rank(monkeypatch):
         with pytest.raises(OSError) as info:
             checkpoint.save(directory, model=model, optimizer=opt)
         assert info.value.errno == errno.ENOSPC
-        assert "rank 1: no space left on device writing" in str(info.value)
+        assert "rank 1: no space left on device (ENOSPC) writing" in str(info.value)
         assert ".rank1.npy" in str(info.value)
         dist.barrier()
         assert os.listdir(directory) == []  # the temporary version is gone
@@ -81,7 +81,9 @@ def _saved_plain(root) -> tuple[str, tuple]:
 
 def _body(version: str) -> dict:
     with open(os.path.join(version, storage.INDEX)) as f:
-        return json.load(f)["body"]
+        body = json.load(f)
+    del body["format"], body["sha256"]
+    return body
 
 
 def _rewrite(version: str, body: dict) -> None:
@@ -141,10 +143,13 @@ def test_corruption_sweep_single_process(tmp_path):
 
 
 # --------------------------------------------------------------- nothing outside the root
+@pytest.mark.parametrize("digest", ["valid", "stale"])
 @pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "model/../../x.npy",
                                   "model/./weight.npy", "..", "model//w.npy", ""])
-def test_index_file_names_leaving_the_directory_are_refused(tmp_path, name):
+def test_index_file_names_leaving_the_directory_are_refused(tmp_path, name, digest):
     version, _ = _saved_plain(tmp_path / "ckpt")
+    with open(os.path.join(version, storage.INDEX)) as f:
+        stale = json.load(f)["sha256"]
     body = _body(version)
     old = next(iter(body["files"]))
     body["files"][name] = body["files"].pop(old)
@@ -152,9 +157,14 @@ def test_index_file_names_leaving_the_directory_are_refused(tmp_path, name):
         for piece in space["files"]:
             if piece["file"] == old:
                 piece["file"] = name
-    _rewrite(version, body)
+    if digest == "valid":
+        _rewrite(version, body)
+    else:  # edited by hand: the digest no longer matches, and the entry is still named
+        with open(os.path.join(version, storage.INDEX), "w") as f:
+            json.dump({**body, "format": index.FORMAT, "sha256": stale}, f)
     message = _load_error(tmp_path / "ckpt")
     assert "not a plain file name" in message and repr(name) in message, message
+    assert ("is corrupt" in message) == (digest == "stale"), message
 
 
 def test_symlinked_shard_and_model_dir_are_refused(tmp_path):
@@ -243,7 +253,7 @@ def test_crafted_indexes_are_refused_naming_the_entry(tmp_path):
             "'zz'")
     crafted(lambda b: b["optimizer"].update(param_groups=b["optimizer"]["param_groups"][:1]),
             "1 param groups", "has 2")
-    crafted(lambda b: b.update(extra=[]), "entry extra")
+    crafted(lambda b: b.update(extra=[]), "invalid entry: extra")
     crafted(lambda b: b["optimizer"]["state"]["a"]["step"].update(dtype="V8"), "'V8'")
 
 
@@ -309,7 +319,7 @@ def test_enospc_while_writing_names_the_file(tmp_path, monkeypatch):
         checkpoint.save(str(tmp_path), model=model)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert info.value.errno == errno.ENOSPC
-    assert "no space left on device writing" in str(info.value), str(info.value)
+    assert "no space left on device (ENOSPC) writing" in str(info.value), str(info.value)
     assert "weight.npy" in str(info.value)
     assert os.listdir(tmp_path) == []
 

@@ -106,7 +106,7 @@ def save(directory: str, model=None, optimizer=None, *, process_group=None,
     Raises:
         On every rank, the type of the first failing rank's error, its message prefixed with
         ``"checkpoint.save: rank R: "`` (e.g. OSError with ENOSPC, "no space left on device
-        writing <file>"). Nothing of the failed save is left; ``latest`` is unchanged.
+        (ENOSPC) writing <file>"). Nothing of the failed save is left; ``latest`` is unchanged.
     """
     pg = _group(optimizer, process_group)
     rank, world = pg.rank(), pg.size()

@@ -44,7 +44,7 @@ def to_host(array) -> np.ndarray:
 def raise_os_error(exc: OSError, path: str) -> NoReturn:
     """Re-raise ``exc``; a full disk (ENOSPC, EDQUOT) as OSError(ENOSPC) naming ``path``."""
     if exc.errno in _NO_SPACE:
-        raise OSError(errno.ENOSPC, f"no space left on device writing {path!r}") from exc
+        raise OSError(errno.ENOSPC, f"no space left on device (ENOSPC) writing {path!r}") from exc
     raise exc
 
 
@@ -89,7 +89,7 @@ def write_array(path: str, array) -> dict[str, Any]:
         ``{"sha256", "bytes", "dtype", "shape"}``, what the index stores for the file.
 
     Raises:
-        OSError: naming the file; ENOSPC as "no space left on device writing <path>".
+        OSError: naming the file; ENOSPC as "no space left on device (ENOSPC) writing <path>".
     """
     host = to_host(array)
     if str(host.dtype) not in DTYPES:
@@ -98,7 +98,7 @@ def write_array(path: str, array) -> dict[str, Any]:
     try:
         with open(path, "xb") as f:
             out = _HashingWriter(f)
-            np.lib.format.write_array(out, host, allow_pickle=False)
+            np.save(out, host, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:

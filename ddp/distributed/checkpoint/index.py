@@ -1,8 +1,8 @@
 """The checkpoint index: written with its own checksum, read back only after full validation.
 
-``index.json`` is ``{"format": FORMAT, "sha256": <hex>, "body": {...}}`` where ``sha256`` is
-the SHA-256 of the body's canonical JSON (sorted keys, no spaces), so a changed byte anywhere
-that changes what the index says is detected. The body holds:
+``index.json`` is one JSON object: ``format`` (:data:`FORMAT`), ``sha256`` (the SHA-256 of the
+canonical JSON, sorted keys and no spaces, of every other key), so a changed byte anywhere that
+changes what the index says is detected, and the *body*:
 
 * ``world_size``: the number of ranks that wrote it;
 * ``files``: every data file by name: ``{"sha256", "bytes", "dtype", "shape"}``;
@@ -19,7 +19,8 @@ that changes what the index says is detected. The body holds:
 :func:`decode` checks the digest, then every entry against that schema (types, names, dtypes
 from an allow-list, ranges within the spaces and files), raising ValueError naming the index
 file and the entry; the loader can then index the body without a KeyError or an out-of-range
-slice. Format 1 (before checksums) is refused with a message saying so.
+slice. An index that breaks the schema *and* its digest is reported as corrupt. Format 1
+(before checksums) is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _INDEX_LIMIT = 1 << 30  # bytes; an index is a few KiB per parameter
 
 
-def _canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+def _canonical(index: dict) -> bytes:
+    return json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
 
 
 def encode(body: dict) -> bytes:
     """The bytes of ``index.json`` for ``body`` (JSON values only)."""
-    digest = hashlib.sha256(_canonical(body)).hexdigest()
-    return json.dumps({"format": FORMAT, "sha256": digest, "body": body}, indent=1,
-                      sort_keys=True).encode()
+    index = {**body, "format": FORMAT}
+    index["sha256"] = hashlib.sha256(_canonical(index)).hexdigest()
+    return json.dumps(index, indent=1, sort_keys=True).encode()
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -56,8 +57,16 @@ def _unique_keys(pairs: list) -> dict:
     return out
 
 
+class _Invalid(ValueError):
+    """An entry that breaks the schema; ``detail`` names it."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
 def decode(path: str) -> dict:
-    """The validated body of the index file ``path``.
+    """The validated body of the index file ``path`` (the index without format and digest).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -66,23 +75,33 @@ def decode(path: str) -> dict:
     """
     data = files.read_bytes(path, _INDEX_LIMIT)
     try:
-        top = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        index = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"checkpoint index {path!r} is truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
-    fmt = top.get("format") if isinstance(top, dict) else None
+    fmt = index.get("format") if isinstance(index, dict) else None
     if fmt == "ddp.distributed.checkpoint/1":
         raise ValueError(f"checkpoint index {path!r} has format {fmt!r} (written before "
                          f"checksums), which this version does not load; expected {FORMAT!r}")
     if fmt != FORMAT:
         raise ValueError(f"checkpoint index {path!r} is corrupt or not a checkpoint index: "
-                         f"format {fmt!r}, expected {FORMAT!r}")
-    body, digest = top.get("body"), top.get("sha256")
-    if not isinstance(body, dict) or not isinstance(digest, str) or \
-            hashlib.sha256(_canonical(body)).hexdigest() != digest:
+                         f"format {fmt!r:.80}, expected {FORMAT!r}")
+    digest = index.pop("sha256", None)
+    intact = isinstance(digest, str) and hashlib.sha256(_canonical(index)).hexdigest() == digest
+    body = {k: v for k, v in index.items() if k != "format"}
+    try:
+        _Schema().body(body)
+    except (TypeError, KeyError, IndexError, AttributeError) as exc:  # a schema gap: still named
+        raise ValueError(f"checkpoint index {path!r} is corrupt or invalid "
+                         f"({type(exc).__name__}: {exc})") from None
+    except _Invalid as exc:
+        # Say "corrupt" when the digest also fails: an edited entry, not a wrong model.
+        state = "is corrupt (its SHA-256 does not match its contents); " if not intact else ""
+        raise ValueError(f"checkpoint index {path!r} {state}has an invalid entry: "
+                         f"{exc.detail}") from None
+    if not intact:
         raise ValueError(f"checkpoint index {path!r} is corrupt (its SHA-256 does not match "
-                         "its body)")
-    _Schema(path).body(body)
+                         "its contents)")
     return body
 
 
@@ -96,11 +115,8 @@ def numel(shape: list[int]) -> int:
 class _Schema:
     """Validation of an index body; every failure names the file and the entry."""
 
-    def __init__(self, path: str):
-        self.path = path
-
     def fail(self, where: str, problem: str) -> None:
-        raise ValueError(f"checkpoint index {self.path!r}: entry {where}: {problem}")
+        raise _Invalid(f"{where}: {problem}")
 
     def obj(self, value: Any, where: str, keys: set[str] | None = None) -> dict:
         if not isinstance(value, dict):
