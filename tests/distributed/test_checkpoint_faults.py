@@ -17,7 +17,7 @@ import pytest
 import ddp
 import ddp.distributed as dist
 from ddp.distributed import checkpoint
-from ddp.distributed.checkpoint import files, index, storage
+from ddp.distributed.checkpoint import agree, files, index, storage
 
 from . import _checkpoint_cases as fault_cases
 from . import _zero_cases as cases
@@ -66,6 +66,51 @@ def test_enospc_names_the_file_on_every_rank(monkeypatch):
         assert ".rank1.npy" in str(info.value)
         dist.barrier()
         assert os.listdir(directory) == []  # the temporary version is gone
+
+    run(fn, 2)
+
+
+class _Custom(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("raised", "expected", "text"), [
+    (lambda: open("/nonexistent/x"), FileNotFoundError, "No such file or directory"),
+    (lambda: json.loads("{"), ValueError, "JSONDecodeError: Expecting"),
+    (lambda: {}["key"], KeyError, "rank 1: key"),
+    (lambda: (_ for _ in ()).throw(_Custom("odd")), RuntimeError, "_Custom: odd"),
+    (lambda: (_ for _ in ()).throw(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")),
+     ValueError, "UnicodeDecodeError"),
+])
+def test_agreement_raises_one_builtin_type_everywhere(raised, expected, text):
+    """Only strings cross ranks: the type is the first allowed builtin of the MRO."""
+    def fn():
+        rank = dist.get_rank()
+        pg = dist.get_default_group()
+
+        def work():
+            if rank in (1, 2):
+                raised()
+            return rank * 10
+
+        with pytest.raises(expected) as info:
+            agree.run(pg, "op", work)
+        assert type(info.value) is expected
+        assert "op: rank 1: " in str(info.value) and text in str(info.value), str(info.value)
+        assert "also failed on rank(s) [2]" in str(info.value)
+        assert agree.gather(pg, "op", lambda: rank * 10) == [0, 10, 20]  # still in step
+
+    run(fn, 3)
+
+
+def test_agreement_keeps_errno():
+    def fn():
+        def work():
+            if dist.get_rank() == 0:
+                raise OSError(errno.EACCES, "denied", "/x")
+        with pytest.raises(PermissionError) as info:  # OSError(EACCES) is a PermissionError
+            agree.run(dist.get_default_group(), "op", work)
+        assert info.value.errno == errno.EACCES and "rank 0: denied: '/x'" in str(info.value)
 
     run(fn, 2)
 
