@@ -54,7 +54,7 @@ def inside(directory: str, name: str) -> str:
     Raises:
         ValueError: ``name`` is not a plain file name, or resolves outside ``directory``.
     """
-    if not isinstance(name, str) or not FILE_NAME.fullmatch(name) or "/." in name:
+    if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
         raise ValueError(f"file name {name!r} is not a plain file name inside the "
                          f"checkpoint directory {directory!r}")
     base = os.path.realpath(directory)
