@@ -296,6 +296,10 @@ def test_crafted_indexes_are_refused_naming_the_entry(tmp_path):
             "unexpected key(s) ['c']", with_opt=False)
     crafted(lambda b: b["optimizer"]["state"].update(zz=b["optimizer"]["state"].pop("a")),
             "'zz'")
+    # A renamed state key whose range still points at the old key's space.
+    crafted(lambda b: b["optimizer"]["state"]["a"].update(
+        exp_avgx=b["optimizer"]["state"]["a"].pop("exp_avg")), "'exp_avgx'",
+        "state/exp_avgx/float32")
     crafted(lambda b: b["optimizer"].update(param_groups=b["optimizer"]["param_groups"][:1]),
             "1 param groups", "has 2")
     crafted(lambda b: b.update(extra=[]), "invalid entry: extra")

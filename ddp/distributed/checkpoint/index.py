@@ -258,16 +258,20 @@ class _Schema:
         for name, entry in self.obj(opt["state"], "optimizer.state").items():
             self.ref(name, params, "optimizer.state", "parameter")
             for key, info in self.obj(entry, f"optimizer.state[{name!r}]").items():
-                self.state(f"optimizer.state[{name!r}][{key!r}]", info, params[name], spaces)
+                self.state(f"optimizer.state[{name!r}][{key!r}]", key, info, params[name],
+                           spaces)
 
-    def state(self, where: str, info: Any, param: dict, spaces: dict) -> None:
+    def state(self, where: str, key: str, info: Any, param: dict, spaces: dict) -> None:
         self.obj(info, where)
         if set(info) == {"space", "offset", "shape"}:
             space = self.ref(info["space"], spaces, f"{where}.space", "space")
-            if not space.startswith("state/") or info["offset"] != param["offset"] or \
+            # The loader reads key K of a D parameter from ``state/K/D``: the names must agree.
+            dtype = param["space"].split("/", 1)[1]
+            if space != f"state/{key}/{dtype}" or info["offset"] != param["offset"] or \
                     info["shape"] != param["shape"]:
-                self.fail(where, f"{info} does not lie over its parameter's range "
-                                 f"(offset {param['offset']}, shape {param['shape']})")
+                self.fail(where, f"{info} is not the range of its parameter in "
+                                 f"'state/{key}/{dtype}' (offset {param['offset']}, shape "
+                                 f"{param['shape']})")
             if param["offset"] + numel(param["shape"]) > spaces[space]["numel"]:
                 self.fail(where, f"range is outside {space!r}")
         elif set(info) == {"scalar", "dtype"}:
