@@ -1,10 +1,13 @@
 """ddp.distributed.checkpoint on the threads backend: round trips, resharding, atomicity.
 
-The cases live in ``_zero_cases.py`` (the MPI versions are in test_zero_mpi.py).
+The cases live in ``_zero_cases.py`` and ``_checkpoint_cases.py`` (their MPI versions are in
+test_zero_mpi.py and test_checkpoint_mpi.py); the file-level attacks (paths leaving the
+directory, crafted indexes, leftovers) run in one process here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -55,6 +58,12 @@ def test_index_layout_and_no_pickle(tmp_path):
     assert os.path.basename(path) == "v000001"
     with open(os.path.join(path, "index.json")) as f:
         index = json.load(f)
+    assert index["format"] == "ddp.distributed.checkpoint/2" and len(index["sha256"]) == 64
+    for name, record in index["files"].items():  # every file's size and SHA-256
+        with open(os.path.join(path, name), "rb") as f:
+            data = f.read()
+        assert record["bytes"] == len(data)
+        assert record["sha256"] == hashlib.sha256(data).hexdigest()
     assert index["world_size"] == 3 and index["extra"] == {"epoch": 3}
     assert index["params"]["b"] == {"space": "params/float32", "offset": 22, "shape": [13],
                                     "group": 1}

@@ -1,38 +1,37 @@
-"""Files of a checkpoint: versioned directories, an atomic ``latest`` pointer, raw ``.npy`` I/O.
+"""The directories of a checkpoint root: versions, the atomic ``latest`` pointer, cleanup.
 
 Layout of a checkpoint root::
 
-    root/latest            "v000002" (replaced atomically with os.replace)
+    root/latest            "v000002\\n" (replaced atomically with os.replace)
     root/v000001/          a complete older checkpoint (kept until pruned)
     root/v000002/          index.json + one .npy per (flat space, rank) + model/<name>.npy
     root/v000003.tmp-<id>/ a save in progress; becomes v000003 only once every rank wrote
 
 Readers follow ``latest``, which names a directory only after it is complete, so a save that
-fails or is killed midway leaves the previous checkpoint loadable. Arrays are ``.npy`` files
-written and read with ``allow_pickle=False``; reads memory-map the file so that a rank touches
-only the byte range it asks for.
+fails or is killed midway leaves the previous checkpoint loadable. ``latest`` must hold a plain
+version name (``v`` and six digits) whose directory is a real directory directly under the
+root (not a symlink). A commit that fails removes what it made (the renamed version, the
+pointer's temporary file); the next save removes what a killed save left (``*.tmp-*`` entries
+and versions newer than ``latest``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import uuid
 
-import numpy as np
+from ddp.distributed.checkpoint import files
 
-from ddp.backend import get_array_module
+# Writes go through this name, so that a test can wrap it to inject a failure.
+write_array = files.write_array
 
 LATEST = "latest"
 INDEX = "index.json"
-_VERSION = re.compile(r"^v(\d{6})$")
-
-
-def to_host(array) -> np.ndarray:
-    xp = get_array_module(array)
-    return np.ascontiguousarray(array if xp is np else xp.asnumpy(array))
+_VERSION = re.compile(r"v(\d{6})")
+_POINTER = re.compile(r"(v\d{6})\n?")
+_LEFTOVER = re.compile(r"(v\d{6}|latest)\.tmp-[0-9a-f]{8}")
 
 
 def _fsync_dir(path: str) -> None:
@@ -46,130 +45,120 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_array(path: str, array) -> None:
-    """Write ``array`` as a ``.npy`` file (no pickle) and flush it to disk."""
-    with open(path, "wb") as f:
-        np.save(f, to_host(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def versions(root: str) -> list[int]:
     """Version numbers of the complete checkpoint directories under ``root``, ascending."""
     if not os.path.isdir(root):
         return []
-    found = (_VERSION.match(name) for name in os.listdir(root))
+    found = (_VERSION.fullmatch(name) for name in os.listdir(root))
     return sorted(int(m.group(1)) for m in found if m)
+
+
+def _pointed(root: str) -> str | None:
+    """The version name in ``root/latest`` (validated), or None when there is no pointer."""
+    pointer = os.path.join(root, LATEST)
+    if not os.path.lexists(pointer):
+        return None
+    data = files.read_bytes(pointer, 64)
+    match = _POINTER.fullmatch(data.decode("ascii", errors="replace"))
+    if not match:
+        raise ValueError(f"checkpoint pointer {pointer!r} is corrupt: it holds {data[:64]!r}, "
+                         "expected a version name like 'v000001'")
+    return match.group(1)
 
 
 def latest_dir(root: str) -> str:
     """The directory ``root/latest`` points to, or ``root`` itself if it holds an index.
 
     Raises:
-        FileNotFoundError: ``root`` holds no checkpoint.
+        FileNotFoundError: ``root`` holds no checkpoint, or ``latest`` names a missing one.
+        ValueError: ``latest`` is corrupt or names something outside the root.
     """
+    root = os.fspath(root)
     if os.path.isfile(os.path.join(root, INDEX)):
         return root
-    pointer = os.path.join(root, LATEST)
-    if not os.path.isfile(pointer):
-        raise FileNotFoundError(f"no checkpoint in {root!r}: {pointer!r} does not exist")
-    with open(pointer) as f:
-        name = f.read().strip()
+    name = _pointed(root)
+    if name is None:
+        raise FileNotFoundError(f"no checkpoint in {root!r} (no {LATEST!r})")
     path = os.path.join(root, name)
+    real = os.path.realpath(path)
+    if os.path.islink(path) or os.path.dirname(real) != os.path.realpath(root):
+        raise ValueError(f"checkpoint {path!r} named by {os.path.join(root, LATEST)!r} "
+                         f"resolves to {real!r}, outside the root (symlinks are refused)")
     if not os.path.isfile(os.path.join(path, INDEX)):
-        raise FileNotFoundError(f"checkpoint {path!r} named by {pointer!r} has no {INDEX}")
+        raise FileNotFoundError(f"checkpoint {path!r} named by {os.path.join(root, LATEST)!r} "
+                                f"has no {INDEX}")
     return path
 
 
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def begin(root: str) -> tuple[str, str]:
-    """Create the temporary directory of the next version; returns ``(tmp_dir, final_dir)``."""
-    os.makedirs(root, exist_ok=True)
-    for name in os.listdir(root):  # leftovers of saves that died
-        if ".tmp-" in name and _VERSION.match(name.split(".tmp-")[0]):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    number = (versions(root) or [0])[-1] + 1
-    final = os.path.join(root, f"v{number:06d}")
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(os.path.join(tmp, "model"))
+    """Clean up after killed saves, create the temporary directory of the next version.
+
+    Returns:
+        ``(tmp_dir, final_dir)``.
+    """
+    try:
+        os.makedirs(root, exist_ok=True)
+        try:
+            current = _pointed(root)
+        except ValueError:  # a corrupt pointer: this save replaces it; keep every version
+            current = None
+        for name in os.listdir(root):
+            if _LEFTOVER.fullmatch(name):
+                _remove(os.path.join(root, name))
+        if current is not None:  # renamed but never pointed at: a commit that died midway
+            for number in versions(root):
+                if number > int(current[1:]):
+                    _remove(os.path.join(root, f"v{number:06d}"))
+        number = (versions(root) or [0])[-1] + 1
+        final = os.path.join(root, f"v{number:06d}")
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(os.path.join(tmp, "model"))
+    except OSError as exc:
+        files.raise_os_error(exc, root)
     return tmp, final
 
 
 def commit(root: str, tmp: str, final: str, keep_last: int) -> None:
-    """Publish ``tmp`` as ``final``, point ``latest`` at it, prune all but ``keep_last``."""
-    _fsync_dir(tmp)
-    os.rename(tmp, final)
-    _fsync_dir(root)
+    """Publish ``tmp`` as ``final``, point ``latest`` at it, prune all but ``keep_last``.
+
+    All or nothing: when it raises, ``latest`` still names the previous version and neither
+    ``final`` nor a temporary pointer file is left.
+    """
     pointer_tmp = os.path.join(root, f"{LATEST}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(pointer_tmp, "w") as f:
-        f.write(os.path.basename(final) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(pointer_tmp, os.path.join(root, LATEST))
-    _fsync_dir(root)
+    renamed = False
+    try:
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        renamed = True
+        _fsync_dir(root)
+        files.write_bytes(pointer_tmp, (os.path.basename(final) + "\n").encode())
+        os.replace(pointer_tmp, os.path.join(root, LATEST))
+    except BaseException:
+        _remove(pointer_tmp)
+        _remove(final if renamed else tmp)
+        raise
+    # Committed: the pointer names ``final``. What follows only saves space or flushes the
+    # directory entry, so a failure must not undo the commit.
+    try:
+        _fsync_dir(root)
+    except OSError:
+        pass
     if keep_last > 0:
         for number in versions(root)[:-keep_last]:
             shutil.rmtree(os.path.join(root, f"v{number:06d}"), ignore_errors=True)
 
 
-def abort(tmp: str) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-class Reader:
-    """Reads element ranges of the flat spaces of one checkpoint directory."""
-
-    def __init__(self, path: str, index: dict):
-        self.path = path
-        self.index = index
-        self._maps: dict[str, np.ndarray] = {}
-
-    def _map(self, name: str) -> np.ndarray:
-        m = self._maps.get(name)
-        if m is None:
-            m = _load_npy(os.path.join(self.path, name), mmap_mode="r")
-            self._maps[name] = m
-        return m
-
-    def read(self, space: str, lo: int, hi: int) -> np.ndarray:
-        """Elements ``[lo, hi)`` of flat space ``space``; zeros past its end (padding).
-
-        Raises:
-            KeyError: the checkpoint has no such space.
-            ValueError: part of the range is in no file.
-        """
-        info = self.index["spaces"][space]
-        out = np.zeros(max(0, hi - lo), dtype=np.dtype(info["dtype"]))
-        covered = max(0, hi - max(lo, info["numel"]))  # padding past the real end
-        for f in info["files"]:
-            a, b = max(lo, f["start"]), min(hi, f["stop"])
-            if a < b:
-                base = f.get("offset", 0) - f["start"]  # where element ``start`` is in the file
-                out[a - lo:b - lo] = self._map(f["file"])[base + a:base + b]
-                covered += b - a
-        if covered != hi - lo:
-            raise ValueError(
-                f"checkpoint {self.path!r}: elements [{lo}, {hi}) of {space!r} are not all in "
-                f"its files {[(f['file'], f['start'], f['stop']) for f in info['files']]}"
-            )
-        return out
-
-    def read_file(self, name: str) -> np.ndarray:
-        return _load_npy(os.path.join(self.path, name))
-
-
-def _load_npy(path: str, mmap_mode: str | None = None) -> np.ndarray:
-    """``np.load`` that names the file when it is missing, truncated or not an ``.npy``."""
-    try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint file {path!r} is missing") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"checkpoint file {path!r} is truncated or corrupt "
-                         f"({type(exc).__name__}: {exc})") from exc
+def abort(tmp: str | None) -> None:
+    """Remove the temporary directory of a failed save (nothing when None)."""
+    if tmp is not None:
+        _remove(tmp)
