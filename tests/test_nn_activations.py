@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _helpers import check_grad, check_torch, torch_oracle
+from _helpers import EPS32, assert_within, check_grad, check_torch, torch_oracle
 
 import ddp
 import ddp.nn.functional as F
@@ -51,6 +51,27 @@ def test_activation_vs_torch_and_finite_differences(name):
     check_torch(fn, [(4, 25)])
     check_torch(fn, [(4, 25)], dtype=np.float64, rtol=1e-12, atol=1e-14)
     assert check_grad(fn, [(3, 7)])
+
+
+@pytest.mark.parametrize("name,kwargs", [("silu", {}), ("mish", {}), ("elu", {"alpha": 0.7}),
+                                         ("softplus", {}), ("softplus", {"beta": 2.0,
+                                                                         "threshold": 5.0}),
+                                         ("leaky_relu", {"negative_slope": 0.2})])
+def test_float32_forward_within_rounding_of_the_float64_truth(name, kwargs):
+    # Each is a chain of <= 6 float32 operations without cancellation (exp or expm1 or log1p,
+    # then adds of same-signed terms, a division, a product, tanh for mish), each within
+    # 2 ulp of its exact result, and the error of an exp argument feeds into the result
+    # damped (|d log y / d log u| <= 1 here): relative to |y|, below 6 EPS32 overall. Measured
+    # worst on 2e5 normal * 6 inputs and [-30, 30]: 2.4 (mish), 2.2 (silu) for ddp; 1.9 for
+    # torch. The absolute 1e-38 covers results that underflow below float32's normal range.
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(20000) * 6, np.linspace(-30, 30, 2001)])
+    x = x.astype(np.float32)
+    y = getattr(F, name)(ddp.tensor(x), **kwargs).numpy()
+    truth = getattr(torch.nn.functional, name)(torch.tensor(x.astype(np.float64)),
+                                               **kwargs).numpy()
+    assert y.dtype == np.float32
+    assert_within(y, truth, 6 * EPS32 * np.abs(truth) + 1e-38, f"{name} float32")
 
 
 @pytest.mark.parametrize("name", sorted(PRELU))

@@ -43,8 +43,6 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
         raise RuntimeError(f"Class values must be non-negative (got {low}).")
     if num_classes == -1:
         num_classes = high + 1
-    elif num_classes < 1 and array.size:
-        raise RuntimeError(f"num_classes should be positive, got {num_classes}")
     elif array.size and high >= num_classes:
         raise RuntimeError(f"Class values must be smaller than num_classes (got {high} for "
                            f"num_classes={num_classes}).")
