@@ -134,3 +134,29 @@ def test_invalid_hyperparameters_raise_torchs_message(name, kwargs):
         getattr(torch.optim, name)([torch.zeros(1, requires_grad=True)], **kwargs)
     with pytest.raises(ValueError, match=re.escape(str(expected.value))):
         getattr(optim, name)([ddp.zeros(1, requires_grad=True)], **kwargs)
+
+
+def _to_ddp(value):
+    return ddp.tensor(value.numpy().copy()) if isinstance(value, torch.Tensor) else value
+
+
+@pytest.mark.parametrize("config", [CONFIGS[4], CONFIGS[6], CONFIGS[9]],
+                         ids=["RMSprop", "Adagrad", "Adadelta"])
+def test_a_torch_state_dict_loads_and_the_trajectories_continue_together(config):
+    theirs, topt, _ = _run(torch, config, np.float64, steps=3)
+    tsd = topt.state_dict()
+    sd = {"state": {k: {n: _to_ddp(v) for n, v in s.items()} for k, s in tsd["state"].items()},
+          "param_groups": [dict(g) for g in tsd["param_groups"]]}
+    ours = [ddp.tensor(p.detach().numpy().copy(), requires_grad=True) for p in theirs]
+    name, kwargs = config
+    opt = getattr(optim, name)(ours, **kwargs)
+    opt.load_state_dict(sd)
+    assert opt.state[ours[0]]["step"].numpy().dtype == np.float32
+    for step in range(3, 7):
+        for k, (p, tp) in enumerate(zip(ours, theirs, strict=True)):
+            g = _grad(tp.detach().numpy(), step, k)
+            p.grad, tp.grad = ddp.tensor(g), torch.tensor(g)
+        opt.step()
+        topt.step()
+        for p, tp in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(p.detach().numpy(), tp.detach().numpy(), rtol=1e-10)
