@@ -104,6 +104,7 @@ def test_constant_pad_any_number_of_dims_vs_torch(shape, pad):
 @pytest.mark.parametrize("shape,pad", [
     ((2, 5), (2, 3)), ((2, 3, 5), (4, 1)), ((2, 4, 5), (1, 2, 3, 0)),
     ((2, 3, 4, 5), (2, 1, 1, 3)), ((1, 2, 3, 4, 5), (1, 2, 0, 1, 2, 2)), ((2, 3, 4), (3, 0)),
+    ((2, 5), (-1, 3)), ((2, 3, 5), (2, -1)), ((2, 4, 5), (-2, -1, 1, -1)),  # crops first
 ])
 def test_border_pad_vs_torch_and_finite_differences(mode, shape, pad):
     _both(lambda T, x: T.nn.functional.pad(x, pad, mode=mode), [shape])

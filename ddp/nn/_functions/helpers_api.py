@@ -103,17 +103,17 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",  # noqa: A002
         value: float | None = None) -> Tensor:
     """Pad the trailing dims: ``pad = (left, right, top, bottom, ...)``, last dim first.
 
-    ``constant`` fills with ``value`` (0 by default) and takes negative widths as cropping,
-    over any number of dims. ``reflect`` mirrors without repeating the edge, ``replicate``
-    repeats the edge, ``circular`` wraps around; they pad 1 to 3 trailing dims of an input
-    with one or two more dims (torch's rule).
+    ``constant`` fills with ``value`` (0 by default), over any number of dims. ``reflect``
+    mirrors without repeating the edge, ``replicate`` repeats the edge, ``circular`` wraps
+    around; they pad 1 to 3 trailing dims of an input with one or two more dims (torch's
+    rule). A negative width crops (before the border modes take their border, as in torch).
 
     Raises:
         RuntimeError: ``pad`` has an odd length or more pairs than ``input`` has dims, a
             ``value`` for a non-constant mode, a width the mode cannot take, or a negative
             output size.
-        NotImplementedError: an unknown mode, a non-constant mode for other dims than
-            torch's, or negative widths in a non-constant mode (torch crops; not offered).
+        NotImplementedError: an unknown mode, or a non-constant mode for other dims than
+            torch's.
     """
     widths = [int(w) for w in pad]
     if len(widths) % 2:
@@ -127,12 +127,7 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",  # noqa: A002
         raise NotImplementedError(f"Unrecognised padding mode {mode}")
     pads = tuple((input.ndim - 1 - i, widths[2 * i], widths[2 * i + 1]) for i in range(k))
     if mode == "constant":
-        for axis, before, after in pads:
-            if input.shape[axis] + before + after < 0:
-                raise RuntimeError(
-                    f"The input size {input.shape[axis]}, plus negative padding {before} and "
-                    f"{after} resulted in a negative output size, which is invalid. Check "
-                    f"dimension {axis} of your input.")
+        _check_crops(input, pads)
         return _pad.ConstantPad.apply(input, pads, 0 if value is None else value)
     if value is not None and value != 0:
         raise RuntimeError(f'Padding mode "{mode}" doesn\'t take in value argument')
@@ -143,17 +138,28 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",  # noqa: A002
             "  - 2D or 3D input: padding size = 2 (pads last dimension)\n"
             "  - 3D or 4D input: padding size = 4 (pads last 2 dimensions)\n"
             "  - 4D or 5D input: padding size = 6 (pads last 3 dimensions)")
+    if any(before < 0 or after < 0 for _, before, after in pads):
+        # negative widths crop first, then the border is taken from what is left (torch's)
+        crops = tuple((axis, min(before, 0), min(after, 0)) for axis, before, after in pads)
+        _check_crops(input, crops)
+        input = _pad.ConstantPad.apply(input, crops, 0)
+        pads = tuple((axis, max(before, 0), max(after, 0)) for axis, before, after in pads)
     _check_border_widths(input, pads, mode)
     return _pad.BorderPad.apply(input, pads, mode)
+
+
+def _check_crops(input: Tensor, pads: tuple) -> None:  # noqa: A002
+    for axis, before, after in pads:
+        if input.shape[axis] + before + after < 0:
+            raise RuntimeError(
+                f"The input size {input.shape[axis]}, plus negative padding {before} and "
+                f"{after} resulted in a negative output size, which is invalid. Check "
+                f"dimension {axis} of your input.")
 
 
 def _check_border_widths(input: Tensor, pads: tuple, mode: str) -> None:  # noqa: A002
     for axis, before, after in pads:
         n = input.shape[axis]
-        if before < 0 or after < 0:
-            raise NotImplementedError(
-                f"pad: negative widths ({before}, {after}) are supported in constant mode "
-                f"only, not {mode!r}")
         if mode == "reflect" and (before >= n or after >= n):
             raise RuntimeError(
                 f"Argument #4: Padding size should be less than the corresponding input "
