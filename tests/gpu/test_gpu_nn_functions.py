@@ -40,6 +40,7 @@ CASES = {
     "pad_reflect": (lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"), [(2, 3, 4, 5)]),
     "pad_replicate": (lambda x: F.pad(x, (2, 1), mode="replicate"), [(2, 3, 4)]),
     "pad_circular": (lambda x: F.pad(x, (3, 1), mode="circular"), [(2, 3, 4)]),
+    "pad_crop_reflect": (lambda x: F.pad(x, (-1, 2, 1, -1), mode="reflect"), [(2, 3, 4, 5)]),
 }
 
 
