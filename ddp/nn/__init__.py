@@ -27,6 +27,26 @@ from ddp.nn.modules import (
     Softmax,
     Tanh,
 )
+from ddp.nn.modules.elementwise_loss import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    SmoothL1Loss,
+)
+from ddp.nn.modules.nonlinear import (
+    ELU,
+    Dropout1d,
+    Dropout2d,
+    Hardtanh,
+    LeakyReLU,
+    Mish,
+    PReLU,
+    ReLU6,
+    SiLU,
+    Softplus,
+)
 from ddp.nn.parameter import Parameter
 
 
@@ -43,4 +63,9 @@ __all__ = [
     "LayerNorm", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleDict",
     "ModuleList", "NLLLoss", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
     "functional", "init", "utils",
+]
+__all__ += [
+    "BCELoss", "BCEWithLogitsLoss", "Dropout1d", "Dropout2d", "ELU", "Hardtanh", "HuberLoss",
+    "KLDivLoss", "L1Loss", "LeakyReLU", "Mish", "PReLU", "ReLU6", "SiLU", "SmoothL1Loss",
+    "Softplus",
 ]

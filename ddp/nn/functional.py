@@ -278,3 +278,35 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):  # n
     if reduction == "sum":
         return per_sample.sum()
     return per_sample.sum() / (per_sample.numel() if per_sample.ndim else 1)
+
+
+# ------------------------------------------------- activations, element-wise losses, helpers
+# Defined beside their graph nodes in ddp/nn/_functions/{activation,loss,helpers}_api.py and
+# re-exported here under torch's names (this block only imports; it keeps this file small).
+from ddp.nn._functions.activation_api import (  # noqa: E402
+    dropout1d,
+    dropout2d,
+    elu,
+    hardtanh,
+    leaky_relu,
+    mish,
+    prelu,
+    relu6,
+    silu,
+    softplus,
+)
+from ddp.nn._functions.helpers_api import cosine_similarity, normalize, one_hot, pad  # noqa: E402
+from ddp.nn._functions.loss_api import (  # noqa: E402
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    huber_loss,
+    kl_div,
+    l1_loss,
+    smooth_l1_loss,
+)
+
+__all__ += [
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_similarity", "dropout1d",
+    "dropout2d", "elu", "hardtanh", "huber_loss", "kl_div", "l1_loss", "leaky_relu", "mish",
+    "normalize", "one_hot", "pad", "prelu", "relu6", "silu", "smooth_l1_loss", "softplus",
+]

@@ -358,3 +358,9 @@ def _undo_initial_step(schedulers: list) -> None:
 
 __all__ = ["CosineAnnealingLR", "ExponentialLR", "LRScheduler", "LambdaLR", "LinearLR",
            "MultiStepLR", "SequentialLR", "StepLR"]
+
+# Schedulers in their own files, bound late: they subclass LRScheduler, defined above.
+from ddp.optim.one_cycle import OneCycleLR  # noqa: E402
+from ddp.optim.plateau import ReduceLROnPlateau  # noqa: E402
+
+__all__ += ["OneCycleLR", "ReduceLROnPlateau"]
