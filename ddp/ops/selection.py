@@ -240,14 +240,85 @@ def masked_fill(a, mask, value):
     return MaskedFill.apply(a, tensor_class._from_op(m, None), value)
 
 
+def index_range(array) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer array, with one device read for a CuPy array.
+
+    NumPy raises on an out-of-range index but wraps a negative one, and CuPy wraps both
+    silently, so ops that take index tensors check the range first, as torch does.
+    """
+    if isinstance(array, np.ndarray):
+        return int(array.min()), int(array.max())
+    low, high = get_array_module(array).stack((array.min(), array.max())).tolist()
+    return int(low), int(high)
+
+
+def _index_array(index, op: str, what: str):
+    tensor_class = tensor_type.Tensor
+    array = index.array if isinstance(index, tensor_class) else np.asarray(index)
+    if array.dtype not in (np.int32, np.int64):
+        raise RuntimeError(f"{op}(): Expected dtype int32{what}int64 for index, got "
+                           f"{array.dtype}")
+    return array
+
+
 def gather(a, dim, index):
+    """``out[i][j] = a[i][index[i][j]]`` (for ``dim=1``); torch's shape and bounds checks."""
     d = normalize_dim(dim, a.ndim)
-    return Gather.apply(a, d, index.array.astype(np.int64, copy=False))
+    idx = _index_array(index, "gather", "/")
+    if idx.ndim != a.ndim and not (idx.ndim <= 1 and a.ndim <= 1):
+        raise RuntimeError(
+            f"Index tensor must have the same number of dimensions as input tensor (index "
+            f"shape {tuple(idx.shape)}, input shape {tuple(a.shape)})"
+        )
+    shape = tuple(a.array.shape) or (1,)
+    idx_shape = tuple(idx.shape) or (1,)
+    if any(idx_shape[k] > shape[k] for k in range(len(shape)) if k != d):
+        raise RuntimeError(
+            f"Size does not match at dimension "
+            f"{next(k for k in range(len(shape)) if k != d and idx_shape[k] > shape[k])} "
+            f"expected index {list(idx.shape)} to be no larger than self {list(a.shape)} apart "
+            f"from dimension {d}"
+        )
+    if idx.size:
+        low, high = index_range(idx)
+        if low < 0 or high >= shape[d]:
+            raise RuntimeError(f"index {low if low < 0 else high} is out of bounds for "
+                               f"dimension {d} with size {shape[d]}")
+    src = a.reshape(1) if a.ndim == 0 else a  # torch treats a scalar as a 1-element vector
+    if a.ndim > 1 and idx_shape != shape:
+        # take_along_axis would broadcast a smaller index over ``a``; torch reads only the
+        # leading part of the other dims.
+        src = getitem(a, tuple(slice(None) if k == d else slice(0, idx_shape[k])
+                               for k in range(a.ndim)))
+    out = Gather.apply(src, d, idx.reshape(idx_shape).astype(np.int64, copy=False))
+    return out.reshape(()) if idx.ndim == 0 else out
 
 
 def index_select(a, dim, index):
+    """The entries of ``a`` at the positions ``index`` (1-D, int32/int64) along ``dim``."""
     d = normalize_dim(dim, a.ndim)
-    return IndexSelect.apply(a, d, index.array)
+    idx = _index_array(index, "index_select", " or ")
+    if idx.ndim > 1:
+        raise IndexError(f"index_select(): Index is supposed to be a vector, got shape "
+                         f"{tuple(idx.shape)}")
+    size = a.array.shape[d] if a.ndim else 1
+    if a.ndim == 0 and idx.size != 1:
+        raise RuntimeError(f"index_select(): Index to scalar can have only 1 value, got "
+                           f"{idx.size} value(s)")
+    if idx.size and size == 0:
+        raise RuntimeError(f"index_select(): self indexing axis dim should be positive (dim "
+                           f"{d} of input shape {tuple(a.shape)} is empty)")
+    if idx.size:
+        low, high = index_range(idx)
+        if low < 0 or high >= size:
+            raise IndexError(
+                f"index out of range in self: index_select() got index "
+                f"{low if low < 0 else high} for dimension {d} of size {size} (input shape "
+                f"{tuple(a.shape)})"
+            )
+    if a.ndim == 0:
+        return IndexSelect.apply(a.reshape(1), 0, idx.reshape(1)).reshape(())
+    return IndexSelect.apply(a, d, idx.reshape(-1))
 
 
 def maximum(a, b):

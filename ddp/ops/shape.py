@@ -226,12 +226,16 @@ def broadcast_to(a, shape):
 def narrow(a, dim, start, length):
     d = normalize_dim(dim, a.ndim)
     size = a.array.shape[d]
+    if not -size <= start <= size:
+        raise IndexError(f"start out of range (expected to be in range of [{-size}, {size}], "
+                         f"but got {start})")
     if start < 0:
         start += size
-    if not 0 <= start <= size or length < 0 or start + length > size:
-        raise IndexError(
-            f"narrow(): start {start} + length {length} exceeds dimension {d} of size {size}"
-        )
+    if length < 0:
+        raise RuntimeError(f"narrow(): length must be non-negative, got {length}")
+    if start + length > size:
+        raise RuntimeError(f"start ({start}) + length ({length}) exceeds dimension size "
+                           f"({size}) of dimension {d}")
     index = (slice(None),) * d + (slice(start, start + length),)
     return Slice.apply(a, index)
 
@@ -242,11 +246,18 @@ def split(a, split_size_or_sections, dim=0):
     total = a.array.shape[d]
     if isinstance(split_size_or_sections, int):
         size = split_size_or_sections
-        if size <= 0:
-            raise RuntimeError(f"split expects split_size be positive, but got {size}")
-        sizes = [min(size, total - start) for start in range(0, total, size)] or [0]
+        if size < 0:
+            raise RuntimeError(f"split expects split_size be non-negative, but got "
+                               f"split_size={size}")
+        if size == 0 and total != 0:
+            raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got "
+                               f"dimension size of {total}")
+        sizes = [min(size, total - start) for start in range(0, total, size or 1)] or [0]
     else:
         sizes = list(split_size_or_sections)
+        if any(s < 0 for s in sizes):
+            raise RuntimeError(f"split_with_sizes expects split_sizes have only non-negative "
+                               f"entries, but got split_sizes={sizes}")
         if sum(sizes) != total:
             raise RuntimeError(
                 f"split_with_sizes expects split_sizes to sum exactly to {total} (input tensor's "
@@ -260,10 +271,14 @@ def split(a, split_size_or_sections, dim=0):
 
 
 def chunk(a, chunks, dim=0):
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     d = normalize_dim(dim, a.ndim)
     total = a.array.shape[d]
+    if total == 0:  # torch: ``chunks`` empty pieces
+        return tuple(narrow(a, d, 0, 0) for _ in range(chunks))
     size = -(-total // chunks)
-    return split(a, max(size, 1), d)
+    return split(a, size, d)
 
 
 def unbind(a, dim=0):
@@ -273,6 +288,10 @@ def unbind(a, dim=0):
 
 def select(a, dim, index):
     d = normalize_dim(dim, a.ndim)
+    size = a.array.shape[d]
+    if not -size <= index < size:
+        raise IndexError(f"select(): index {index} out of range for tensor of size "
+                         f"{list(a.shape)} at dimension {d}")
     return Slice.apply(a, (slice(None),) * d + (index,))
 
 
@@ -347,6 +366,11 @@ def repeat(a, *sizes):
             "tensor"
         )
     lead = len(sizes) - a.ndim
+    if any(r < 0 for r in sizes):
+        target = [r * n for r, n in zip(sizes, (1,) * lead + a.array.shape, strict=True)]
+        bad = next(t for t in target if t < 0) if any(t < 0 for t in target) else min(sizes)
+        raise RuntimeError(f"Trying to create tensor with negative dimension {bad}: {target} "
+                           f"(repeat sizes {list(sizes)})")
     x = reshape(a, (1,) * lead + a.array.shape)
     expanded_shape = []
     target_shape = []
