@@ -82,6 +82,8 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # 
         raise RuntimeError(
             f"Expected tensor for argument 'indices' to have an integer dtype, got {input.dtype}"
         )
+    if weight.ndim != 2:
+        raise RuntimeError(f"embedding: 'weight' must be 2-D, got shape {tuple(weight.shape)}")
     num = weight.shape[0]
     if input.numel():  # CuPy would wrap a bad index silently: check (one device read)
         low, high = _min_max(input.array)
@@ -117,6 +119,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
         raise NotImplementedError("conv2d: string padding is not supported")
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
+    if min(stride) <= 0:
+        raise RuntimeError(f"conv2d: non-positive stride is not supported, got {list(stride)}")
+    if min(padding) < 0:
+        raise RuntimeError(f"conv2d: negative padding is not supported, got {list(padding)}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"conv2d: dilation should be greater than zero, but got "
+                           f"{list(dilation)}")
     kh, kw = weight.shape[2:]
     for axis, size, k, p, d in ((2, input.shape[2], kh, padding[0], dilation[0]),
                                 (3, input.shape[3], kw, padding[1], dilation[1])):
@@ -250,7 +259,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  
     """
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     _check_classes(input, weight, "cross_entropy")
     if target.dtype.is_floating_point:
         return _soft_cross_entropy(input, target, weight, reduction, label_smoothing)

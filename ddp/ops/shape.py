@@ -300,6 +300,10 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be "
+                               f"concatenated")
     ref = tensors[0]
     d = normalize_dim(dim, ref.ndim)
     for i, t in enumerate(tensors[1:], start=1):
@@ -341,16 +345,25 @@ def _common_dtype(tensors):
 
 
 def tril(a, diagonal=0):
+    if a.ndim < 2:  # NumPy would broadcast a vector into a matrix
+        raise RuntimeError(f"tril: input tensor must have at least 2 dimensions, got shape "
+                           f"{tuple(a.shape)}")
     return Tri.apply(a, diagonal, True)
 
 
 def triu(a, diagonal=0):
+    if a.ndim < 2:
+        raise RuntimeError(f"triu: input tensor must have at least 2 dimensions, got shape "
+                           f"{tuple(a.shape)}")
     return Tri.apply(a, diagonal, False)
 
 
 def flip(a, dims):
     axes = tuple(normalize_dim(d, a.ndim) for d in (dims if isinstance(dims, (list, tuple))
                                                      else (dims,)))
+    for i, d in enumerate(axes):
+        if d in axes[:i]:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
     return Flip.apply(a, axes)
 
 
