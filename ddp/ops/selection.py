@@ -11,15 +11,21 @@ from ddp.ops._util import normalize_dim, unbroadcast
 from ddp.ops.promotion import binary_operands
 
 
-def normalize_index(index):
-    """Replace tensors inside an index by their arrays (bool tensors stay masks)."""
+def normalize_index(index, shape: tuple | None = None):
+    """Replace tensors inside an index by their arrays (bool tensors stay masks).
+
+    With the ``shape`` of the indexed tensor, integer index arrays are also checked to be in
+    range (IndexError naming the index, the dimension and its size, as torch raises).
+    """
     tensor_class = tensor_type.Tensor
     if isinstance(index, tensor_class):
-        return index.array
-    if isinstance(index, tuple):
-        return tuple(i.array if isinstance(i, tensor_class) else i for i in index)
-    if isinstance(index, list):
-        return np.asarray([i.item() if isinstance(i, tensor_class) else i for i in index])
+        index = index.array
+    elif isinstance(index, tuple):
+        index = tuple(i.array if isinstance(i, tensor_class) else i for i in index)
+    elif isinstance(index, list):
+        index = np.asarray([i.item() if isinstance(i, tensor_class) else i for i in index])
+    if shape is not None and not _is_basic(index):
+        _check_array_indices(index, tuple(shape))
     return index
 
 
@@ -189,15 +195,46 @@ class Maximum(Function):
         return ga, gb, None
 
 
+def _check_array_indices(index, shape: tuple) -> None:
+    """Integer index arrays in range, as torch checks (CuPy would wrap them silently).
+
+    Negative entries count from the end, as in Python; anything else the walk cannot place
+    (too many indices, a bad type) is left for NumPy/CuPy to refuse.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+
+    def width(item) -> int:  # how many dims of ``a`` an index item consumes
+        if item is None or item is Ellipsis:
+            return 0
+        if hasattr(item, "dtype") and item.dtype == np.bool_:
+            return item.ndim
+        return 1
+
+    dim = 0
+    for item in items:
+        if item is Ellipsis:
+            dim += max(len(shape) - sum(width(i) for i in items), 0)
+            continue
+        if (hasattr(item, "dtype") and item.dtype.kind in "iu" and getattr(item, "size", 0)
+                and dim < len(shape)):
+            size = shape[dim]
+            low, high = index_range(item)
+            if low < -size or high >= size:
+                bad = high if high >= size else low
+                raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size "
+                                 f"{size} (indexing a tensor of shape {tuple(shape)})")
+        dim += width(item)
+
+
 def getitem(a, index):
     """``a[index]`` with NumPy/torch semantics; repeated integer indices sum their gradients."""
-    index = normalize_index(index)
+    index = normalize_index(index, a.array.shape)
     return GetItem.apply(a, index)
 
 
 def index_put(a, index, value):
     tensor_class = tensor_type.Tensor
-    index = normalize_index(index)
+    index = normalize_index(index, a.array.shape)
     if not isinstance(value, tensor_class):
         value = tensor_class(get_array_module(a.array).asarray(value, dtype=a.array.dtype))
     elif value.array.dtype != a.array.dtype:
