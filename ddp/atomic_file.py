@@ -12,10 +12,11 @@ The contract, for :func:`atomic_write`:
   the temporary file.
 * A writer killed outright (SIGKILL, power loss) cannot clean up. Temporary files are named
   ``.ddp-tmp~<host>~<pid>~<random>~<target name>.tmp``, and every :func:`atomic_write` first
-  removes the *stale* ones in its directory: those whose writer, on this host, is no longer
-  running, and those of any host not modified for :data:`STALE_AFTER_S` seconds (a live
-  writer modifies its file with every write). A live writer's file is never removed, since
-  its pid still exists; a reused pid only delays the removal until the age rule applies.
+  removes the *stale* ones in its directory: those written on this host (same host name and
+  pid namespace) by a process that no longer exists, and those of another host not modified
+  for :data:`STALE_AFTER_S` seconds (a live writer modifies its file with every write; its
+  pid cannot be checked from here). A live writer's file on this host is never removed,
+  however long it takes; a reused pid only keeps a stale file until that process ends.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ _write = os.write  # the one system call that writes file data (tests replace it
 
 
 def _host() -> str:
-    return socket.gethostname().replace("~", "-").replace(os.sep, "-") or "localhost"
+    """This host's name and pid namespace: containers that share a host name (host
+    networking) and a directory see each other's pids as dead, so the namespace is part of it."""
+    host = socket.gethostname().replace("~", "-").replace(os.sep, "-") or "localhost"
+    try:
+        return f"{host}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: the host name alone
+        return host
 
 
 class _CheckedFile(io.FileIO):
@@ -113,8 +120,9 @@ def remove_stale_temporaries(directory: str, now: float | None = None) -> list[s
     """Remove the stale temporary files of interrupted writes in ``directory``.
 
     Stale means: named by :func:`atomic_write` and either written on this host by a process
-    that no longer exists, or not modified for :data:`STALE_AFTER_S` seconds. Removal is best
-    effort (another process may race to remove the same file).
+    that no longer exists, or written on another host and not modified for
+    :data:`STALE_AFTER_S` seconds. Removal is best effort (another process may race to remove
+    the same file).
 
     Returns:
         The names of the files removed.
@@ -136,9 +144,11 @@ def remove_stale_temporaries(directory: str, now: float | None = None) -> list[s
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        dead = (len(fields) == 3 and fields[0] == host and fields[1].isdigit()
-                and not _pid_alive(int(fields[1])))
-        if dead or age > STALE_AFTER_S:
+        if len(fields) == 3 and fields[0] == host:
+            stale = fields[1].isdigit() and not _pid_alive(int(fields[1]))
+        else:
+            stale = age > STALE_AFTER_S
+        if stale:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(entry.name)

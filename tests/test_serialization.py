@@ -467,6 +467,7 @@ def test_stale_temporaries_are_removed_by_the_next_save(tmp_path):
             "dead": _temp_name(host, dead_pid),
             "live": _temp_name(host, live.pid),
             "mine": _temp_name(host, os.getpid()),
+            "live-old": _temp_name(host, live.pid, "slow.ddp"),
             "other-host-fresh": _temp_name("elsewhere", dead_pid),
             "other-host-old": _temp_name("elsewhere", 1, "x.pt"),
             "unrelated": ".ck.ddp.swp",
@@ -474,14 +475,15 @@ def test_stale_temporaries_are_removed_by_the_next_save(tmp_path):
         for name in files.values():
             (tmp_path / name).write_bytes(b"partial")
         old = time.time() - atomic_file.STALE_AFTER_S - 60
-        os.utime(tmp_path / files["other-host-old"], (old, old))
+        for key in ("other-host-old", "live-old"):
+            os.utime(tmp_path / files[key], (old, old))
         ddp.save({"a": 1}, tmp_path / "new.ddp")
         left = set(os.listdir(tmp_path))
     finally:
         live.kill()
         live.wait()
-    assert left == {"new.ddp", files["live"], files["mine"], files["other-host-fresh"],
-                    files["unrelated"]}
+    assert left == {"new.ddp", files["live"], files["mine"], files["live-old"],
+                    files["other-host-fresh"], files["unrelated"]}
 
 
 _KILLED_SAVE = """
