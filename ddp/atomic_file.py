@@ -94,8 +94,12 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str = "ddp.
                                 "does not exist")
     remove_stale_temporaries(directory)
     base = os.path.basename(path)[:_NAME_CHARS].replace("~", "-")
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{_host()}~{os.getpid()}~",
-                               suffix=f"~{base}{TMP_SUFFIX}", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{_host()}~{os.getpid()}~",
+                                   suffix=f"~{base}{TMP_SUFFIX}", dir=directory)
+    except OSError as exc:  # e.g. a read-only directory: name the target, not the temp name
+        raise OSError(exc.errno, f"{what} could not create a temporary file in {directory!r} "
+                      f"to write {path!r}: {exc.strerror}") from exc
     try:
         with io.BufferedWriter(_CheckedFile(fd, "wb"), buffer_size=_BUFFER) as fh:
             write(fh)

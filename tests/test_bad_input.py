@@ -566,7 +566,8 @@ def test_save_to_read_only_directory_leaves_nothing(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        raises(PermissionError)(lambda: ddp.save({"a": ddp.ones(2)}, ro / "x.pt"))
+        raises(PermissionError, "Permission denied", "x.pt")(
+            lambda: ddp.save({"a": ddp.ones(2)}, ro / "x.pt"))
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o755)

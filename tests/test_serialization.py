@@ -510,3 +510,14 @@ def test_a_killed_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
     assert ddp.load(path)["step"] == 1  # the killed save left the previous file
     ddp.save({"step": 3}, tmp_path / "other.ddp")
     assert sorted(os.listdir(tmp_path)) == ["ck.ddp", "other.ddp"]
+
+
+def test_temporary_file_that_cannot_be_created_names_the_target(tmp_path, monkeypatch):
+    def refuse(**kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs["dir"])
+
+    monkeypatch.setattr(atomic_file.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=r"could not create a temporary file in .* to "
+                                              r"write .*ck\.ddp.*Permission denied"):
+        ddp.save({"a": 1}, tmp_path / "ck.ddp")
+    assert os.listdir(tmp_path) == []
