@@ -229,6 +229,8 @@ BESIDE_TORCH = [
     ("conv2d-dilation-zero", lambda T, F: F.conv2d(T.ones(1, 1, 4, 4), T.ones(1, 1, 2, 2),
                                                    dilation=0),
      RuntimeError, ["dilation should be greater than zero"]),
+    ("conv2d-kernel-zero", lambda T, F: F.conv2d(T.ones(1, 1, 3, 3), T.ones(1, 1, 0, 0)),
+     RuntimeError, ["kernel size should be greater than zero", "kernel_height: 0"]),
     ("embedding-1d-weight", lambda T, F: F.embedding(T.tensor([0]), T.zeros(5)), RuntimeError,
      ["'weight' must be 2-D"]),
     ("cross_entropy-label_smoothing", lambda T, F: F.cross_entropy(

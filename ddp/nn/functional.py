@@ -127,6 +127,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
         raise RuntimeError(f"conv2d: dilation should be greater than zero, but got "
                            f"{list(dilation)}")
     kh, kw = weight.shape[2:]
+    if kh <= 0 or kw <= 0:
+        raise RuntimeError(f"conv2d: kernel size should be greater than zero, but got "
+                           f"kernel_height: {kh} kernel_width: {kw}")
     for axis, size, k, p, d in ((2, input.shape[2], kh, padding[0], dilation[0]),
                                 (3, input.shape[3], kw, padding[1], dilation[1])):
         if size + 2 * p < d * (k - 1) + 1:
