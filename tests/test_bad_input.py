@@ -306,9 +306,12 @@ def test_gather_and_index_select_gradients_like_torch():
         (a.gather(1, T.tensor([[2, 2]])) * T.tensor([[1.0, 2.0]])).sum().backward()
         b = T.arange(6.0).reshape(2, 3).requires_grad_()
         b.index_select(1, T.tensor([2, 0, 2])).sum().backward()
-        grads.append((a.grad.tolist(), b.grad.tolist()))
+        c = T.arange(6.0).reshape(2, 3).requires_grad_()  # an index smaller than the input
+        (c.gather(1, T.tensor([[2, 0, 2, 2]])) * T.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+        grads.append((a.grad.tolist(), b.grad.tolist(), c.grad.tolist()))
     assert grads[0] == grads[1] == ([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0]],
-                                    [[1.0, 0.0, 2.0], [1.0, 0.0, 2.0]])
+                                    [[1.0, 0.0, 2.0], [1.0, 0.0, 2.0]],
+                                    [[2.0, 0.0, 8.0], [0.0, 0.0, 0.0]])
 
 
 def test_backward_twice_and_non_scalar():
