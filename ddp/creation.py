@@ -6,6 +6,8 @@ a NumPy array keeps its dtype.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ddp import dtypes, random
@@ -77,9 +79,19 @@ def from_numpy(array: np.ndarray) -> Tensor:
     return Tensor(array)
 
 
+def _sizes(shape: tuple) -> tuple:
+    """``shape`` if no size is negative; torch's RuntimeError otherwise (NumPy's is a
+    ValueError without the shape)."""
+    for s in shape:
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: "
+                               f"{list(shape)}")
+    return shape
+
+
 def _factory(fill):
     def make(*size, dtype=None, device=None, requires_grad=False, out=None):
-        shape = shape_arg(size)
+        shape = _sizes(shape_arg(size))
         np_dtype = dtypes.to_numpy_dtype(dtype) if dtype is not None else (
             dtypes.default_float.np_dtype)
         return _finish(fill(shape, np_dtype), None, device, requires_grad)
@@ -96,7 +108,7 @@ def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tens
     if dtype is None:
         dtype = (dtypes.bool_ if isinstance(fill_value, bool) else dtypes.int64
                  if isinstance(fill_value, int) else dtypes.default_float)
-    shape = shape_arg((size,) if isinstance(size, int) else tuple(size))
+    shape = _sizes(shape_arg((size,) if isinstance(size, int) else tuple(size)))
     array = np.full(shape, fill_value, dtype=dtypes.to_numpy_dtype(dtype))
     return _finish(array, None, device, requires_grad)
 
@@ -121,36 +133,57 @@ def full_like(t: Tensor, fill_value, dtype=None, device=None, requires_grad=Fals
 
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """``[start, end)`` in steps of ``step``; torch's errors for a zero, infinite or
+    inconsistent step (NumPy would divide by zero or return an empty array)."""
     if end is None:
         start, end = 0, start
     values = (start, end, step)
+    for v in values:
+        if isinstance(v, Tensor):
+            v = v.item()
+        if not math.isfinite(v):
+            raise RuntimeError(f"unsupported range: {start} -> {end} (step {step})")
+    if step == 0:
+        raise RuntimeError("step must be nonzero")
+    if (end - start) * step < 0:
+        raise RuntimeError(f"upper bound and lower bound inconsistent with step sign "
+                           f"(start={start}, end={end}, step={step})")
     if dtype is None:
         is_float = any(isinstance(v, float) for v in values)
         dtype = dtypes.default_float if is_float else dtypes.int64
-    array = np.arange(start, end, step, dtype=dtypes.to_numpy_dtype(dtype))
+    np_dtype = dtypes.to_numpy_dtype(dtype)
+    if np_dtype.kind == "f":  # torch steps in double, then rounds: 0.3 * 3 -> float32(0.9)
+        array = np.arange(start, end, step, dtype=np.float64).astype(np_dtype)
+    else:
+        array = np.arange(start, end, step, dtype=np_dtype)
     return _finish(array, None, device, requires_grad)
 
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if steps < 0:
+        raise RuntimeError(f"number of steps must be non-negative, got {steps}")
     array = np.linspace(start, end, steps).astype(
         dtypes.to_numpy_dtype(dtype or dtypes.default_float))
     return _finish(array, None, device, requires_grad)
 
 
 def eye(n, m=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    for name, v in (("n", n), ("m", m)):
+        if v is not None and v < 0:
+            raise RuntimeError(f"{name} must be greater or equal to 0, got {v}")
     array = np.eye(n, m, dtype=dtypes.to_numpy_dtype(dtype or dtypes.default_float))
     return _finish(array, None, device, requires_grad)
 
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     np_dtype = dtypes.to_numpy_dtype(dtype or dtypes.default_float)
-    array = random.uniform_array(shape_arg(size), 0.0, 1.0, np_dtype, generator)
+    array = random.uniform_array(_sizes(shape_arg(size)), 0.0, 1.0, np_dtype, generator)
     return _finish(array, None, device, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     np_dtype = dtypes.to_numpy_dtype(dtype or dtypes.default_float)
-    array = random.normal_array(shape_arg(size), 0.0, 1.0, np_dtype, generator)
+    array = random.normal_array(_sizes(shape_arg(size)), 0.0, 1.0, np_dtype, generator)
     return _finish(array, None, device, requires_grad)
 
 
@@ -163,12 +196,16 @@ def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
         low, high, size = 0, low, high
     elif high is None:
         low, high = 0, low
-    array = random.integers_array(low, high, shape_arg((size,) if isinstance(size, int)
-                                                       else tuple(size)), generator)
+    if low >= high:
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} "
+                           f">= to={high}")
+    shape = _sizes(shape_arg((size,) if isinstance(size, int) else tuple(size)))
+    array = random.integers_array(low, high, shape, generator)
     return _finish(array, dtype or dtypes.int64, device, requires_grad)
 
 
 def randperm(n, generator=None, dtype=None, device=None) -> Tensor:
+    _sizes((n,))
     return _finish(random.permutation_array(n, generator), dtype or dtypes.int64, device, False)
 
 

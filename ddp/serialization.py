@@ -12,18 +12,25 @@ numbers (``nan``/``inf`` included), strings, bytes, bools, None, ``ddp.dtype`` a
 ``ddp.device``. That covers ``model.state_dict()``, ``optimizer.state_dict()`` (integer keys
 included) and scheduler state dicts. Loaded tensors are leaves: the autograd graph is not saved.
 
+Arrays are stored with one of the dtypes in :data:`ARRAY_DTYPES` (bool, signed and unsigned
+integers of 8 to 64 bits, float16/32/64, complex64/128); tensors only with a ddp dtype.
+
 Writes to a path are atomic: the archive goes to a temporary file in the same directory,
 which is flushed, fsync'ed and then renamed over the target, so a crash or an exception in the
-middle of ``save`` leaves any previous file intact.
+middle of ``save`` leaves any previous file intact (``ddp/atomic_file.py``).
+
+Files are untrusted input to ``load``: it reads only what ``save`` writes (stored, never
+compressed members; ``.npy`` version 1.0/2.0 headers; the dtypes above), every allocation is
+bounded by the bytes actually stored for it (a header that claims more raises before anything
+is allocated), and each array member is read at most once, so loading never needs more memory
+than the file's size plus the objects it describes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -33,6 +40,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ddp import backend, dtypes
+from ddp.atomic_file import atomic_write
 from ddp.device import as_device, device, move_array
 from ddp.nn.parameter import Parameter
 from ddp.tensor import Size, Tensor
@@ -43,8 +51,13 @@ MANIFEST = "manifest.json"
 _PICKLE_PROTO = b"\x80"  # first byte of a pickle of protocol >= 2
 _ZIP_MAGIC = b"PK\x03\x04"
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_NPY_VERSIONS = {(1, 0): np.lib.format.read_array_header_1_0,
+                 (2, 0): np.lib.format.read_array_header_2_0}
+
+ARRAY_DTYPES = frozenset(np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float16, np.float32, np.float64, np.complex64, np.complex128))
+"""The element types ``save`` stores and ``load`` accepts (either byte order for arrays)."""
 
 FileLike = str | os.PathLike | BinaryIO
 
@@ -53,37 +66,23 @@ FileLike = str | os.PathLike | BinaryIO
 def save(obj: Any, f: FileLike) -> None:
     """Write ``obj`` to ``f`` (a path, written atomically, or a binary file object).
 
+    A path is written through :func:`ddp.atomic_file.atomic_write`: a temporary file beside
+    it, renamed over it when complete; the stale temporary files of earlier interrupted saves
+    in that directory are removed first (the rule is in ``ddp/atomic_file.py``).
+
     Raises:
         TypeError: ``obj`` holds a value of a type that cannot be saved; the message names
             where it is (``obj['state'][0]['exp_avg']``) and the type.
         ValueError: ``obj`` contains itself.
+        OSError: the file could not be written (``ENOSPC``: "No space left on device", ...);
+            the message names the reason and the file, and any previous file is intact.
     """
     encoder = _Encoder()
     manifest = {"format": FORMAT, "version": VERSION, "root": encoder.encode(obj, "obj")}
     if not isinstance(f, (str, os.PathLike)):
         _write_archive(f, manifest, encoder.arrays)
         return
-    path = os.fspath(f)
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"ddp.save: {path!r} is a directory; pass a file path")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"ddp.save: cannot write {path!r}: directory {directory!r} "
-                                "does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_archive(fh, manifest, encoder.arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+    atomic_write(os.fspath(f), lambda fh: _write_archive(fh, manifest, encoder.arrays))
 
 
 def _write_archive(fh: BinaryIO, manifest: dict, arrays: list[tuple[str, np.ndarray]]) -> None:
@@ -98,20 +97,6 @@ def _write_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
         np.lib.format.write_array(entry, array, allow_pickle=False)
 
 
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Encoder:
     """Turns an object tree into JSON, collecting arrays as numbered ``.npy`` entries."""
 
@@ -122,9 +107,9 @@ class _Encoder:
         self._open: set[int] = set()  # containers being encoded, to catch cycles
 
     def _add_array(self, array: np.ndarray, where: str) -> str:
-        if array.dtype.hasobject or array.dtype.kind not in "biufc":
+        if not _storable(array.dtype):
             raise TypeError(f"ddp.save cannot store a NumPy array of dtype {array.dtype} "
-                            f"(at {where})")
+                            f"(at {where}); it stores {_DTYPE_NAMES}")
         name = f"data/{len(self.arrays)}.npy"
         self.arrays.append((name, array))
         return name
@@ -184,6 +169,13 @@ class _Encoder:
                 "requires_grad": bool(t.requires_grad), "parameter": _is_parameter(t)}
 
 
+def _storable(dt: np.dtype) -> bool:
+    return dt.fields is None and dt.subdtype is None and dt.newbyteorder("=") in ARRAY_DTYPES
+
+
+_DTYPE_NAMES = ", ".join(sorted(str(d) for d in ARRAY_DTYPES))
+
+
 def _is_parameter(t: Tensor) -> bool:
     return any(cls.__name__ == "Parameter" and cls.__module__.startswith("ddp.nn")
                for cls in type(t).__mro__)
@@ -207,7 +199,10 @@ def load(f: FileLike, map_location: MapLocation = None, weights_only: bool = Tru
 
     Raises:
         RuntimeError: the file is a pickle (refused, never executed), is not a ddp archive, or
-            is truncated or corrupt; the message names the file.
+            is truncated or corrupt; it holds what ``save`` never writes (a compressed or
+            encrypted member, an array of a dtype outside :data:`ARRAY_DTYPES`); or an
+            ``.npy`` header claims more data than its member holds (raised before
+            allocating). The message names the file and, where there is one, the member.
         FileNotFoundError: no file at ``f``.
     """
     name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", repr(f))
@@ -230,8 +225,11 @@ def _load(fh: BinaryIO, name: str, map_location: MapLocation) -> Any:
     if head[:4] != _ZIP_MAGIC:
         raise RuntimeError(f"ddp.load: {name} is not a ddp.save file (no zip header; "
                            f"{'empty file' if not head else f'starts with {head!r}'})")
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(start)
     try:
         with zipfile.ZipFile(fh) as zf:
+            _check_members(zf, name, size)
             names = set(zf.namelist())
             if MANIFEST not in names:
                 if any(n.endswith("data.pkl") for n in names):
@@ -248,16 +246,59 @@ def _load(fh: BinaryIO, name: str, map_location: MapLocation) -> Any:
             if manifest.get("version") != VERSION:
                 raise RuntimeError(f"ddp.load: {name} has format version "
                                    f"{manifest.get('version')}, this ddp reads {VERSION}")
+            if "root" not in manifest:
+                raise ValueError("the manifest has no 'root'")
             return _Decoder(zf, name, map_location).decode(manifest["root"])
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError,
+            RecursionError) as exc:
+        kind = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise RuntimeError(
-            f"ddp.load: {name} is truncated or corrupt ({type(exc).__name__}: {exc})"
+            f"ddp.load: {name} is truncated or corrupt ({type(exc).__name__}: {kind})"
         ) from exc
+
+
+def _check_members(zf: zipfile.ZipFile, name: str, archive_size: int) -> None:
+    """Refuse what ``save`` never writes before reading any member.
+
+    A compressed member can expand a thousandfold (a 2 MiB file into gigabytes), so only
+    stored members are read; each must also fit inside the archive as it is on disk, which
+    bounds every later read by the file's real size.
+    """
+    for info in zf.infolist():
+        member = info.filename
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                      zipfile.ZIP_LZMA: "lzma"}.get(info.compress_type,
+                                                    f"method {info.compress_type}")
+            raise RuntimeError(
+                f"ddp.load: {name}: member {member!r} is compressed ({method}); ddp.save "
+                f"writes uncompressed members only and ddp.load refuses to decompress (a small "
+                f"compressed member can expand to gigabytes); the file was not written by "
+                f"ddp.save"
+            )
+        if info.flag_bits & 0x1:
+            raise RuntimeError(f"ddp.load: {name}: member {member!r} is encrypted; ddp.save "
+                               f"never encrypts, so the file was not written by it")
+        if (info.file_size != info.compress_size
+                or info.header_offset + info.compress_size > archive_size):
+            raise ValueError(
+                f"member {member!r} claims {info.file_size} bytes, but the file of "
+                f"{archive_size} bytes cannot hold them"
+            )
 
 
 def _looks_pickled(head: bytes) -> bool:
     """Protocol 0/1 pickles start with an opcode such as ``(``, ``]``, ``}`` or ``c``."""
     return head[:1] in (b"(", b"]", b"}", b"c", b"N", b"I", b"S", b"V")
+
+
+def _field(node: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    """``node[key]``, which must be of ``kind``: a crafted manifest gets a clear error."""
+    value = node.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"manifest node {node.get('$')!r} has no valid {key!r} "
+                         f"(got {type(value).__name__})")
+    return value
 
 
 class _Decoder:
@@ -266,10 +307,51 @@ class _Decoder:
         self.name = name
         self.map_location = map_location
         self._tensors: dict[str, Tensor] = {}
+        self._read: set[str] = set()  # members already read: each is read at most once
 
     def _array(self, entry: str) -> np.ndarray:
-        with self.zf.open(entry) as fh:
-            return np.lib.format.read_array(fh, allow_pickle=False)
+        """Read one ``.npy`` member, allocating no more than the bytes it holds."""
+        if entry in self._read:
+            raise ValueError(f"member {entry!r} is referenced twice (ddp.save stores every "
+                             f"array once)")
+        self._read.add(entry)
+        info = self.zf.getinfo(entry)
+        with self.zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in _NPY_VERSIONS:
+                raise ValueError(f"member {entry!r} is a .npy file of version {version}; "
+                                 f"ddp.save writes 1.0 or 2.0")
+            shape, fortran_order, dt = _NPY_VERSIONS[version](fh)
+            if not _storable(dt):
+                raise RuntimeError(
+                    f"ddp.load: {self.name}: member {entry!r} holds an array of dtype {dt}, "
+                    f"which ddp.save never writes (it stores {_DTYPE_NAMES}); the file was not "
+                    f"written by ddp.save"
+                )
+            if any(s < 0 for s in shape):
+                raise ValueError(f"member {entry!r} has a .npy header with negative shape "
+                                 f"{shape}")
+            stored = info.file_size - fh.tell()
+            nbytes = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+            if nbytes != stored:
+                raise RuntimeError(
+                    f"ddp.load: {self.name} is truncated or corrupt: member {entry!r} has a "
+                    f".npy header claiming shape {shape} of {dt} ({nbytes} bytes), but it "
+                    f"holds {stored} bytes of data"
+                )
+            buf = bytearray(nbytes)
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise EOFError(f"member {entry!r} ends after {got} of {nbytes} bytes")
+                got += n
+            if fh.read(1):  # also makes the member check its CRC
+                raise ValueError(f"member {entry!r} holds more bytes than its header says")
+        flat = np.frombuffer(buf, dtype=dt)
+        if fortran_order:
+            return flat.reshape(shape[::-1]).transpose()
+        return flat.reshape(shape)
 
     def decode(self, node: Any) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
@@ -278,40 +360,76 @@ class _Decoder:
             return [self.decode(v) for v in node]
         if not isinstance(node, dict):
             raise ValueError(f"unexpected manifest node of type {type(node).__name__}")
-        tag = node["$"]
+        tag = node.get("$")
         if tag == "dict":
-            pairs = [(self._key(k), self.decode(v)) for k, v in node["items"]]
-            return OrderedDict(pairs) if node["ordered"] else dict(pairs)
+            pairs = []
+            for item in _field(node, "items", list):
+                if not isinstance(item, list) or len(item) != 2:
+                    raise ValueError("a dict item in the manifest is not a [key, value] pair")
+                pairs.append((self._key(item[0]), self.decode(item[1])))
+            return OrderedDict(pairs) if _field(node, "ordered", bool) else dict(pairs)
         if tag == "tuple":
-            return tuple(self.decode(v) for v in node["items"])
+            return tuple(self.decode(v) for v in _field(node, "items", list))
         if tag == "size":
-            return Size(self.decode(v) for v in node["items"])
+            items = [self.decode(v) for v in _field(node, "items", list)]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                raise ValueError(f"a saved Size holds non-integers {items}")
+            return Size(items)
         if tag == "tensor":
             return self._tensor(node)
         if tag == "ndarray":
-            return self._array(node["data"])
+            return self._array(_field(node, "data", str))
         if tag == "npscalar":
-            return self._array(node["data"])[()]
+            array = self._array(_field(node, "data", str))
+            if array.ndim != 0:
+                raise ValueError(f"a saved NumPy scalar has shape {array.shape}")
+            return array[()]
         if tag == "float":
-            return float(node["v"])
+            return float(_field(node, "v", str))
         if tag == "dtype":
-            return dtypes.get_dtype(node["v"])
+            v = _field(node, "v", str)
+            try:
+                return dtypes.get_dtype(v)
+            except TypeError:
+                raise ValueError(f"unknown dtype {v!r}") from None
         if tag == "device":
-            return device(node["v"])
+            return self._device(_field(node, "v", str))
         if tag == "bytes":
-            return bytes.fromhex(node["v"])
+            return bytes.fromhex(_field(node, "v", str))
         raise ValueError(f"unknown manifest tag {tag!r}")
 
     def _key(self, node: Any) -> Any:
         key = self.decode(node)
-        return tuple(key) if isinstance(key, list) else key
+        key = tuple(key) if isinstance(key, list) else key
+        try:
+            hash(key)
+        except TypeError:
+            raise ValueError(f"a dict key of type {type(key).__name__} is unhashable") from None
+        return key
+
+    @staticmethod
+    def _device(text: str) -> device:
+        try:
+            return device(text)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(f"invalid device {text!r} ({exc})") from None
 
     def _tensor(self, node: dict) -> Tensor:
-        entry = node["data"]
+        entry = _field(node, "data", str)
         if entry in self._tensors:
             return self._tensors[entry]
         array = self._array(entry)
-        saved = node["device"]
+        try:
+            dt = dtypes.from_numpy(array.dtype)
+        except TypeError:
+            raise ValueError(f"member {entry!r} holds a tensor of dtype {array.dtype}, "
+                             f"which ddp tensors cannot hold") from None
+        requires_grad = _field(node, "requires_grad", bool)
+        if requires_grad and not dt.is_floating_point:
+            raise ValueError(f"member {entry!r} holds a {dt.name} tensor marked "
+                             f"requires_grad (only floating point tensors can require grad)")
+        saved = str(self._device(_field(node, "device", str)))
+        is_parameter = _field(node, "parameter", bool)
         if callable(self.map_location):
             t = self.map_location(Tensor(array), saved)
             if not isinstance(t, Tensor):
@@ -319,10 +437,10 @@ class _Decoder:
             array = t.array
         else:
             array = move_array(array, self._target(saved))
-        if node["parameter"]:
-            t = Parameter(array, requires_grad=node["requires_grad"])
+        if is_parameter:
+            t = Parameter(array, requires_grad=requires_grad)
         else:
-            t = Tensor(array, requires_grad=node["requires_grad"])
+            t = Tensor(array, requires_grad=requires_grad)
         self._tensors[entry] = t
         return t
 
@@ -339,4 +457,4 @@ class _Decoder:
         return target
 
 
-__all__ = ["load", "save"]
+__all__ = ["ARRAY_DTYPES", "load", "save"]

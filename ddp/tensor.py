@@ -520,7 +520,7 @@ class Tensor(TensorOps):
                                      and is_grad_enabled()):
             self._rebase(ops.index_put(self, index, value))
             return
-        index = ops.normalize_index(index)
+        index = ops.normalize_index(index, self.array.shape)
         self.array[index] = value.array if isinstance(value, Tensor) else value
 
     def __iadd__(self, other):

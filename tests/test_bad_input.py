@@ -11,6 +11,7 @@ import pickle
 
 import numpy as np
 import pytest
+from _helpers import torch_oracle
 
 import ddp
 import ddp.distributed as dist
@@ -66,7 +67,7 @@ OP_CASES = [
      ["detach().numpy()"]),
     ("bool-ambiguous", lambda: bool(A), RuntimeError, ["ambiguous"]),
     ("float-size", lambda: ddp.zeros(2.5), TypeError, ["sequence of ints", "2.5"]),
-    ("negative-size", lambda: ddp.zeros(-1), ValueError, ["negative"]),
+    ("negative-size", lambda: ddp.zeros(-1), RuntimeError, ["negative dimension -1"]),
     ("device-name", lambda: A.to("banana"), RuntimeError, ["cpu, cuda", "banana"]),
 ]
 
@@ -75,6 +76,242 @@ OP_CASES = [
                          [c[1:] for c in OP_CASES], ids=[c[0] for c in OP_CASES])
 def test_op_errors(fn, exc, fragments):
     raises(exc, *fragments)(fn)
+
+
+# ------------------------------------------------- bounds checks, beside torch's own errors
+def _x(T):
+    return T.arange(6.0).reshape(2, 3)
+
+
+def _img(T, h=2, w=2):
+    return T.arange(float(h * w)).reshape(1, 1, h, w)
+
+
+# (id, fn(T, F) for T in (ddp, torch), the type both raise, fragments of ddp's message)
+BESIDE_TORCH = [
+    ("index_select-negative", lambda T, F: T.arange(3.0).index_select(0, T.tensor([-1])),
+     IndexError, ["index out of range in self", "index -1", "size 3"]),
+    ("index_select-high", lambda T, F: _x(T).index_select(0, T.tensor([2])),
+     IndexError, ["index out of range in self", "index 2", "size 2"]),
+    ("index_select-float-index", lambda T, F: _x(T).index_select(1, T.tensor([1.0])),
+     RuntimeError, ["Expected dtype int32 or int64 for index"]),
+    ("index_select-2d-index", lambda T, F: _x(T).index_select(1, T.tensor([[1]])),
+     IndexError, ["Index is supposed to be a vector"]),
+    ("index_select-scalar", lambda T, F: T.tensor(5.0).index_select(0, T.tensor([0, 0])),
+     RuntimeError, ["Index to scalar can have only 1 value, got 2"]),
+    ("index_select-empty-dim", lambda T, F: T.zeros(0, 3).index_select(0, T.tensor([0])),
+     RuntimeError, ["self indexing axis dim should be positive"]),
+    ("gather-negative", lambda T, F: _x(T).gather(1, T.tensor([[-1], [0]])),
+     RuntimeError, ["index -1 is out of bounds for dimension 1 with size 3"]),
+    ("gather-high", lambda T, F: _x(T).gather(0, T.tensor([[2, 0, 0]])),
+     RuntimeError, ["index 2 is out of bounds for dimension 0 with size 2"]),
+    ("gather-float-index", lambda T, F: _x(T).gather(1, T.tensor([[1.0]])),
+     RuntimeError, ["gather(): Expected dtype int32/int64 for index"]),
+    ("gather-ndim", lambda T, F: _x(T).gather(1, T.tensor([1, 0])),
+     RuntimeError, ["same number of dimensions"]),
+    ("gather-index-larger", lambda T, F: _x(T).gather(1, T.zeros(3, 1, dtype=T.int64)),
+     RuntimeError, ["Size does not match at dimension 0", "[3, 1]", "[2, 3]"]),
+    ("floor_divide-int-zero", lambda T, F: T.tensor([7, -7]) // 0,
+     RuntimeError, ["ZeroDivisionError"]),
+    ("floor_divide-int-zero-tensor", lambda T, F: T.tensor([7, 1]) // T.tensor([1, 0]),
+     RuntimeError, ["ZeroDivisionError"]),
+    ("remainder-int-zero", lambda T, F: T.tensor(7) % 0,
+     RuntimeError, ["ZeroDivisionError"]),
+    ("remainder-int32-zero", lambda T, F: T.tensor([7], dtype=T.int32) % T.tensor([0],
+                                                                                   dtype=T.int32),
+     RuntimeError, ["ZeroDivisionError"]),
+    ("div-floor-int-zero", lambda T, F: T.div(T.tensor([7]), 0, rounding_mode="floor"),
+     RuntimeError, ["ZeroDivisionError"]),
+    ("div-trunc-int-zero", lambda T, F: T.div(T.tensor([7]), 0, rounding_mode="trunc"),
+     RuntimeError, ["ZeroDivisionError"]),
+    ("div-rounding-mode", lambda T, F: T.div(T.tensor([7]), 2, rounding_mode="round"),
+     RuntimeError, ["rounding_mode to be one of None, 'trunc', or 'floor'", "'round'"]),
+    ("max_pool-window-past-input", lambda T, F: T.nn.MaxPool2d(4)(_img(T)),
+     RuntimeError, ["Given input size: (1x2x2)", "(1x0x0)", "Output size is too small"]),
+    ("max_pool-one-dim-too-small", lambda T, F: F.max_pool2d(_img(T, 2, 5), 3),
+     RuntimeError, ["(1x0x1)", "Output size is too small"]),
+    ("max_pool-dilated-past-input", lambda T, F: F.max_pool2d(_img(T, 3, 3), 2, 1, 0, 3),
+     RuntimeError, ["Output size is too small"]),
+    ("max_pool-stride-zero", lambda T, F: F.max_pool2d(_img(T, 4, 4), 2, 0),
+     RuntimeError, ["stride should not be zero"]),
+    ("max_pool-kernel-negative", lambda T, F: F.max_pool2d(_img(T, 4, 4), -1),
+     RuntimeError, ["kernel size should be greater than zero", "kH: -1"]),
+    ("max_pool-dilation-zero", lambda T, F: F.max_pool2d(_img(T, 4, 4), 2, dilation=0),
+     RuntimeError, ["dilation should be greater than zero"]),
+    ("max_pool-padding-negative", lambda T, F: F.max_pool2d(_img(T, 4, 4), 2, padding=-1),
+     RuntimeError, ["pad must be non-negative"]),
+    ("max_pool-empty-channels", lambda T, F: F.max_pool2d(T.zeros(1, 0, 4, 4), 2),
+     RuntimeError, ["optional 0 dim batch size", "[1, 0, 4, 4]"]),
+    ("arange-step-zero", lambda T, F: T.arange(0, 10, 0), RuntimeError, ["step must be nonzero"]),
+    ("arange-float-step-zero", lambda T, F: T.arange(0.0, 1.0, 0.0), RuntimeError,
+     ["step must be nonzero"]),
+    ("arange-wrong-sign", lambda T, F: T.arange(0, 10, -1), RuntimeError,
+     ["upper bound and lower bound inconsistent with step sign"]),
+    ("arange-negative-end", lambda T, F: T.arange(-3), RuntimeError,
+     ["inconsistent with step sign"]),
+    ("arange-nan", lambda T, F: T.arange(0, float("nan")), RuntimeError,
+     ["unsupported range: 0 -> nan"]),
+    ("arange-inf", lambda T, F: T.arange(0, float("inf")), RuntimeError,
+     ["unsupported range: 0 -> inf"]),
+    ("linspace-negative", lambda T, F: T.linspace(0, 1, -1), RuntimeError,
+     ["number of steps must be non-negative"]),
+    ("eye-negative", lambda T, F: T.eye(-1), RuntimeError, ["n must be greater or equal to 0"]),
+    ("eye-negative-m", lambda T, F: T.eye(2, -1), RuntimeError,
+     ["m must be greater or equal to 0"]),
+    ("randint-empty-range", lambda T, F: T.randint(5, 5, (2,)), RuntimeError,
+     ["'from' to be less than 'to'", "from=5 >= to=5"]),
+    ("randperm-negative", lambda T, F: T.randperm(-1), RuntimeError,
+     ["negative dimension -1"]),
+    ("ones-negative", lambda T, F: T.ones(2, -1), RuntimeError,
+     ["negative dimension -1", "[2, -1]"]),
+    ("randn-negative", lambda T, F: T.randn(-3), RuntimeError, ["negative dimension -3"]),
+    ("full-negative", lambda T, F: T.full((-1,), 1.0), RuntimeError, ["negative dimension -1"]),
+    ("narrow-start", lambda T, F: _x(T).narrow(1, -4, 1), IndexError,
+     ["start out of range", "[-3, 3]", "got -4"]),
+    ("narrow-start-past-end", lambda T, F: _x(T).narrow(1, 4, 0), IndexError,
+     ["start out of range"]),
+    ("narrow-length-negative", lambda T, F: _x(T).narrow(1, 0, -1), RuntimeError,
+     ["length must be non-negative"]),
+    ("narrow-past-end", lambda T, F: _x(T).narrow(1, 2, 2), RuntimeError,
+     ["start (2) + length (2) exceeds dimension size (3)"]),
+    ("split-negative", lambda T, F: _x(T).split(-1, 1), RuntimeError,
+     ["split_size be non-negative", "split_size=-1"]),
+    ("split-zero", lambda T, F: _x(T).split(0, 1), RuntimeError,
+     ["split_size can only be 0 if dimension size is 0", "size of 3"]),
+    ("split-sizes-negative", lambda T, F: _x(T).split([4, -1], 1), RuntimeError,
+     ["only non-negative entries", "[4, -1]"]),
+    ("chunk-zero", lambda T, F: _x(T).chunk(0), RuntimeError,
+     ["chunk expects `chunks` to be greater than 0, got: 0"]),
+    ("chunk-negative", lambda T, F: _x(T).chunk(-1), RuntimeError,
+     ["greater than 0, got: -1"]),
+    ("unbind-dim", lambda T, F: _x(T).unbind(5), IndexError, ["[-2, 1]", "got 5"]),
+    ("repeat-negative", lambda T, F: _x(T).repeat(-1, 1), RuntimeError,
+     ["negative dimension -2", "[-2, 3]"]),
+    ("embedding-negative", lambda T, F: F.embedding(T.tensor([-1]), T.zeros(5, 2)), IndexError,
+     ["index out of range in self", "index -1"]),
+    ("embedding-padding_idx", lambda T, F: F.embedding(T.tensor([1]), T.zeros(5, 2),
+                                                       padding_idx=5),
+     AssertionError, ["Padding_idx must be within num_embeddings"]),
+    ("embedding-padding_idx-negative", lambda T, F: F.embedding(T.tensor([1]), T.zeros(5, 2),
+                                                                padding_idx=-6),
+     AssertionError, ["Padding_idx must be within num_embeddings"]),
+    ("cross_entropy-target-negative", lambda T, F: F.cross_entropy(T.zeros(2, 3),
+                                                                   T.tensor([0, -1])),
+     IndexError, ["Target -1 is out of bounds"]),
+    ("nll_loss-target-high", lambda T, F: F.nll_loss(T.zeros(2, 3), T.tensor([0, 3])),
+     IndexError, ["Target 3 is out of bounds"]),
+    ("max-empty", lambda T, F: T.zeros(0, 3).max(), RuntimeError,
+     ["max(): Expected reduction dim to be specified for input.numel() == 0"]),
+    ("min-empty-dim", lambda T, F: T.zeros(0, 3).min(0), IndexError,
+     ["min(): Expected reduction dim 0 to have non-zero size"]),
+    ("amax-empty", lambda T, F: T.zeros(0, 3).amax(), RuntimeError,
+     ["amax(): Expected reduction dim to be specified"]),
+    ("amin-empty-dims", lambda T, F: T.zeros(0, 3).amin((0, 1)), IndexError,
+     ["amin(): Expected reduction dim 0 to have non-zero size"]),
+    ("argmax-empty", lambda T, F: T.zeros(0, 3).argmax(), IndexError,
+     ["argmax(): Expected reduction dim to be specified"]),
+    ("argmin-empty-dim", lambda T, F: T.zeros(0, 3).argmin(0), IndexError,
+     ["argmin(): Expected reduction dim 0 to have non-zero size"]),
+    ("tril-vector", lambda T, F: T.arange(3.0).tril(), RuntimeError,
+     ["tril: input tensor must have at least 2 dimensions"]),
+    ("triu-scalar", lambda T, F: T.tensor(1.0).triu(), RuntimeError,
+     ["triu: input tensor must have at least 2 dimensions"]),
+    ("flip-repeated-dim", lambda T, F: _x(T).flip([0, -2]), RuntimeError,
+     ["dim 0 appears multiple times"]),
+    ("cat-scalar", lambda T, F: T.cat([T.ones(1), T.tensor(2.0)]), RuntimeError,
+     ["zero-dimensional tensor (at position 1) cannot be concatenated"]),
+    ("conv2d-stride-zero", lambda T, F: F.conv2d(T.ones(1, 1, 4, 4), T.ones(1, 1, 2, 2),
+                                                 stride=0),
+     RuntimeError, ["non-positive stride is not supported"]),
+    ("conv2d-padding-negative", lambda T, F: F.conv2d(T.ones(1, 1, 4, 4), T.ones(1, 1, 2, 2),
+                                                      padding=-1),
+     RuntimeError, ["negative padding is not supported"]),
+    ("conv2d-dilation-zero", lambda T, F: F.conv2d(T.ones(1, 1, 4, 4), T.ones(1, 1, 2, 2),
+                                                   dilation=0),
+     RuntimeError, ["dilation should be greater than zero"]),
+    ("conv2d-kernel-zero", lambda T, F: F.conv2d(T.ones(1, 1, 3, 3), T.ones(1, 1, 0, 0)),
+     RuntimeError, ["kernel size should be greater than zero", "kernel_height: 0"]),
+    ("embedding-1d-weight", lambda T, F: F.embedding(T.tensor([0]), T.zeros(5)), RuntimeError,
+     ["'weight' must be 2-D"]),
+    ("cross_entropy-label_smoothing", lambda T, F: F.cross_entropy(
+        T.zeros(2, 3), T.tensor([0, 1]), label_smoothing=1.5),
+     RuntimeError, ["label_smoothing must be between 0.0 and 1.0"]),
+    ("index-tensor-high", lambda T, F: T.arange(3.0)[T.tensor([3])], IndexError,
+     ["index 3 is out of bounds", "size 3"]),
+    ("index-tensor-low", lambda T, F: T.arange(3.0)[T.tensor([-4])], IndexError,
+     ["index -4 is out of bounds", "size 3"]),
+]
+
+
+@pytest.mark.parametrize("fn, exc, fragments", [c[1:] for c in BESIDE_TORCH],
+                         ids=[c[0] for c in BESIDE_TORCH])
+def test_bounds_errors_match_torch(fn, exc, fragments):
+    torch = torch_oracle()
+    import torch.nn.functional as torch_f
+
+    with pytest.raises(exc):
+        fn(torch, torch_f)
+    raises(exc, *fragments)(lambda: fn(ddp, F))
+
+
+# (id, fn(T, F)): valid edge cases that both must compute alike (values and dtype)
+EDGES_BESIDE_TORCH = [
+    ("index_select-negative-free", lambda T, F: _x(T).index_select(1, T.tensor([2, 0, 2]))),
+    ("index_select-int32", lambda T, F: _x(T).index_select(1, T.tensor([2], dtype=T.int32))),
+    ("index_select-0d-index", lambda T, F: _x(T).index_select(1, T.tensor(1))),
+    ("index_select-scalar", lambda T, F: T.tensor(5.0).index_select(0, T.tensor([0]))),
+    ("gather-smaller-index", lambda T, F: _x(T).gather(1, T.tensor([[2]]))),
+    ("gather-wider-index", lambda T, F: _x(T).gather(1, T.tensor([[0, 1, 2, 0, 1]]))),
+    ("gather-scalar", lambda T, F: T.tensor(5.0).gather(0, T.tensor(0))),
+    ("div-trunc-int", lambda T, F: T.div(T.tensor([7, -7, 7, -7, 6]), T.tensor([2, 2, -2, -2, 3]),
+                                         rounding_mode="trunc")),
+    ("div-trunc-int64-exact", lambda T, F: T.div(T.tensor([2**62 + 1, -(2**62) - 1]), 3,
+                                                 rounding_mode="trunc")),
+    ("div-floor-int", lambda T, F: T.div(T.tensor([7, -7]), 2, rounding_mode="floor")),
+    ("remainder-int", lambda T, F: T.tensor([7, -7, 7]) % T.tensor([3, 3, -3])),
+    ("floor_divide-empty-by-zero", lambda T, F: T.zeros(0, 2, dtype=T.int64) // T.tensor([0, 1])),
+    ("float-floor_divide-by-zero", lambda T, F: T.tensor([7.0, -7.0]) // 0),
+    ("arange-float-steps", lambda T, F: T.arange(0, 1, 0.3)),
+    ("arange-down", lambda T, F: T.arange(10, 0, -3)),
+    ("arange-empty", lambda T, F: T.arange(5, 5)),
+    ("max_pool-padded-small-input", lambda T, F: F.max_pool2d(_img(T), 3, 1, 1)),
+    ("max_pool-empty-batch", lambda T, F: F.max_pool2d(T.zeros(0, 1, 4, 4), 2)),
+    ("split-zero-on-empty", lambda T, F: T.zeros(0).split(0)[0]),
+    ("chunk-empty", lambda T, F: T.stack(T.zeros(0).chunk(2))),
+    ("narrow-negative-start", lambda T, F: _x(T).narrow(1, -1, 1)),
+    ("narrow-at-end", lambda T, F: _x(T).narrow(1, 3, 0)),
+    ("max-over-nonempty-dim-of-empty", lambda T, F: T.zeros(0, 3).max(1)[1]),
+    ("amax-over-nonempty-dim-of-empty", lambda T, F: T.zeros(0, 3).amax(1)),
+    ("argmax-over-nonempty-dim-of-empty", lambda T, F: T.zeros(0, 3).argmax(1)),
+]
+
+
+@pytest.mark.parametrize("fn", [c[1] for c in EDGES_BESIDE_TORCH],
+                         ids=[c[0] for c in EDGES_BESIDE_TORCH])
+def test_bounds_edge_cases_compute_like_torch(fn):
+    torch = torch_oracle()
+    import torch.nn.functional as torch_f
+
+    want, got = fn(torch, torch_f), fn(ddp, F)
+    assert tuple(got.shape) == tuple(want.shape)
+    assert str(got.dtype).split(".")[-1] == str(want.dtype).split(".")[-1]
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_gather_and_index_select_gradients_like_torch():
+    torch = torch_oracle()
+    grads = []
+    for T in (torch, ddp):
+        a = T.arange(6.0).reshape(2, 3).requires_grad_()
+        (a.gather(1, T.tensor([[2, 2]])) * T.tensor([[1.0, 2.0]])).sum().backward()
+        b = T.arange(6.0).reshape(2, 3).requires_grad_()
+        b.index_select(1, T.tensor([2, 0, 2])).sum().backward()
+        c = T.arange(6.0).reshape(2, 3).requires_grad_()  # an index smaller than the input
+        (c.gather(1, T.tensor([[2, 0, 2, 2]])) * T.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+        grads.append((a.grad.tolist(), b.grad.tolist(), c.grad.tolist()))
+    assert grads[0] == grads[1] == ([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0]],
+                                    [[1.0, 0.0, 2.0], [1.0, 0.0, 2.0]],
+                                    [[2.0, 0.0, 8.0], [0.0, 0.0, 0.0]])
 
 
 def test_backward_twice_and_non_scalar():
@@ -334,7 +571,8 @@ def test_save_to_read_only_directory_leaves_nothing(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        raises(PermissionError)(lambda: ddp.save({"a": ddp.ones(2)}, ro / "x.pt"))
+        raises(PermissionError, "Permission denied", "x.pt")(
+            lambda: ddp.save({"a": ddp.ones(2)}, ro / "x.pt"))
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o755)

@@ -82,12 +82,18 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # 
         raise RuntimeError(
             f"Expected tensor for argument 'indices' to have an integer dtype, got {input.dtype}"
         )
+    if weight.ndim != 2:
+        raise RuntimeError(f"embedding: 'weight' must be 2-D, got shape {tuple(weight.shape)}")
     num = weight.shape[0]
     if input.numel():  # CuPy would wrap a bad index silently: check (one device read)
         low, high = _min_max(input.array)
         if low < 0 or high >= num:
             bad = high if high >= num else low
-            raise IndexError(f"index {bad} is out of range for an embedding of {num} rows")
+            raise IndexError(f"index out of range in self: index {bad} is out of range for an "
+                             f"embedding of {num} rows")
+    if padding_idx is not None and not -num <= padding_idx < num:
+        raise AssertionError(f"Padding_idx must be within num_embeddings (got padding_idx="
+                             f"{padding_idx} for {num} embeddings)")
     if padding_idx is not None and padding_idx < 0:
         padding_idx += num
     return _lin.Embedding.apply(weight, input, padding_idx)
@@ -113,7 +119,17 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
         raise NotImplementedError("conv2d: string padding is not supported")
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
+    if min(stride) <= 0:
+        raise RuntimeError(f"conv2d: non-positive stride is not supported, got {list(stride)}")
+    if min(padding) < 0:
+        raise RuntimeError(f"conv2d: negative padding is not supported, got {list(padding)}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"conv2d: dilation should be greater than zero, but got "
+                           f"{list(dilation)}")
     kh, kw = weight.shape[2:]
+    if kh <= 0 or kw <= 0:
+        raise RuntimeError(f"conv2d: kernel size should be greater than zero, but got "
+                           f"kernel_height: {kh} kernel_width: {kw}")
     for axis, size, k, p, d in ((2, input.shape[2], kh, padding[0], dilation[0]),
                                 (3, input.shape[3], kw, padding[1], dilation[1])):
         if size + 2 * p < d * (k - 1) + 1:
@@ -136,12 +152,38 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,  
     kernel = _pair(kernel_size, "kernel_size")
     stride = kernel if stride is None or stride == () else _pair(stride, "stride")
     padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    _check_pool_window(input, kernel, stride, padding, dilation)
+    return _pool.MaxPool2d.apply(input, kernel, stride, padding, dilation)
+
+
+def _check_pool_window(input: Tensor, kernel, stride, padding, dilation) -> None:  # noqa: A002
+    """torch's checks of a pooling window; a window past the input would give an empty or
+    wrapped result instead of an error."""
+    if min(kernel) <= 0:
+        raise RuntimeError(f"max_pool2d: kernel size should be greater than zero, but got kH: "
+                           f"{kernel[0]} kW: {kernel[1]}")
+    if min(stride) <= 0:
+        raise RuntimeError(f"max_pool2d: stride should not be zero or negative, but got dH: "
+                           f"{stride[0]} dW: {stride[1]}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"max_pool2d: dilation should be greater than zero, but got "
+                           f"dilationH: {dilation[0]} dilationW: {dilation[1]}")
+    if min(padding) < 0:
+        raise RuntimeError(f"max_pool2d: pad must be non-negative, but got pad: {padding}")
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise RuntimeError(
             f"max_pool2d: pad should be at most half of effective kernel size, but got "
             f"pad={padding} and kernel_size={kernel}"
         )
-    return _pool.MaxPool2d.apply(input, kernel, stride, padding, dilation)
+    n, c, h, w = input.shape
+    if c == 0 or h == 0 or w == 0:
+        raise RuntimeError(f"max_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 "
+                           f"dim batch size for input, but got:{list(input.shape)}")
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+           zip((h, w), kernel, stride, padding, dilation, strict=True)]
+    if min(out) < 1:
+        raise RuntimeError(f"max_pool2d: Given input size: ({c}x{h}x{w}). Calculated output "
+                           f"size: ({c}x{out[0]}x{out[1]}). Output size is too small")
 
 
 # ---------------------------------------------------------------------------- normalization
@@ -220,7 +262,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  
     """
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     _check_classes(input, weight, "cross_entropy")
     if target.dtype.is_floating_point:
         return _soft_cross_entropy(input, target, weight, reduction, label_smoothing)

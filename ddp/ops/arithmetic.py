@@ -199,22 +199,43 @@ def _shape_text(a) -> str:
     return "x".join(str(s) for s in (a.shape if a.ndim > 1 else (1,) + a.shape))
 
 
+def _check_integer_divisor(a, b) -> None:
+    """torch raises for an integer division by zero; NumPy would warn and return 0."""
+    if a.dtype.kind in "iub" and b.dtype.kind in "iub" and a.size and b.size:
+        if (b == 0).any():
+            raise RuntimeError("ZeroDivisionError")
+
+
 class FloorDivide(Function):
+    """``a // b`` (``rounding_mode="floor"``) or ``trunc(a / b)`` on integers (``"trunc"``)."""
+
     @staticmethod
-    def forward(ctx, a, b):
-        return get_array_module(a).floor_divide(a, b)
+    def forward(ctx, a, b, rounding_mode="floor"):
+        _check_integer_divisor(a, b)
+        xp = get_array_module(a)
+        with np.errstate(divide="ignore", invalid="ignore"):  # floats give inf/nan, silently
+            q = xp.floor_divide(a, b)
+        if rounding_mode == "trunc":
+            # Exact on integers (a float quotient would round int64 values past 2**53):
+            # floor and trunc differ by one where the division is inexact and the quotient
+            # is negative.
+            inexact = (a - q * b) != 0
+            q = q + (inexact & ((a < 0) != (b < 0))).astype(q.dtype)
+        return q
 
     @staticmethod
     def backward(ctx, grad):
-        return None, None
+        return None, None, None
 
 
 class Remainder(Function):
     @staticmethod
     def forward(ctx, a, b):
+        _check_integer_divisor(a, b)
         ctx.shapes = (a.shape, b.shape)
         ctx.save_for_backward(a, b)
-        return get_array_module(a).remainder(a, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return get_array_module(a).remainder(a, b)
 
     @staticmethod
     def backward(ctx, grad):
@@ -244,10 +265,15 @@ def mul(a, b):
 
 def div(a, b, rounding_mode=None):
     """True division; integer operands give the default float dtype, as in torch."""
+    if rounding_mode not in (None, "trunc", "floor"):
+        raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                           f"but found {rounding_mode!r}")
     a, b = binary_operands(a, b)
     if rounding_mode == "floor":
         return FloorDivide.apply(a, b)
     if rounding_mode == "trunc":
+        if a.array.dtype.kind in "iu":  # integers stay integers, as in torch
+            return FloorDivide.apply(a, b, "trunc")
         return trunc(div(a, b))
     if a.array.dtype.kind != "f":
         a = cast_tensor(a, dtypes.default_float.np_dtype)

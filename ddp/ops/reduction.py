@@ -268,16 +268,29 @@ def min(a, dim=None, keepdim=False):  # noqa: A001
     return _max_min(a, dim, keepdim, False)
 
 
+def _check_reduced_dims(name: str, a, axes, error=RuntimeError) -> None:
+    """torch's errors for a max/min/argmax over nothing (NumPy's say "no identity")."""
+    if a.array.size and axes is not None:
+        return
+    if axes is None:
+        if a.array.size == 0:
+            raise error(f"{name}(): Expected reduction dim to be specified for input.numel() "
+                        f"== 0. Specify the reduction dim with the 'dim' argument.")
+        return
+    for d in axes:
+        if a.ndim and a.array.shape[d] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+
+
 def _max_min(a, dim, keepdim, take_max):
     if isinstance(dim, tensor_type.Tensor):
         return maximum(a, dim) if take_max else minimum(a, dim)
-    if a.array.size == 0:
-        raise RuntimeError(
-            "max(): Expected reduction dim to be specified for input.numel() == 0."
-        )
+    name = "max" if take_max else "min"
     if dim is None:
+        _check_reduced_dims(name, a, None)
         return MaxMin.apply(a, take_max)
     d = normalize_dim(dim, a.ndim)
+    _check_reduced_dims(name, a, (d,))
     values = MaxMinDim.apply(a, d, keepdim, take_max)
     node = values.grad_fn
     if node is None:  # no graph: recompute the indices directly
@@ -292,11 +305,13 @@ def _max_min(a, dim, keepdim, take_max):
 
 def amax(a, dim=None, keepdim=False):
     axes = normalize_dims(dim, a.ndim)
+    _check_reduced_dims("amax", a, axes)
     return AMaxAMin.apply(a, axes, keepdim, True)
 
 
 def amin(a, dim=None, keepdim=False):
     axes = normalize_dims(dim, a.ndim)
+    _check_reduced_dims("amin", a, axes)
     return AMaxAMin.apply(a, axes, keepdim, False)
 
 
@@ -312,12 +327,15 @@ def _arg(a, dim, keepdim, take_max):
     tensor_class = tensor_type.Tensor
     xp = get_array_module(a.array)
     fn = xp.argmax if take_max else xp.argmin
+    name = "argmax" if take_max else "argmin"
     if dim is None:
+        _check_reduced_dims(name, a, None, IndexError)
         out = fn(a.array)
         if keepdim:
             out = xp.asarray(out).reshape((1,) * a.ndim)
     else:
         d = normalize_dim(dim, a.ndim)
+        _check_reduced_dims(name, a, (d,))
         out = fn(a.array, axis=d)
         if keepdim:
             out = xp.expand_dims(out, d)

@@ -11,15 +11,21 @@ from ddp.ops._util import normalize_dim, unbroadcast
 from ddp.ops.promotion import binary_operands
 
 
-def normalize_index(index):
-    """Replace tensors inside an index by their arrays (bool tensors stay masks)."""
+def normalize_index(index, shape: tuple | None = None):
+    """Replace tensors inside an index by their arrays (bool tensors stay masks).
+
+    With the ``shape`` of the indexed tensor, integer index arrays are also checked to be in
+    range (IndexError naming the index, the dimension and its size, as torch raises).
+    """
     tensor_class = tensor_type.Tensor
     if isinstance(index, tensor_class):
-        return index.array
-    if isinstance(index, tuple):
-        return tuple(i.array if isinstance(i, tensor_class) else i for i in index)
-    if isinstance(index, list):
-        return np.asarray([i.item() if isinstance(i, tensor_class) else i for i in index])
+        index = index.array
+    elif isinstance(index, tuple):
+        index = tuple(i.array if isinstance(i, tensor_class) else i for i in index)
+    elif isinstance(index, list):
+        index = np.asarray([i.item() if isinstance(i, tensor_class) else i for i in index])
+    if shape is not None and not _is_basic(index):
+        _check_array_indices(index, tuple(shape))
     return index
 
 
@@ -190,15 +196,46 @@ class Maximum(Function):
         return ga, gb, None
 
 
+def _check_array_indices(index, shape: tuple) -> None:
+    """Integer index arrays in range, as torch checks (CuPy would wrap them silently).
+
+    Negative entries count from the end, as in Python; anything else the walk cannot place
+    (too many indices, a bad type) is left for NumPy/CuPy to refuse.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+
+    def width(item) -> int:  # how many dims of ``a`` an index item consumes
+        if item is None or item is Ellipsis:
+            return 0
+        if hasattr(item, "dtype") and item.dtype == np.bool_:
+            return item.ndim
+        return 1
+
+    dim = 0
+    for item in items:
+        if item is Ellipsis:
+            dim += max(len(shape) - sum(width(i) for i in items), 0)
+            continue
+        if (hasattr(item, "dtype") and item.dtype.kind in "iu" and getattr(item, "size", 0)
+                and dim < len(shape)):
+            size = shape[dim]
+            low, high = index_range(item)
+            if low < -size or high >= size:
+                bad = high if high >= size else low
+                raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size "
+                                 f"{size} (indexing a tensor of shape {tuple(shape)})")
+        dim += width(item)
+
+
 def getitem(a, index):
     """``a[index]`` with NumPy/torch semantics; repeated integer indices sum their gradients."""
-    index = normalize_index(index)
+    index = normalize_index(index, a.array.shape)
     return GetItem.apply(a, index)
 
 
 def index_put(a, index, value):
     tensor_class = tensor_type.Tensor
-    index = normalize_index(index)
+    index = normalize_index(index, a.array.shape)
     if not isinstance(value, tensor_class):
         value = tensor_class(get_array_module(a.array).asarray(value, dtype=a.array.dtype))
     elif value.array.dtype != a.array.dtype:
@@ -241,14 +278,85 @@ def masked_fill(a, mask, value):
     return MaskedFill.apply(a, tensor_class._from_op(m, None), value)
 
 
+def index_range(array) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer array, with one device read for a CuPy array.
+
+    NumPy raises on an out-of-range index but wraps a negative one, and CuPy wraps both
+    silently, so ops that take index tensors check the range first, as torch does.
+    """
+    if isinstance(array, np.ndarray):
+        return int(array.min()), int(array.max())
+    low, high = get_array_module(array).stack((array.min(), array.max())).tolist()
+    return int(low), int(high)
+
+
+def _index_array(index, op: str, what: str):
+    tensor_class = tensor_type.Tensor
+    array = index.array if isinstance(index, tensor_class) else np.asarray(index)
+    if array.dtype not in (np.int32, np.int64):
+        raise RuntimeError(f"{op}(): Expected dtype int32{what}int64 for index, got "
+                           f"{array.dtype}")
+    return array
+
+
 def gather(a, dim, index):
+    """``out[i][j] = a[i][index[i][j]]`` (for ``dim=1``); torch's shape and bounds checks."""
     d = normalize_dim(dim, a.ndim)
-    return Gather.apply(a, d, index.array.astype(np.int64, copy=False))
+    idx = _index_array(index, "gather", "/")
+    if idx.ndim != a.ndim and not (idx.ndim <= 1 and a.ndim <= 1):
+        raise RuntimeError(
+            f"Index tensor must have the same number of dimensions as input tensor (index "
+            f"shape {tuple(idx.shape)}, input shape {tuple(a.shape)})"
+        )
+    shape = tuple(a.array.shape) or (1,)
+    idx_shape = tuple(idx.shape) or (1,)
+    if any(idx_shape[k] > shape[k] for k in range(len(shape)) if k != d):
+        raise RuntimeError(
+            f"Size does not match at dimension "
+            f"{next(k for k in range(len(shape)) if k != d and idx_shape[k] > shape[k])} "
+            f"expected index {list(idx.shape)} to be no larger than self {list(a.shape)} apart "
+            f"from dimension {d}"
+        )
+    if idx.size:
+        low, high = index_range(idx)
+        if low < 0 or high >= shape[d]:
+            raise RuntimeError(f"index {low if low < 0 else high} is out of bounds for "
+                               f"dimension {d} with size {shape[d]}")
+    src = a.reshape(1) if a.ndim == 0 else a  # torch treats a scalar as a 1-element vector
+    if a.ndim > 1 and idx_shape != shape:
+        # take_along_axis would broadcast a smaller index over ``a``; torch reads only the
+        # leading part of the other dims.
+        src = getitem(a, tuple(slice(None) if k == d else slice(0, idx_shape[k])
+                               for k in range(a.ndim)))
+    out = Gather.apply(src, d, idx.reshape(idx_shape).astype(np.int64, copy=False))
+    return out.reshape(()) if idx.ndim == 0 else out
 
 
 def index_select(a, dim, index):
+    """The entries of ``a`` at the positions ``index`` (1-D, int32/int64) along ``dim``."""
     d = normalize_dim(dim, a.ndim)
-    return IndexSelect.apply(a, d, index.array)
+    idx = _index_array(index, "index_select", " or ")
+    if idx.ndim > 1:
+        raise IndexError(f"index_select(): Index is supposed to be a vector, got shape "
+                         f"{tuple(idx.shape)}")
+    size = a.array.shape[d] if a.ndim else 1
+    if a.ndim == 0 and idx.size != 1:
+        raise RuntimeError(f"index_select(): Index to scalar can have only 1 value, got "
+                           f"{idx.size} value(s)")
+    if idx.size and size == 0:
+        raise RuntimeError(f"index_select(): self indexing axis dim should be positive (dim "
+                           f"{d} of input shape {tuple(a.shape)} is empty)")
+    if idx.size:
+        low, high = index_range(idx)
+        if low < 0 or high >= size:
+            raise IndexError(
+                f"index out of range in self: index_select() got index "
+                f"{low if low < 0 else high} for dimension {d} of size {size} (input shape "
+                f"{tuple(a.shape)})"
+            )
+    if a.ndim == 0:
+        return IndexSelect.apply(a.reshape(1), 0, idx.reshape(1)).reshape(())
+    return IndexSelect.apply(a, d, idx.reshape(-1))
 
 
 def maximum(a, b):

@@ -229,12 +229,16 @@ def broadcast_to(a, shape):
 def narrow(a, dim, start, length):
     d = normalize_dim(dim, a.ndim)
     size = a.array.shape[d]
+    if not -size <= start <= size:
+        raise IndexError(f"start out of range (expected to be in range of [{-size}, {size}], "
+                         f"but got {start})")
     if start < 0:
         start += size
-    if not 0 <= start <= size or length < 0 or start + length > size:
-        raise IndexError(
-            f"narrow(): start {start} + length {length} exceeds dimension {d} of size {size}"
-        )
+    if length < 0:
+        raise RuntimeError(f"narrow(): length must be non-negative, got {length}")
+    if start + length > size:
+        raise RuntimeError(f"start ({start}) + length ({length}) exceeds dimension size "
+                           f"({size}) of dimension {d}")
     index = (slice(None),) * d + (slice(start, start + length),)
     return Slice.apply(a, index)
 
@@ -245,11 +249,18 @@ def split(a, split_size_or_sections, dim=0):
     total = a.array.shape[d]
     if isinstance(split_size_or_sections, int):
         size = split_size_or_sections
-        if size <= 0:
-            raise RuntimeError(f"split expects split_size be positive, but got {size}")
-        sizes = [min(size, total - start) for start in range(0, total, size)] or [0]
+        if size < 0:
+            raise RuntimeError(f"split expects split_size be non-negative, but got "
+                               f"split_size={size}")
+        if size == 0 and total != 0:
+            raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got "
+                               f"dimension size of {total}")
+        sizes = [min(size, total - start) for start in range(0, total, size or 1)] or [0]
     else:
         sizes = list(split_size_or_sections)
+        if any(s < 0 for s in sizes):
+            raise RuntimeError(f"split_with_sizes expects split_sizes have only non-negative "
+                               f"entries, but got split_sizes={sizes}")
         if sum(sizes) != total:
             raise RuntimeError(
                 f"split_with_sizes expects split_sizes to sum exactly to {total} (input tensor's "
@@ -263,10 +274,14 @@ def split(a, split_size_or_sections, dim=0):
 
 
 def chunk(a, chunks, dim=0):
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     d = normalize_dim(dim, a.ndim)
     total = a.array.shape[d]
+    if total == 0:  # torch: ``chunks`` empty pieces
+        return tuple(narrow(a, d, 0, 0) for _ in range(chunks))
     size = -(-total // chunks)
-    return split(a, max(size, 1), d)
+    return split(a, size, d)
 
 
 def unbind(a, dim=0):
@@ -276,6 +291,10 @@ def unbind(a, dim=0):
 
 def select(a, dim, index):
     d = normalize_dim(dim, a.ndim)
+    size = a.array.shape[d]
+    if not -size <= index < size:
+        raise IndexError(f"select(): index {index} out of range for tensor of size "
+                         f"{list(a.shape)} at dimension {d}")
     return Slice.apply(a, (slice(None),) * d + (index,))
 
 
@@ -284,6 +303,10 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be "
+                               f"concatenated")
     ref = tensors[0]
     d = normalize_dim(dim, ref.ndim)
     for i, t in enumerate(tensors[1:], start=1):
@@ -325,16 +348,25 @@ def _common_dtype(tensors):
 
 
 def tril(a, diagonal=0):
+    if a.ndim < 2:  # NumPy would broadcast a vector into a matrix
+        raise RuntimeError(f"tril: input tensor must have at least 2 dimensions, got shape "
+                           f"{tuple(a.shape)}")
     return Tri.apply(a, diagonal, True)
 
 
 def triu(a, diagonal=0):
+    if a.ndim < 2:
+        raise RuntimeError(f"triu: input tensor must have at least 2 dimensions, got shape "
+                           f"{tuple(a.shape)}")
     return Tri.apply(a, diagonal, False)
 
 
 def flip(a, dims):
     axes = tuple(normalize_dim(d, a.ndim) for d in (dims if isinstance(dims, (list, tuple))
                                                      else (dims,)))
+    for i, d in enumerate(axes):
+        if d in axes[:i]:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
     return Flip.apply(a, axes)
 
 
@@ -350,6 +382,11 @@ def repeat(a, *sizes):
             "tensor"
         )
     lead = len(sizes) - a.ndim
+    if any(r < 0 for r in sizes):
+        target = [r * n for r, n in zip(sizes, (1,) * lead + a.array.shape, strict=True)]
+        bad = next(t for t in target if t < 0) if any(t < 0 for t in target) else min(sizes)
+        raise RuntimeError(f"Trying to create tensor with negative dimension {bad}: {target} "
+                           f"(repeat sizes {list(sizes)})")
     x = reshape(a, (1,) * lead + a.array.shape)
     expanded_shape = []
     target_shape = []
