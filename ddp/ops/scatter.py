@@ -62,9 +62,9 @@ class Scatter(Function):
 
 def _check(name: str, a, dim: int, index, src) -> None:
     tensor_class = tensor_type.Tensor
-    if not isinstance(index, tensor_class) or index.array.dtype != np.int64:
+    if not isinstance(index, tensor_class) or index.array.dtype not in (np.int32, np.int64):
         got = index.dtype if isinstance(index, tensor_class) else type(index).__name__
-        raise RuntimeError(f"{name}(): Expected dtype int64 for index, got {got}")
+        raise RuntimeError(f"{name}(): Expected dtype int32/int64 for index, got {got}")
     if index.ndim != a.ndim:
         raise RuntimeError(f"{name}(): Index tensor must have the same number of dimensions as "
                            f"self tensor ({index.ndim} vs {a.ndim})")
@@ -76,9 +76,9 @@ def _check(name: str, a, dim: int, index, src) -> None:
     too_big = any(n > s for d, (n, s) in enumerate(zip(ishape, shape, strict=True)) if d != dim)
     if too_big or (src_shape is not None and any(
             n > s for n, s in zip(ishape, src_shape, strict=True))):
-        raise RuntimeError(f"Expected index {list(ishape)} to be smaller than self {list(shape)} "
-                           f"apart from dimension {dim}" + (
-                               f" and to be smaller size than src {list(src_shape)}"
+        raise RuntimeError(f"Expected index {list(ishape)} to be no larger than self "
+                           f"{list(shape)} apart from dimension {dim}" + (
+                               f" and to be no larger size than src {list(src_shape)}"
                                if src_shape is not None else ""))
     if index.array.size:
         lo, hi = int(index.array.min()), int(index.array.max())
