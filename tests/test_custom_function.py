@@ -402,3 +402,16 @@ def test_the_array_level_base_refuses_subclasses_from_user_code():
     with pytest.raises(TypeError, match=r"subclass ddp.autograd.Function \(torch.autograd"):
         exec("from ddp.autograd.function import Function\n"
              "class Mine(Function):\n    pass\n", namespace)
+
+
+def test_two_outputs_used_together_and_retained_match_torch(torch):
+    results = []
+    for T in (ddp, torch):
+        x = T.tensor([1.0, 3.0], requires_grad=True)
+        a, b = make_split(T).apply(x)
+        loss = (a * b).sum() + b.sum()
+        loss.backward(retain_graph=True)
+        first = x.grad.tolist()
+        loss.backward()
+        results.append((first, x.grad.tolist()))
+    assert results[0] == results[1]
