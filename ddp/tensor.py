@@ -21,6 +21,7 @@ from ddp.autograd import engine, tensor_type
 from ddp.autograd.function import AccumulateGrad
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 from ddp.device import as_device, device_of, move_array, same_device
+from ddp.ops._util import shape_arg
 from ddp.tensor_ops import TensorOps
 from ddp.tensor_repr import tensor_repr
 from ddp.utils.hooks import RemovableHandle
@@ -523,6 +524,42 @@ class Tensor(TensorOps):
         index = ops.normalize_index(index, self.array.shape)
         self.array[index] = value.array if isinstance(value, Tensor) else value
 
+    def scatter_(self, dim, index, src=None, value=None, *, reduce=None) -> Tensor:
+        return self._inplace(lambda a, s: ops.scatter(a, dim, index, s, value, reduce=reduce),
+                             src)
+
+    def scatter_add_(self, dim, index, src) -> Tensor:
+        return self._inplace(lambda a, s: ops.scatter_add(a, dim, index, s), src)
+
+    # ------------------------------------------------- new tensors like this one (new_*)
+    def _new(self, fill, shape: tuple, dtype, device, requires_grad: bool) -> Tensor:
+        """``fill(shape, np_dtype)`` (a host array) with this tensor's dtype and device unless
+        ``dtype``/``device`` are given."""
+        np_dtype = self.array.dtype if dtype is None else dtypes.to_numpy_dtype(dtype)
+        target = self.device if device is None else as_device(device)
+        return Tensor(move_array(fill(shape, np_dtype), target), requires_grad=requires_grad)
+
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        """Zeros of ``size`` with this tensor's dtype and device unless given."""
+        return self._new(np.zeros, shape_arg(size), dtype, device, requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self._new(np.ones, shape_arg(size), dtype, device, requires_grad)
+
+    def new_empty(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self._new(np.empty, shape_arg(size), dtype, device, requires_grad)
+
+    def new_full(self, size, fill_value, *, dtype=None, device=None,
+                 requires_grad=False) -> Tensor:
+        return self._new(lambda shape, dt: np.full(shape, fill_value, dt), shape_arg((size,)),
+                         dtype, device, requires_grad)
+
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False) -> Tensor:
+        """A copy of ``data`` with this tensor's dtype and device unless given (torch)."""
+        array = backend.to_numpy(data.array) if isinstance(data, Tensor) else np.array(data)
+        return self._new(lambda shape, dt: array.astype(dt), array.shape, dtype, device,
+                         requires_grad)
+
     def __iadd__(self, other):
         return self.add_(other)
 
@@ -537,10 +574,29 @@ class Tensor(TensorOps):
 
 
 class Size(tuple):
-    """Shape of a tensor: a tuple that prints like torch's ``Size``."""
+    """Shape of a tensor: a tuple that prints as torch's does, ``torch.Size([2, 3])``.
+
+    The name in the repr is torch's, so that programs written for torch print what they print
+    under torch; slices and sums with tuples stay ``Size``.
+    """
 
     def __repr__(self) -> str:
-        return f"ddp.Size({list(self)})"
+        return f"torch.Size({list(self)})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Size(tuple.__getitem__(self, index))
+        return tuple.__getitem__(self, index)
+
+    def __add__(self, other):
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return Size(tuple.__add__(self, other))
+
+    def __radd__(self, other):
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return Size(tuple.__add__(other, self))
 
     def numel(self) -> int:
         n = 1

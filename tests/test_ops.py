@@ -204,6 +204,76 @@ CASES = [
     C("contiguous", [(3, 4)], lambda T, a: a.t().contiguous()),
 ]
 
+# ---- ordering, running sums, einsum, scatter, products, distances (ddp/ops/{sorting,
+# cumulative,einsum,scatter,products,distance}.py). Random normal inputs have no ties, so
+# sort and topk pick the same indices in both libraries; TIES rows use stable=True.
+SCATTER_ROWS = [[0, 1, 2, 0, 1], [2, 0, 1, 1, 2]]  # no position written twice
+CASES += [
+    C("sort", [(3, 5)], lambda T, a: tuple(a.sort())),
+    C("sort_desc_dim0", [(4, 3)], lambda T, a: tuple(T.sort(a, 0, descending=True))),
+    C("sort_stable_ties", [TIES], lambda T, a: tuple(a.sort(stable=True)), fd=False),
+    C("sort_stable_ties_desc", [TIES], lambda T, a: tuple(a.sort(descending=True, stable=True)),
+      fd=False),
+    C("sort_0d", [np.array(1.5)], lambda T, a: tuple(T.sort(a))),
+    C("argsort", [(3, 5)], lambda T, a: a.argsort(dim=1, descending=True), nondiff=True),
+    C("argsort_dim0", [(3, 5)], lambda T, a: T.argsort(a, 0), nondiff=True),
+    C("topk", [(3, 6)], lambda T, a: tuple(a.topk(3))),
+    C("topk_smallest_dim0", [(5, 3)], lambda T, a: tuple(T.topk(a, 2, dim=0, largest=False))),
+    C("topk_all", [(4,)], lambda T, a: tuple(a.topk(4))),
+    C("cumsum", [(3, 4)], lambda T, a: a.cumsum(1)),
+    C("cumsum_dim0", [(3, 4)], lambda T, a: T.cumsum(a, dim=0)),
+    C("cumsum_dtype", [(3, 4)], lambda T, a: a.cumsum(-1, dtype=T.float64)),
+    C("cumprod", [(3, 4)], lambda T, a: a.cumprod(-1)),
+    C("cumprod_dim0", [(3, 2, 2)], lambda T, a: T.cumprod(a, 0)),
+    C("cumprod_zeros", [np.array([[2.0, 0.0, 3.0, 0.5], [0.0, 0.0, 1.5, 2.0]])],
+      lambda T, a: T.cumprod(a, 1)),
+    C("einsum_matmul", [(3, 4), (4, 5)], lambda T, a, b: T.einsum("ij,jk->ik", a, b)),
+    C("einsum_bmm", [(2, 3, 4), (2, 4, 5)], lambda T, a, b: T.einsum("bij,bjk->bik", a, b)),
+    C("einsum_attention", [(2, 3, 4), (2, 5, 4)],
+      lambda T, a, b: T.einsum("bqd, bkd -> bqk", a, b)),
+    C("einsum_outer", [(3,), (4,)], lambda T, a, b: T.einsum("i,j->ij", a, b)),
+    C("einsum_dot_implicit", [(4,), (4,)], lambda T, a, b: T.einsum("i,i", a, b)),
+    C("einsum_trace", [(4, 4)], lambda T, a: T.einsum("ii", a)),
+    C("einsum_diagonal", [(4, 4)], lambda T, a: T.einsum("ii->i", a)),
+    C("einsum_batched_trace", [(2, 3, 3)], lambda T, a: T.einsum("bii->b", a)),
+    C("einsum_transpose_sum", [(2, 3, 4)], lambda T, a: T.einsum("ijk->kj", a)),
+    C("einsum_implicit_order", [(3, 4), (4, 2)], lambda T, a, b: T.einsum("ba,ac", a, b)),
+    C("einsum_ellipsis", [(2, 3, 4), (4, 5)], lambda T, a, b: T.einsum("...ij,jk->...ik", a, b)),
+    C("einsum_ellipsis_implicit", [(2, 3, 4)], lambda T, a: T.einsum("i...->...", a)),
+    C("einsum_three", [(2, 3), (3, 4), (4, 2)],
+      lambda T, a, b, c: T.einsum("ij,jk,kl->il", a, b, c)),
+    C("einsum_list", [(3, 4), (3, 4)], lambda T, a, b: T.einsum("ij,ij->i", [a, b])),
+    C("einsum_bcast_dim", [(1, 4), (3, 4)], lambda T, a, b: T.einsum("ij,ij->ij", a, b)),
+    C("scatter", [(3, 5), (2, 5)], lambda T, a, s: a.scatter(0, idx(T, SCATTER_ROWS), s)),
+    C("scatter_dim1", [(3, 5), (3, 2)],
+      lambda T, a, s: T.scatter(a, 1, idx(T, [[0, 4], [1, 3], [2, 0]]), s)),
+    C("scatter_value", [(3, 5)], lambda T, a: a.scatter(1, idx(T, [[0], [3], [4]]), 1.5)),
+    C("scatter_add", [(3, 5), (2, 5)],
+      lambda T, a, s: a.scatter_add(0, idx(T, [[0, 1, 2, 0, 0], [0, 0, 1, 1, 2]]), s)),
+    C("scatter_add_fn", [(4,), (6,)],
+      lambda T, a, s: T.scatter_add(a, 0, idx(T, [0, 1, 1, 3, 3, 3]), s)),
+    C("scatter_inplace", [(3, 5), (2, 5)],
+      lambda T, a, s: (a * 1).scatter_(0, idx(T, SCATTER_ROWS), s)),
+    C("scatter_add_inplace", [(3, 5), (2, 2)],
+      lambda T, a, s: (a + 0).scatter_add_(1, idx(T, [[0, 0], [1, 4]]), s)),
+    C("outer", [(3,), (4,)], lambda T, a, b: T.outer(a, b)),
+    C("outer_method", [(3,), (2,)], lambda T, a, b: a.outer(b)),
+    C("addmm", [(3, 5), (3, 4), (4, 5)], lambda T, c, a, b: T.addmm(c, a, b)),
+    C("addmm_bcast_scaled", [(5,), (3, 4), (4, 5)],
+      lambda T, c, a, b: T.addmm(c, a, b, beta=0.5, alpha=-2)),
+    C("addmm_method", [(3, 1), (3, 4), (4, 5)], lambda T, c, a, b: c.addmm(a, b, alpha=3)),
+    C("baddbmm", [(2, 3, 5), (2, 3, 4), (2, 4, 5)], lambda T, c, a, b: T.baddbmm(c, a, b)),
+    C("baddbmm_scaled", [(3, 1), (2, 3, 4), (2, 4, 5)],
+      lambda T, c, a, b: c.baddbmm(a, b, beta=2, alpha=0.5)),
+    C("cdist", [(4, 3), (5, 3)], lambda T, a, b: T.cdist(a, b)),
+    C("cdist_batched", [(2, 4, 3), (2, 5, 3)], lambda T, a, b: T.cdist(a, b)),
+    C("cdist_bcast", [(1, 4, 3), (2, 5, 3)], lambda T, a, b: T.cdist(a, b)),
+    C("cdist_p1", [(4, 3), (5, 3)], lambda T, a, b: T.cdist(a, b, p=1)),
+    C("cdist_p3", [(4, 3), (5, 3)], lambda T, a, b: T.cdist(a, b, p=3)),
+    C("cdist_p_half", [(4, 3), (5, 3)], lambda T, a, b: T.cdist(a, b, p=0.5)),
+    C("cdist_inf", [(4, 3), (5, 3)], lambda T, a, b: T.cdist(a, b, p=float("inf"))),
+]
+
 
 def _setitem(target, index, value):
     target[index] = value
@@ -284,6 +354,17 @@ DTYPE_CASES = {
     "and_int": lambda T: T.tensor([6, 3]) & T.tensor([3, 1]),
     "or_bool": lambda T: T.tensor([True, False]) | T.tensor([False, False]),
 }
+DTYPE_CASES.update({  # ordering, running sums, einsum, products
+    "cumsum_int32": lambda T: T.tensor([1, 2, 3], dtype=T.int32).cumsum(0),
+    "cumsum_bool": lambda T: T.cumsum(T.tensor([True, False, True]), 0),
+    "cumprod_int": lambda T: T.tensor([[1, 2], [3, 4]]).cumprod(1),
+    "sort_int": lambda T: T.tensor([3, 1, 2]).sort(descending=True).values,
+    "sort_indices": lambda T: T.tensor([3.0, 1.0, 2.0]).sort().indices,
+    "topk_int": lambda T: T.tensor([[3, 1, 2]], dtype=T.int32).topk(2).values,
+    "argsort_bool": lambda T: T.tensor([True, False, True]).argsort(stable=True),
+    "einsum_int": lambda T: T.einsum("ij,j->i", T.tensor([[1, 2], [3, 4]]), T.tensor([5, 6])),
+    "outer_int_float": lambda T: T.outer(T.tensor([1, 2]), T.tensor([0.5, 1.5])),
+})
 
 
 @pytest.mark.parametrize("name", list(DTYPE_CASES))

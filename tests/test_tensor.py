@@ -86,7 +86,7 @@ def test_tensor_copies_its_input():
 def test_conversions_and_properties():
     t = ddp.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     assert t.shape == (2, 3) and t.size() == (2, 3) and t.size(1) == 3 and t.size(-2) == 2
-    assert repr(t.shape) == "ddp.Size([2, 3])"
+    assert repr(t.shape) == "torch.Size([2, 3])"
     assert t.numel() == 6 and t.dim() == 2 and t.ndim == 2 and len(t) == 2
     assert t.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
     assert isinstance(t.numpy(), np.ndarray) and t.numpy().dtype == np.float32

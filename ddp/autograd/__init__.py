@@ -1,8 +1,14 @@
-"""Autograd: graph nodes, the backward engine and grad mode."""
+"""Autograd: graph nodes, the backward engine and grad mode.
 
+``ddp.autograd.Function`` is torch's public class for custom functions (tensors in and out);
+``ddp.autograd.function.Function`` is the engine's array-level op base that ddp's own ops use.
+"""
+
+from ddp.autograd import function
+from ddp.autograd.custom_function import Function
 from ddp.autograd.engine import backward
-from ddp.autograd.function import Function
+from ddp.autograd.function import FunctionCtx
 from ddp.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["Function", "backward", "enable_grad", "is_grad_enabled", "no_grad",
-           "set_grad_enabled"]
+__all__ = ["Function", "FunctionCtx", "backward", "enable_grad", "function", "is_grad_enabled",
+           "no_grad", "set_grad_enabled"]

@@ -1,5 +1,11 @@
 """Graph nodes: ``Function`` (an op's forward/backward pair) and ``AccumulateGrad`` (a leaf's sink).
 
+This ``Function`` is the engine's own op base, with an array-level contract; it is not torch's
+public class. Custom functions written against torch's contract (tensors in and out of
+``forward`` and ``backward``) subclass ``ddp.autograd.Function`` (``custom_function.py``), which
+builds its graph nodes from this one. Their ctx API (``FunctionCtx``) and torch's
+``once_differentiable`` live here, where torch has them (``torch.autograd.function``).
+
 An op is a ``Function`` subclass with two static methods side by side::
 
     class Mul(Function):
@@ -21,12 +27,13 @@ only when it must (see ``engine.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
 
 from ddp.autograd import tensor_type
-from ddp.autograd.grad_mode import is_grad_enabled
+from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 
 _sequence = itertools.count()  # creation order of nodes: the engine runs later nodes first
 
@@ -51,7 +58,24 @@ class Node:
         return type(self).__name__
 
     def __repr__(self) -> str:
-        return f"<{self.name()} object>"
+        return f"<{self.name()} object at {id(self):#x}>"
+
+    @property
+    def next_functions(self) -> tuple:
+        """torch's view of the graph: one ``(node, input_nr)`` pair per input edge.
+
+        ``node`` is None where the input needs no gradient (a constant, or a tensor that does
+        not require grad); a leaf's node is its ``AccumulateGrad``, whose ``variable`` is the
+        leaf. An op of ddp's own has one pair per positional argument of its ``forward``, so
+        non-tensor arguments (dims, flags) appear as ``(None, 0)``, where torch lists tensors
+        only.
+        """
+        return tuple(edge.edge_pair() if edge is not None else (None, 0)
+                     for edge in self.next_edges)
+
+    def edge_pair(self) -> tuple:
+        """``(node, input_nr)`` of an edge that ends here (a node with one output: nr 0)."""
+        return (self, 0)
 
 
 class AccumulateGrad(Node):
@@ -62,7 +86,10 @@ class AccumulateGrad(Node):
         self.variable = variable
 
     def name(self) -> str:
-        return "AccumulateGrad"
+        return "torch::autograd::AccumulateGrad"  # torch's name(); its repr says AccumulateGrad
+
+    def __repr__(self) -> str:
+        return f"<AccumulateGrad object at {id(self):#x}>"
 
     def accumulate(self, grad, owned: bool) -> None:
         """Add ``grad`` (an array) into ``variable.grad``; ``owned`` says it may be kept as is.
@@ -99,18 +126,29 @@ class AccumulateGrad(Node):
 
 
 class Function(Node):
-    """Base of every differentiable op; subclasses define ``forward`` and ``backward``."""
+    """Base of every differentiable op of ddp; subclasses define ``forward`` and ``backward``.
+
+    Array-level and internal: a subclass defined outside ddp (and its tests) is refused, since
+    code written for torch means ``ddp.autograd.Function`` (tensors in and out) when it
+    imports ``Function`` from ``torch.autograd.function``.
+    """
 
     _saved: tuple | None = ()
     _had_saved = False
     needs_input_grad: tuple = ()
     backward_name: str | None = None  # torch's node name when it differs from <Class>Backward0
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        module = cls.__module__ or ""
+        if module.split(".")[0] != "ddp" and not module.startswith(("test", "_")):
+            raise TypeError(
+                f"{cls.__name__}: ddp.autograd.function.Function is ddp's internal op base "
+                f"(arrays in and out); subclass ddp.autograd.Function (torch.autograd.Function) "
+                f"for torch's contract, with tensors in forward and backward")
+
     def name(self) -> str:
         return self.backward_name or type(self).__name__ + "Backward0"
-
-    def __repr__(self) -> str:
-        return f"<{self.name()} object>"
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -169,6 +207,50 @@ class Function(Node):
             ctx.next_edges = tuple(edges)
         out = cls.forward(ctx, *arrays, **kwargs)
         return tensor_class._from_op(out, None if needs is None else ctx)
+
+
+class FunctionCtx:
+    """What ``forward``, ``setup_context`` and ``backward`` may call on ``ctx`` (torch's API)."""
+
+    needs_input_grad: tuple = ()
+    materialize_grads = True
+    _non_differentiable: tuple = ()
+
+    def save_for_backward(self, *tensors) -> None:
+        """Keep ``tensors`` (or None) for backward, read back with ``ctx.saved_tensors``."""
+        for i, t in enumerate(tensors):
+            if t is not None and not isinstance(t, tensor_type.Tensor):
+                raise TypeError(f"save_for_backward can only save variables, but argument {i} "
+                                f"is of type {type(t).__name__}")
+        self._saved = tensors
+        self._had_saved = True
+
+    def mark_non_differentiable(self, *tensors) -> None:
+        """Outputs among ``tensors`` do not require grad; their gradient in backward is zero."""
+        self._non_differentiable = self._non_differentiable + tensors
+
+    def set_materialize_grads(self, value: bool) -> None:
+        """False: backward receives None (not zeros) for outputs that got no gradient."""
+        self.materialize_grads = bool(value)
+
+    def mark_dirty(self, *tensors) -> None:
+        raise NotImplementedError(
+            "ddp.autograd.Function does not support ctx.mark_dirty (a forward that modifies "
+            "its inputs in place): return a new tensor instead")
+
+
+def once_differentiable(fn):
+    """Mark a custom ``backward`` as not differentiable itself (torch's decorator).
+
+    ddp never differentiates a backward (``create_graph=True`` is refused), so this only runs
+    ``fn`` with grad mode off, which ``ddp.autograd.Function`` does for every backward anyway.
+    """
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        with no_grad():
+            return fn(ctx, *args)
+
+    return wrapper
 
 
 def _array_of(value, what: str):

@@ -40,7 +40,13 @@ from ddp.ops.compare import (
     lt,
     ne,
 )
+
+# ordering, running sums, einsum, scatter, products, distances, sampling
+from ddp.ops.cumulative import cumprod, cumsum
+from ddp.ops.distance import cdist
+from ddp.ops.einsum import einsum
 from ddp.ops.misc import cast, clone, copy_into, full_like_graph, to_device
+from ddp.ops.products import addmm, baddbmm, ger, outer
 from ddp.ops.reduction import (
     amax,
     amin,
@@ -56,6 +62,8 @@ from ddp.ops.reduction import (
     sum,
     var,
 )
+from ddp.ops.sampling import multinomial
+from ddp.ops.scatter import scatter, scatter_add
 from ddp.ops.selection import (
     gather,
     getitem,
@@ -92,6 +100,7 @@ from ddp.ops.shape import (
     unflatten,
     unsqueeze,
 )
+from ddp.ops.sorting import argsort, sort, topk
 from ddp.ops.unary import (
     abs,
     ceil,
