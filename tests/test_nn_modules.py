@@ -120,7 +120,7 @@ def test_load_state_dict_errors_name_keys_and_shapes():
     bad = net.state_dict()
     bad["fc1.weight"] = ddp.zeros(4, 4)
     with pytest.raises(RuntimeError, match=r"size mismatch for fc1.weight: copying a param with "
-                       r"shape ddp.Size\(\[4, 4\]\) .* current model is ddp.Size\(\[3, 4\]\)"):
+                       r"shape torch.Size\(\[4, 4\]\) .* current model is torch.Size\(\[3, 4\]\)"):
         net.load_state_dict(bad, strict=False)
 
 

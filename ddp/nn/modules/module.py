@@ -499,7 +499,7 @@ def _check_name(name: str, what: str) -> None:
 
 
 def _size(shape) -> str:
-    return f"ddp.Size({list(shape)})"
+    return f"torch.Size({list(shape)})"  # as Size prints (torch.Size)
 
 
 def _copy_into(target: Tensor, array) -> None:
