@@ -44,3 +44,18 @@ __all__ = [
     "ModuleList", "NLLLoss", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
     "functional", "init", "utils",
 ]
+
+# ResNet layers: batch/group norm, 1-D convolution, average pooling
+from ddp.nn.modules import (  # noqa: E402
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Conv1d,
+    GroupNorm,
+    SyncBatchNorm,
+)
+
+__all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+            "Conv1d", "GroupNorm", "SyncBatchNorm"]

@@ -278,3 +278,136 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):  # n
     if reduction == "sum":
         return per_sample.sum()
     return per_sample.sum() / (per_sample.numel() if per_sample.ndim else 1)
+
+
+# ======================================================================= batch norm, ResNet ops
+# Normalisation layers, 1-D convolution and average pooling (the ops ResNets need).
+from ddp.nn._functions import batchnorm as _bn  # noqa: E402
+from ddp.nn._functions import groupnorm as _gn  # noqa: E402
+
+__all__ += ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "group_norm"]
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
+               running_var: Tensor | None, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise each channel (dim 1) of an ``(N, C, *)`` input, then scale and shift.
+
+    Training: batch statistics (biased variance for the normalisation); ``running_mean`` and
+    ``running_var`` (when not None) are updated in place towards the batch mean and the
+    unbiased batch variance by ``momentum``. Evaluation: the running statistics.
+
+    Raises:
+        ValueError: training on a single value per channel.
+        RuntimeError: a per-channel tensor does not have ``C`` elements, or evaluation without
+            running statistics.
+    """
+    _bn.check_inputs(input, running_mean, running_var, weight, bias, training)
+    _check_same_dtype("batch_norm", input, weight, bias)
+    return _bn.BatchNorm.apply(input, weight, bias, running_mean, running_var, bool(training),
+                               float(momentum), float(eps), None)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,  # noqa: A002
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise each sample over groups of ``C / num_groups`` channels, then scale and shift."""
+    if input.ndim < 2 or input.shape[1] % num_groups != 0:
+        raise RuntimeError(
+            f"Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(input.shape)} and num_groups={num_groups}"
+        )
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"group_norm: expected a floating point input, got {input.dtype}")
+    c = input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise RuntimeError(
+                f"group_norm: expected {name} of shape ({c},) for input of shape "
+                f"{tuple(input.shape)}, got {tuple(t.shape)}"
+            )
+    _check_same_dtype("group_norm", input, weight, bias)
+    return _gn.GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))
+
+
+def _single(value, name: str) -> int:
+    if isinstance(value, int):
+        return value
+    value = tuple(int(v) for v in value)
+    if len(value) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {value}")
+    return value[0]
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+           stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """1-D convolution of an ``(N, C, L)`` (or ``(C, L)``) input with an ``(O, C, k)`` weight.
+
+    Runs as ``conv2d`` on the ``(N, C, 1, L)`` view (same kernels, same backward).
+    """
+    if input.ndim not in (2, 3):
+        raise RuntimeError(
+            f"conv1d expects a 2-D (C, L) or 3-D (N, C, L) input, got shape {tuple(input.shape)}"
+        )
+    if weight.ndim != 3:
+        raise RuntimeError(f"conv1d expects a 3-D (O, C, k) weight, got {tuple(weight.shape)}")
+    if isinstance(padding, str):
+        raise NotImplementedError("conv1d: string padding is not supported")
+    batched = input if input.ndim == 3 else input.unsqueeze(0)
+    out = conv2d(batched.unsqueeze(2), weight.unsqueeze(2), bias,
+                 (1, _single(stride, "stride")), (0, _single(padding, "padding")),
+                 (1, _single(dilation, "dilation")), groups).squeeze(2)
+    return out if input.ndim == 3 else out.squeeze(0)
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
+               ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None) -> Tensor:
+    """Mean over ``kernel_size`` windows of an ``(N, C, H, W)`` input (zero padding)."""
+    if ceil_mode:
+        raise NotImplementedError("avg_pool2d: ceil_mode=True is not supported")
+    if input.ndim != 4:
+        raise RuntimeError(
+            f"avg_pool2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}"
+        )
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride == () else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise RuntimeError(
+            f"pad should be at most half of effective kernel size, but got pad={padding} and "
+            f"kernel_size={kernel}"
+        )
+    for axis in (0, 1):
+        if input.shape[2 + axis] + 2 * padding[axis] < kernel[axis]:
+            raise RuntimeError(
+                f"avg_pool2d: kernel size {kernel} is larger than the padded input "
+                f"{tuple(input.shape)} with padding {padding}"
+            )
+    if divisor_override is not None and divisor_override <= 0:
+        raise RuntimeError("divisor must be not zero")
+    return _pool.AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad),
+                                 divisor_override)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:  # noqa: A002
+    """Mean over torch's adaptive windows, giving an ``output_size`` (``(Ho, Wo)``) output.
+
+    ``output_size`` is an int, or a pair whose ``None`` entries keep the input's size.
+    """
+    if input.ndim not in (3, 4):
+        raise RuntimeError(
+            f"adaptive_avg_pool2d expects a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape "
+            f"{tuple(input.shape)}"
+        )
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be 2 values, got {output_size}")
+    size = tuple(int(input.shape[input.ndim - 2 + k] if s is None else s)
+                 for k, s in enumerate(output_size))
+    if min(size) <= 0:
+        raise RuntimeError(f"adaptive_avg_pool2d: output_size must be positive, got {size}")
+    batched = input if input.ndim == 4 else input.unsqueeze(0)
+    out = _pool.AdaptiveAvgPool2d.apply(batched, size)
+    return out if input.ndim == 4 else out.squeeze(0)

@@ -145,3 +145,104 @@ class MaxPool2d(Function):
                 else:
                     xp.multiply(grad, hit, out=out[:, :, rows, cols])
         return _crop(out, padding), None, None, None, None
+
+
+# ------------------------------------------------------------------------------ average pooling
+def _window_slices(offset: int, dilation: int, stride: int, count: int) -> slice:
+    """The positions kernel offset ``offset`` reads for ``count`` outputs along one axis."""
+    start = offset * dilation
+    return slice(start, start + stride * (count - 1) + 1, stride)
+
+
+class AvgPool2d(Function):
+    """Mean over each ``kernel`` window of the zero-padded input.
+
+    The divisor is ``divisor`` when given (``divisor_override``), else ``kh * kw``
+    (``count_include_pad``), else the number of window elements inside the unpadded input,
+    per output position. Backward spreads ``grad / divisor`` back over each window.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, count_include_pad, divisor):
+        xp = get_array_module(x)
+        kh, kw = kernel
+        xpad = _pad(x, padding)
+        hp, wp = xpad.shape[2:]
+        ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
+        total = xp.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                total += xpad[:, :, _window_slices(i, 1, stride[0], ho),
+                              _window_slices(j, 1, stride[1], wo)]
+        if divisor is None and not count_include_pad and padding != (0, 0):
+            ones = xp.zeros((hp, wp), dtype=x.dtype)
+            ones[padding[0]:hp - padding[0], padding[1]:wp - padding[1]] = 1
+            divisor = sum(ones[_window_slices(i, 1, stride[0], ho),
+                               _window_slices(j, 1, stride[1], wo)]
+                          for i in range(kh) for j in range(kw))
+        elif divisor is None:
+            divisor = kh * kw
+        total /= divisor
+        ctx.meta = (x.shape, kernel, stride, padding, divisor)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_shape, (kh, kw), stride, padding, divisor = ctx.meta
+        xp = get_array_module(grad)
+        ho, wo = grad.shape[2:]
+        share = grad / divisor
+        out = xp.zeros(x_shape[:2] + (x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]),
+                       dtype=grad.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, _window_slices(i, 1, stride[0], ho),
+                    _window_slices(j, 1, stride[1], wo)] += share
+        return _crop(out, padding), None, None, None, None, None
+
+
+def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
+    """torch's adaptive windows along one axis: ``[floor(i*size/out), ceil((i+1)*size/out))``."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+class AdaptiveAvgPool2d(Function):
+    """Mean over torch's adaptive windows, which make an ``(Ho, Wo)`` output of any input.
+
+    A rectangle's mean is the mean over its rows of the mean over its columns, so forward
+    averages along H (one slice per output row), then along W; backward spreads the gradient
+    back in the reverse order. Windows that tile the input exactly take one reshape instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, output_size):
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        ho, wo = output_size
+        ctx.meta = (x.shape, output_size)
+        if h % ho == 0 and w % wo == 0:
+            return x.reshape(n, c, ho, h // ho, wo, w // wo).mean(axis=(3, 5))
+        rows = xp.empty((n, c, ho, w), dtype=x.dtype)
+        for i, (start, stop) in enumerate(adaptive_bounds(h, ho)):
+            rows[:, :, i] = x[:, :, start:stop].mean(axis=2)
+        out = xp.empty((n, c, ho, wo), dtype=x.dtype)
+        for j, (start, stop) in enumerate(adaptive_bounds(w, wo)):
+            out[:, :, :, j] = rows[:, :, :, start:stop].mean(axis=3)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (n, c, h, w), (ho, wo) = ctx.meta
+        xp = get_array_module(grad)
+        if h % ho == 0 and w % wo == 0:
+            kh, kw = h // ho, w // wo
+            share = (grad / (kh * kw))[:, :, :, None, :, None]
+            out = xp.broadcast_to(share, (n, c, ho, kh, wo, kw)).reshape(n, c, h, w)
+            return xp.ascontiguousarray(out), None
+        rows = xp.zeros((n, c, ho, w), dtype=grad.dtype)
+        for j, (start, stop) in enumerate(adaptive_bounds(w, wo)):
+            rows[:, :, :, start:stop] += (grad[:, :, :, j] / (stop - start))[:, :, :, None]
+        out = xp.zeros((n, c, h, w), dtype=grad.dtype)
+        for i, (start, stop) in enumerate(adaptive_bounds(h, ho)):
+            out[:, :, start:stop] += (rows[:, :, i] / (stop - start))[:, :, None]
+        return out, None

@@ -24,3 +24,17 @@ __all__ = [
     "LayerNorm", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleDict",
     "ModuleList", "NLLLoss", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
 ]
+
+# ResNet layers: batch/group norm, 1-D convolution, average pooling
+from ddp.nn.modules.avgpool import AdaptiveAvgPool2d, AvgPool2d  # noqa: E402
+from ddp.nn.modules.batchnorm import (  # noqa: E402
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    SyncBatchNorm,
+)
+from ddp.nn.modules.conv1d import Conv1d  # noqa: E402
+from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
+
+__all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+            "Conv1d", "GroupNorm", "SyncBatchNorm"]
