@@ -36,7 +36,8 @@ def test_group_norm_module_and_errors(torch):
         assert list(m.state_dict()) == ["weight", "bias"]
         assert m.weight.tolist() == [1.0] * 6 and m.bias.tolist() == [0.0] * 6
     check_torch(lambda T, x: T.nn.GroupNorm(3, 6, affine=False)(x), [(2, 6, 4)], **TIGHT)
-    check_torch(lambda T, x: T.nn.GroupNorm(3, 6, bias=False, dtype=T.float64)(x), [(2, 6, 4)], **TIGHT)
+    check_torch(lambda T, x: T.nn.GroupNorm(3, 6, bias=False, dtype=T.float64)(x), [(2, 6, 4)],
+                **TIGHT)
     with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by num_groups "
                                          r"\(4\)"):
         nn.GroupNorm(4, 6)
