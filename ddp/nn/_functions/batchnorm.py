@@ -46,7 +46,7 @@ def _batch_stats(x3, group):
     buf[c:2 * c] = m2.astype(xp.float64) + local * mean64 * mean64
     buf[2 * c] = local
     group.allreduce(buf)  # a collective: every rank of the group runs this forward
-    count = int(round(float(buf[2 * c])))
+    count = int(round(buf[2 * c].item()))
     if count <= 1:
         raise ValueError(
             f"SyncBatchNorm: expected more than 1 value per channel when training over the "
