@@ -23,7 +23,9 @@ def _channel_sums(a3):
 
 
 def _batch_stats(x3, group):
-    """``(mean, biased var, count)`` per channel, over all ranks of ``group`` when not None.
+    """``(mean, biased var, count, centred)`` per channel, over all ranks of ``group`` when given.
+
+    ``centred`` is ``x3 - mean`` when it could be computed on the way (no group), else None.
 
     Locally a two-pass mean and sum of squared deviations. Across ranks each rank sends
     ``(count * mean, M2 + count * mean^2, count)`` in float64, so that ``sum(x^2)/n - mean^2``
@@ -31,6 +33,7 @@ def _batch_stats(x3, group):
     """
     xp = get_array_module(x3)
     local = x3.shape[0] * x3.shape[2]
+    centred = None
     if local:
         mean = _channel_sums(x3) / local
         centred = x3 - mean[:, None]
@@ -38,7 +41,7 @@ def _batch_stats(x3, group):
     else:  # an empty shard still takes part in the collective
         mean = m2 = xp.zeros(x3.shape[1], dtype=x3.dtype)
     if group is None:
-        return mean, m2 / local, local
+        return mean, m2 / local, local, centred
     c = x3.shape[1]
     buf = xp.empty(2 * c + 1, dtype=xp.float64)
     mean64 = mean.astype(xp.float64)
@@ -54,7 +57,7 @@ def _batch_stats(x3, group):
         )
     mean64 = buf[:c] / count
     var64 = xp.maximum(buf[c:2 * c] / count - mean64 * mean64, 0.0)
-    return mean64.astype(x3.dtype), var64.astype(x3.dtype), count
+    return mean64.astype(x3.dtype), var64.astype(x3.dtype), count, None
 
 
 def check_inputs(input, running_mean, running_var, weight, bias,  # noqa: A002
@@ -122,15 +125,16 @@ class BatchNorm(Function):
         x3 = _as_ncl(x)
         xp = get_array_module(x)
         if training:
-            mean, var, count = _batch_stats(x3, group)
+            mean, var, count, centred = _batch_stats(x3, group)
             if running_mean is not None:
                 _update_running(running_mean, mean, momentum)
             if running_var is not None:
                 _update_running(running_var, var * (count / (count - 1)), momentum)
         else:
             mean, var, count = running_mean.astype(x.dtype), running_var.astype(x.dtype), 0
+            centred = None
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xhat = x3 - mean[:, None]
+        xhat = x3 - mean[:, None] if centred is None else centred
         xhat *= invstd[:, None]
         out = xhat * weight[:, None] if weight is not None else xhat.copy()
         if bias is not None:
