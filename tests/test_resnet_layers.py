@@ -127,3 +127,41 @@ def test_adaptive_avg_pool2d_unbatched_module_and_finite_differences(torch):
     assert check_grad(lambda T, x: T.nn.functional.adaptive_avg_pool2d(x, (2, 3)),
                       [(1, 2, 5, 7)])
     assert check_grad(lambda T, x: T.nn.functional.adaptive_avg_pool2d(x, 2), [(1, 2, 4, 6)])
+
+
+# ----------------------------------------------------------------------- conv transpose 2d
+@pytest.mark.parametrize("stride, padding, output_padding, dilation, kernel", [
+    (1, 0, 0, 1, 3), (2, 1, 1, 1, 3), (2, 0, 0, 1, 2), (3, 2, 1, 2, 3),
+    (1, 2, 0, 1, 3),  # padding beyond d * (k - 1): the output is cropped
+    ((2, 1), (1, 0), (1, 0), 1, (3, 2)),
+])
+def test_conv_transpose2d_vs_torch(stride, padding, output_padding, dilation, kernel):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+
+    def f(T, x, w, b):
+        return T.nn.functional.conv_transpose2d(x, w, b, stride=stride, padding=padding,
+                                                output_padding=output_padding,
+                                                dilation=dilation)
+
+    check_torch(f, [(2, 3, 5, 4), (3, 4, kh, kw), (4,)], **TIGHT)
+
+
+def test_conv_transpose2d_module_finite_differences_and_errors(torch):
+    assert check_grad(lambda T, x, w: T.nn.functional.conv_transpose2d(x, w, stride=2,
+                                                                       padding=1),
+                      [(1, 2, 3, 3), (2, 2, 3, 3)])
+    t_mod = torch.nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1, output_padding=1,
+                                     dtype=torch.float64)
+    d_mod = nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1, output_padding=1,
+                               dtype=ddp.float64)
+    assert repr(d_mod) == repr(t_mod)
+    bound = 1 / np.sqrt(5 * 3 * 3)  # torch's fan_in of a transposed weight: C_out * kh * kw
+    assert np.abs(d_mod.bias.detach().numpy()).max() <= bound
+    d_mod.load_state_dict({k: ddp.tensor(v.detach().numpy()) for k, v in
+                           t_mod.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    np.testing.assert_allclose(d_mod(ddp.tensor(x)).detach().numpy(),
+                               t_mod(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="output padding must be smaller"):
+        ddp.nn.functional.conv_transpose2d(ddp.ones(1, 2, 3, 3), ddp.ones(2, 2, 3, 3),
+                                           output_padding=1)

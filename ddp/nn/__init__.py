@@ -53,9 +53,10 @@ from ddp.nn.modules import (  # noqa: E402
     BatchNorm2d,
     BatchNorm3d,
     Conv1d,
+    ConvTranspose2d,
     GroupNorm,
     SyncBatchNorm,
 )
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-            "Conv1d", "GroupNorm", "SyncBatchNorm"]
+            "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]

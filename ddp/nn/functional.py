@@ -282,10 +282,12 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):  # n
 
 # ======================================================================= batch norm, ResNet ops
 # Normalisation layers, 1-D convolution and average pooling (the ops ResNets need).
+from ddp import creation as _creation  # noqa: E402
 from ddp.nn._functions import batchnorm as _bn  # noqa: E402
 from ddp.nn._functions import groupnorm as _gn  # noqa: E402
 
-__all__ += ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "group_norm"]
+__all__ += ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv_transpose2d",
+            "group_norm"]
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
@@ -411,3 +413,70 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:  # noqa: A002
     batched = input if input.ndim == 4 else input.unsqueeze(0)
     out = _pool.AdaptiveAvgPool2d.apply(batched, size)
     return out if input.ndim == 4 else out.squeeze(0)
+
+
+def _zeros_like_shape(x: Tensor, shape: tuple) -> Tensor:
+    return _creation.zeros(shape, dtype=x.dtype, device=x.device)
+
+
+def _zero_stuffed(input: Tensor, stride: tuple[int, int]) -> Tensor:  # noqa: A002
+    """``(N, C, (H-1)*sh+1, (W-1)*sw+1)``: ``input`` with ``s - 1`` zeros between neighbours."""
+    sh, sw = stride
+    if (sh, sw) == (1, 1):
+        return input
+    n, c, h, w = input.shape
+    x = input.reshape(n, c, h, 1, w, 1)
+    if sh > 1:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, h, sh - 1, w, 1))], dim=3)
+    if sw > 1:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, h, sh, w, sw - 1))], dim=5)
+    return x.reshape(n, c, h * sh, w * sw)[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+                     stride=1, padding=0, output_padding=0, groups: int = 1,
+                     dilation=1) -> Tensor:
+    """Transposed 2-D convolution (the input gradient of ``conv2d``) with a ``(C, O, kh, kw)``
+    weight; the output is ``(H - 1) * s - 2 p + d (k - 1) + output_padding + 1`` high.
+
+    Runs as ``conv2d`` with the flipped, transposed kernel over the zero-stuffed input, padded
+    by ``d (k - 1) - p`` (cropped where that is negative), so its gradients are conv2d's.
+    """
+    if groups != 1:
+        raise NotImplementedError("conv_transpose2d: groups != 1 is not supported")
+    if input.ndim != 4 or weight.ndim != 4 or input.shape[1] != weight.shape[0]:
+        raise RuntimeError(
+            f"conv_transpose2d: expected a 4-D (N, C, H, W) input and a (C, O, kh, kw) weight "
+            f"with the same C, got input {tuple(input.shape)} and weight {tuple(weight.shape)}"
+        )
+    _check_same_dtype("conv_transpose2d", input, weight, bias)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    output_padding, dilation = _pair(output_padding, "output_padding"), _pair(dilation,
+                                                                              "dilation")
+    kernel = tuple(weight.shape[2:])
+    for axis in (0, 1):
+        if output_padding[axis] >= max(stride[axis], dilation[axis]):
+            raise RuntimeError(
+                f"output padding must be smaller than either stride or dilation, but got "
+                f"output_padding={output_padding}, stride={stride}, dilation={dilation}"
+            )
+        size = ((input.shape[2 + axis] - 1) * stride[axis] - 2 * padding[axis]
+                + dilation[axis] * (kernel[axis] - 1) + output_padding[axis] + 1)
+        if size <= 0:
+            raise RuntimeError(
+                f"conv_transpose2d: output size {size} in dim {2 + axis} is too small for "
+                f"input {tuple(input.shape)}, kernel {kernel}, stride {stride}, padding {padding}"
+            )
+    x = _zero_stuffed(input, stride)
+    n, c, h, w = x.shape
+    if output_padding[0]:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, output_padding[0], w))], dim=2)
+    if output_padding[1]:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, x.shape[2], output_padding[1]))], dim=3)
+    pad = tuple(dilation[a] * (kernel[a] - 1) - padding[a] for a in (0, 1))
+    out = conv2d(x, weight.flip((2, 3)).transpose(0, 1), bias, 1,
+                 (max(pad[0], 0), max(pad[1], 0)), dilation)
+    crop_h, crop_w = max(-pad[0], 0), max(-pad[1], 0)
+    if crop_h or crop_w:
+        out = out[:, :, crop_h:out.shape[2] - crop_h, crop_w:out.shape[3] - crop_w]
+    return out

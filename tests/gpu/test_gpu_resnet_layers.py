@@ -1,5 +1,5 @@
-"""On a GPU the ResNet layers (batch/group norm, conv1d, average pooling) give the CPU's numbers,
-running statistics included (float32 tolerance, as test_gpu_ops.py)."""
+"""On a GPU the ResNet layers (batch/group norm, conv1d, conv_transpose2d, average pooling) give
+the CPU's numbers, running statistics included (float32 tolerance, as test_gpu_ops.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ OPS = {
     "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), [(2, 4, 3, 5), (4,), (4,)]),
     "conv1d": (lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1),
                [(2, 3, 9), (4, 3, 3), (4,)]),
+    "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1,
+                                                            output_padding=1),
+                         [(2, 3, 4, 5), (3, 4, 3, 3), (4,)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [(2, 3, 7, 6)]),
     "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)), [(2, 3, 5, 7)]),
     "adaptive_avg_pool2d_1": (lambda x: F.adaptive_avg_pool2d(x, 1), [(2, 3, 4, 4)]),

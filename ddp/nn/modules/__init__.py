@@ -34,7 +34,8 @@ from ddp.nn.modules.batchnorm import (  # noqa: E402
     SyncBatchNorm,
 )
 from ddp.nn.modules.conv1d import Conv1d  # noqa: E402
+from ddp.nn.modules.conv_transpose import ConvTranspose2d  # noqa: E402
 from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-            "Conv1d", "GroupNorm", "SyncBatchNorm"]
+            "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]
