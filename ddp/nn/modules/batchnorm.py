@@ -129,7 +129,8 @@ class SyncBatchNorm(_BatchNorm):
     gradient and the running statistics of one process on N*B samples, uneven per-rank batches
     included (the statistics are count-weighted). ``weight``/``bias`` gradients are each rank's
     own sums, which ``DistributedDataParallel`` averages. Without an initialised process group,
-    with a world of one, or in eval mode it is exactly ``BatchNorm``.
+    with a world of one, or in eval mode it is exactly ``BatchNorm``. Unlike torch's, which
+    refuses CPU tensors, it runs on the CPU (any backend: mpi, threads) as well as on GPUs.
 
     Collectives: in training, ``forward`` (one all-reduce) and the ``backward`` through it (one
     all-reduce, when its input needs a gradient) must be run on every rank of the group, in the
