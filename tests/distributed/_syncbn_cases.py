@@ -55,13 +55,15 @@ def _close(actual, expected, what: str) -> None:
                                err_msg=f"rank {dist.get_rank()}: {what}")
 
 
-def case_matches_single_process(uneven: bool = False, steps: int = 3) -> None:
+def case_matches_single_process(uneven: bool = False, steps: int = 3,
+                                comm_mode: str | None = None) -> None:
     """N ranks x B_r samples with SyncBatchNorm + DDP == one process on the sum(B_r) samples.
 
     The loss of a rank is ``size / total * sum(out * w)`` over its samples, so that DDP's
     average of the ranks' gradients is the gradient of the global ``sum(out * w) / total``
     whatever the per-rank batch sizes; each rank's input gradient is then ``size`` times the
-    reference's rows for its shard.
+    reference's rows for its shard. ``comm_mode`` is DDP's (None: the default thread): the
+    SyncBatchNorm all-reduces of backward interleave with DDP's bucket all-reduces.
     """
     rank, size = dist.get_rank(), dist.get_world_size()
     counts = _counts(size, uneven)
@@ -72,7 +74,7 @@ def case_matches_single_process(uneven: bool = False, steps: int = 3) -> None:
     ddp.manual_seed(rank)  # different on every rank but 0: DDP broadcasts rank 0's
     model = nn.SyncBatchNorm.convert_sync_batchnorm(ConvNet())
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) == 3
-    ddp_model = DDP(model)
+    ddp_model = DDP(model, comm_mode=comm_mode)
     ref_opt = ddp.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
     opt = ddp.optim.SGD(ddp_model.parameters(), lr=0.1, momentum=0.9)
     for step in range(steps):

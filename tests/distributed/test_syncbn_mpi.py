@@ -22,6 +22,12 @@ def test_matches_single_process(mpi_world, uneven):
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("comm_mode", ["nonblocking", "sync"])
+def test_matches_single_process_other_comm_modes(mpi_world, comm_mode):
+    cases.case_matches_single_process(True, 2, comm_mode)
+
+
+@pytest.mark.mpi(min_size=2)
 def test_statistics_without_ddp(mpi_world):
     cases.case_statistics_without_ddp()
 
