@@ -131,28 +131,36 @@ def case_statistics_without_ddp(uneven: bool = True) -> None:
 
 
 def case_eval_and_no_grad_input_run_no_collective() -> None:
-    """Eval mode is local; a training forward whose input needs no grad runs one collective in
-    forward and none in backward (only the weight needs a gradient)."""
+    """Training runs one all-reduce in forward and, when the input needs a gradient, one in
+    backward, on the layer's ``process_group`` (not the default group); eval runs none."""
     calls = []
-    group = dist.get_default_group()
-    original = group.allreduce
+    group = dist.new_group()  # a collective: a group of all ranks, distinct from the default
+    default = dist.get_default_group()
+    originals = group.allreduce, default.allreduce
 
-    def counting(array, op=dist.ReduceOp.SUM):
-        calls.append(array.size)
-        return original(array, op)
+    def counting(name, original):
+        def allreduce(array, op=dist.ReduceOp.SUM):
+            calls.append((name, array.size))
+            return original(array, op)
+        return allreduce
 
     bn = nn.SyncBatchNorm(3, dtype=ddp.float64, process_group=group)
-    group.allreduce = counting  # this rank's own group object: a test seam, restored below
+    # this rank's own group objects: a test seam, restored below
+    group.allreduce = counting("group", originals[0])
+    default.allreduce = counting("default", originals[1])
     try:
         x = ddp.tensor(np.random.default_rng(dist.get_rank()).standard_normal((4, 3, 2)))
         bn(x).sum().backward()
-        assert calls == [2 * 3 + 1], calls  # (sum, sum of squares, count) in one all-reduce
+        # (sum, sum of squares, count) of 3 channels in one all-reduce; backward needs none
+        assert calls == [("group", 2 * 3 + 1)], calls
         bn.eval()
         bn(x)
-        assert calls == [7], calls
+        assert len(calls) == 1, calls
         bn.train()
         xg = ddp.tensor(x.numpy(), requires_grad=True)
         bn(xg).sum().backward()
-        assert calls == [7, 7, 6], calls  # backward: (sum of grad, sum of grad * xhat)
+        # backward: (sum of grad, sum of grad * xhat)
+        assert calls == [("group", 7), ("group", 7), ("group", 6)], calls
     finally:
-        group.allreduce = original
+        group.allreduce, default.allreduce = originals
+        dist.destroy_process_group(group)
