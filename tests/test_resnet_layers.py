@@ -86,9 +86,10 @@ def test_conv1d_module_loads_torch_state_dict(torch):
                                                                                (1, 1), True),
     (3, 3, 0, True),  # crops the remainder rows/columns
 ])
-def test_avg_pool2d_vs_torch(kernel, stride, padding, count_include_pad):
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_avg_pool2d_vs_torch(kernel, stride, padding, count_include_pad, ceil_mode):
     def f(T, x):
-        return T.nn.functional.avg_pool2d(x, kernel, stride, padding,
+        return T.nn.functional.avg_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode,
                                           count_include_pad=count_include_pad)
 
     check_torch(f, [(2, 3, 7, 8)], **TIGHT)
@@ -108,8 +109,11 @@ def test_avg_pool2d_module_and_errors(torch):
     check_torch(lambda T, x: T.nn.AvgPool2d(2)(x), [(2, 3, 6, 6)], **TIGHT)
     with pytest.raises(RuntimeError, match="pad should be at most half"):
         ddp.nn.functional.avg_pool2d(ddp.ones(1, 1, 6, 6), 2, padding=2)
-    with pytest.raises(NotImplementedError, match="ceil_mode"):
-        ddp.nn.functional.avg_pool2d(ddp.ones(1, 1, 6, 6), 2, ceil_mode=True)
+    # ceil_mode: ResNet-D's shortcut pool, windows hanging over the edge divide by their part
+    check_torch(lambda T, x: T.nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)(x),
+                [(2, 3, 5, 7)], **TIGHT)
+    check_torch(lambda T, x: T.nn.functional.avg_pool2d(x, 3, 2, 1, ceil_mode=True),
+                [(1, 2, 6, 6)], **TIGHT)
 
 
 # ------------------------------------------------------------------------ adaptive avg pool

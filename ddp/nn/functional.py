@@ -362,12 +362,19 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
     return out if input.ndim == 3 else out.squeeze(0)
 
 
+def _pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """torch's pooling output size; with ``ceil_mode`` the last window must start inside the
+    input or its left padding."""
+    out = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
                ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> Tensor:
     """Mean over ``kernel_size`` windows of an ``(N, C, H, W)`` input (zero padding)."""
-    if ceil_mode:
-        raise NotImplementedError("avg_pool2d: ceil_mode=True is not supported")
     if input.ndim != 4:
         raise RuntimeError(
             f"avg_pool2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}"
@@ -380,16 +387,17 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
             f"pad should be at most half of effective kernel size, but got pad={padding} and "
             f"kernel_size={kernel}"
         )
-    for axis in (0, 1):
-        if input.shape[2 + axis] + 2 * padding[axis] < kernel[axis]:
-            raise RuntimeError(
-                f"avg_pool2d: kernel size {kernel} is larger than the padded input "
-                f"{tuple(input.shape)} with padding {padding}"
-            )
+    output = tuple(_pool_output_size(input.shape[2 + a], kernel[a], stride[a], padding[a],
+                                     bool(ceil_mode)) for a in (0, 1))
+    if min(output) <= 0:
+        raise RuntimeError(
+            f"avg_pool2d: kernel size {kernel} is larger than the padded input "
+            f"{tuple(input.shape)} with padding {padding} (output size {output})"
+        )
     if divisor_override is not None and divisor_override <= 0:
         raise RuntimeError("divisor must be not zero")
-    return _pool.AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad),
-                                 divisor_override)
+    return _pool.AvgPool2d.apply(input, kernel, stride, padding, output,
+                                 bool(count_include_pad), divisor_override)
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:  # noqa: A002

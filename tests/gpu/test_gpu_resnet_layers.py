@@ -23,6 +23,7 @@ OPS = {
                                                             output_padding=1),
                          [(2, 3, 4, 5), (3, 4, 3, 3), (4,)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [(2, 3, 7, 6)]),
+    "avg_pool2d_ceil": (lambda x: F.avg_pool2d(x, 2, ceil_mode=True), [(2, 3, 5, 7)]),
     "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)), [(2, 3, 5, 7)]),
     "adaptive_avg_pool2d_1": (lambda x: F.adaptive_avg_pool2d(x, 1), [(2, 3, 4, 4)]),
 }

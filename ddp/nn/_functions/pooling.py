@@ -154,51 +154,67 @@ def _window_slices(offset: int, dilation: int, stride: int, count: int) -> slice
     return slice(start, start + stride * (count - 1) + 1, stride)
 
 
-class AvgPool2d(Function):
-    """Mean over each ``kernel`` window of the zero-padded input.
+def _avg_divisors(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> list[int]:
+    """torch's divisor of each window along one axis: its extent clipped to the padded input
+    (``count_include_pad``) or to the input itself."""
+    counts = []
+    for o in range(out):
+        start = o * s - p
+        if include_pad:
+            counts.append(min(start + k, size + p) - start)
+        else:
+            counts.append(min(start + k, size) - max(start, 0))
+    return counts
 
-    The divisor is ``divisor`` when given (``divisor_override``), else ``kh * kw``
-    (``count_include_pad``), else the number of window elements inside the unpadded input,
-    per output position. Backward spreads ``grad / divisor`` back over each window.
+
+class AvgPool2d(Function):
+    """Mean over each ``kernel`` window of the zero-padded input, ``output_size`` windows.
+
+    The divisor is ``divisor`` when given (``divisor_override``), else the window's extent
+    inside the padded input (``count_include_pad``: ``kh * kw`` except for ``ceil_mode``'s last
+    windows, which hang over the padding) or inside the input itself, as torch. Backward
+    spreads ``grad / divisor`` back over each window.
     """
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, padding, count_include_pad, divisor):
+    def forward(ctx, x, kernel, stride, padding, output_size, count_include_pad, divisor):
         xp = get_array_module(x)
-        kh, kw = kernel
-        xpad = _pad(x, padding)
-        hp, wp = xpad.shape[2:]
-        ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
+        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, output_size
+        h, w = x.shape[2:]
+        # the bottom/right padding also covers ceil_mode's windows past the padded input
+        extra = (max(ph, (ho - 1) * sh + kh - h - ph), max(pw, (wo - 1) * sw + kw - w - pw))
+        xpad = x
+        if (ph, pw) != (0, 0) or extra != (0, 0):
+            xpad = xp.pad(x, ((0, 0), (0, 0), (ph, extra[0]), (pw, extra[1])))
         total = xp.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
         for i in range(kh):
             for j in range(kw):
-                total += xpad[:, :, _window_slices(i, 1, stride[0], ho),
-                              _window_slices(j, 1, stride[1], wo)]
-        if divisor is None and not count_include_pad and padding != (0, 0):
-            ones = xp.zeros((hp, wp), dtype=x.dtype)
-            ones[padding[0]:hp - padding[0], padding[1]:wp - padding[1]] = 1
-            divisor = sum(ones[_window_slices(i, 1, stride[0], ho),
-                               _window_slices(j, 1, stride[1], wo)]
-                          for i in range(kh) for j in range(kw))
-        elif divisor is None:
-            divisor = kh * kw
+                total += xpad[:, :, _window_slices(i, 1, sh, ho), _window_slices(j, 1, sw, wo)]
+        if divisor is None:
+            rows = _avg_divisors(h, ho, kh, sh, ph, count_include_pad)
+            cols = _avg_divisors(w, wo, kw, sw, pw, count_include_pad)
+            if len(set(rows)) == 1 and len(set(cols)) == 1:
+                divisor = rows[0] * cols[0]
+            else:
+                divisor = xp.asarray(rows, dtype=x.dtype)[:, None] * xp.asarray(cols,
+                                                                               dtype=x.dtype)
         total /= divisor
-        ctx.meta = (x.shape, kernel, stride, padding, divisor)
+        ctx.meta = (x.shape, kernel, stride, padding, xpad.shape, divisor)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        x_shape, (kh, kw), stride, padding, divisor = ctx.meta
+        x_shape, (kh, kw), stride, (ph, pw), padded_shape, divisor = ctx.meta
         xp = get_array_module(grad)
         ho, wo = grad.shape[2:]
         share = grad / divisor
-        out = xp.zeros(x_shape[:2] + (x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]),
-                       dtype=grad.dtype)
+        out = xp.zeros(padded_shape, dtype=grad.dtype)
         for i in range(kh):
             for j in range(kw):
                 out[:, :, _window_slices(i, 1, stride[0], ho),
                     _window_slices(j, 1, stride[1], wo)] += share
-        return _crop(out, padding), None, None, None, None, None
+        return (out[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]], None, None, None, None, None,
+                None)
 
 
 def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
