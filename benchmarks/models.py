@@ -1,4 +1,4 @@
-"""The three reference models, written once against a torch-like library handle.
+"""The reference models, written once against a torch-like library handle.
 
 ``build(lib, name)`` returns the model, a batch maker and an optimizer factory for ``lib``, which
 is either ``torch`` or ``ddp``: the same source builds both, so a benchmark or test compares the
@@ -93,6 +93,57 @@ def gpt(lib, vocab: int = 96, context: int = 128, width: int = 256, heads: int =
     return GPT()
 
 
+def resnet(lib, width: int = 64, num_classes: int = 10):
+    """ResNet-18, torchvision's CIFAR layout (examples/resnet.py): a 3x3 stem, four stages of
+    two BasicBlocks (conv3x3-BN-ReLU, conv3x3-BN, identity or 1x1 conv + BN shortcut) at widths
+    w, 2w, 4w, 8w and strides 1, 2, 2, 2, global average pool, linear head."""
+    nn = lib.nn
+
+    def conv3x3(cin, cout, stride=1):
+        return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = conv3x3(cin, cout, stride)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = conv3x3(cout, cout)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride,
+                                                          bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = conv3x3(3, width)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU(inplace=True)
+            stages, cin = [], width
+            for k, stride in enumerate((1, 2, 2, 2)):
+                cout = width * 2 ** k
+                stages.append(nn.Sequential(BasicBlock(cin, cout, stride),
+                                            BasicBlock(cout, cout, 1)))
+                cin = cout
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(8 * width, num_classes)
+
+        def forward(self, x):
+            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(lib.flatten(self.avgpool(x), 1))
+
+    return ResNet()
+
+
 def batch(name: str, batch_size: int, seed: int = 0):
     """NumPy inputs and integer targets for one step of model ``name``."""
     rng = np.random.default_rng(seed)
@@ -102,18 +153,24 @@ def batch(name: str, batch_size: int, seed: int = 0):
     if name == "cnn":
         return (rng.standard_normal((batch_size, 1, 28, 28), dtype=np.float32),
                 rng.integers(0, 10, batch_size))
+    if name == "resnet":
+        return (rng.standard_normal((batch_size, 3, 32, 32), dtype=np.float32),
+                rng.integers(0, 10, batch_size))
     if name == "gpt":
         tokens = rng.integers(0, 96, (batch_size, 129))
         return tokens[:, :-1].copy(), tokens[:, 1:].copy()
-    raise ValueError(f"unknown model {name!r}; choose mlp, cnn or gpt")
+    raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
 
 
-BUILDERS = {"mlp": mlp, "cnn": mnist_cnn, "gpt": gpt}
-DEFAULT_BATCH = {"mlp": 256, "cnn": 64, "gpt": 16}
+BUILDERS = {"mlp": mlp, "cnn": mnist_cnn, "gpt": gpt, "resnet": resnet}
+DEFAULT_BATCH = {"mlp": 256, "cnn": 64, "gpt": 16, "resnet": 16}
 
 
 def make_optimizer(lib, name: str, params):
-    """SGD-momentum for the MLP, Adam for the CNN, AdamW for the GPT (as the issue specifies)."""
+    """SGD-momentum for the MLP (and the ResNet, with weight decay as for CIFAR), Adam for the
+    CNN, AdamW for the GPT (as the issue specifies)."""
+    if name == "resnet":
+        return lib.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
     if name == "mlp":
         return lib.optim.SGD(params, lr=0.01, momentum=0.9)
     if name == "cnn":

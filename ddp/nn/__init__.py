@@ -69,3 +69,19 @@ __all__ += [
     "KLDivLoss", "L1Loss", "LeakyReLU", "Mish", "PReLU", "ReLU6", "SiLU", "SmoothL1Loss",
     "Softplus",
 ]
+
+# ResNet layers: batch/group norm, 1-D convolution, average pooling
+from ddp.nn.modules import (  # noqa: E402
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Conv1d,
+    ConvTranspose2d,
+    GroupNorm,
+    SyncBatchNorm,
+)
+
+__all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+            "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]

@@ -352,3 +352,211 @@ __all__ += [
     "dropout2d", "elu", "hardtanh", "huber_loss", "kl_div", "l1_loss", "leaky_relu", "mish",
     "normalize", "one_hot", "pad", "prelu", "relu6", "silu", "smooth_l1_loss", "softplus",
 ]
+# ======================================================================= batch norm, ResNet ops
+# Normalisation layers, 1-D convolution and average pooling (the ops ResNets need).
+from ddp import creation as _creation  # noqa: E402
+from ddp.nn._functions import batchnorm as _bn  # noqa: E402
+from ddp.nn._functions import groupnorm as _gn  # noqa: E402
+
+__all__ += ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv_transpose2d",
+            "group_norm"]
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
+               running_var: Tensor | None, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise each channel (dim 1) of an ``(N, C, *)`` input, then scale and shift.
+
+    Training: batch statistics (biased variance for the normalisation); ``running_mean`` and
+    ``running_var`` (when not None) are updated in place towards the batch mean and the
+    unbiased batch variance by ``momentum``. Evaluation: the running statistics.
+
+    Raises:
+        ValueError: training on a single value per channel.
+        RuntimeError: a per-channel tensor does not have ``C`` elements, or evaluation without
+            running statistics.
+    """
+    _bn.check_inputs(input, running_mean, running_var, weight, bias, training)
+    _check_same_dtype("batch_norm", input, weight, bias)
+    return _bn.BatchNorm.apply(input, weight, bias, running_mean, running_var, bool(training),
+                               float(momentum), float(eps), None)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,  # noqa: A002
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise each sample over groups of ``C / num_groups`` channels, then scale and shift."""
+    if input.ndim < 2 or input.shape[1] % num_groups != 0:
+        raise RuntimeError(
+            f"Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(input.shape)} and num_groups={num_groups}"
+        )
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"group_norm: expected a floating point input, got {input.dtype}")
+    c = input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise RuntimeError(
+                f"group_norm: expected {name} of shape ({c},) for input of shape "
+                f"{tuple(input.shape)}, got {tuple(t.shape)}"
+            )
+    _check_same_dtype("group_norm", input, weight, bias)
+    return _gn.GroupNorm.apply(input, weight, bias, int(num_groups), float(eps))
+
+
+def _single(value, name: str) -> int:
+    if isinstance(value, int):
+        return value
+    value = tuple(int(v) for v in value)
+    if len(value) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {value}")
+    return value[0]
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+           stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """1-D convolution of an ``(N, C, L)`` (or ``(C, L)``) input with an ``(O, C, k)`` weight.
+
+    Runs as ``conv2d`` on the ``(N, C, 1, L)`` view (same kernels, same backward).
+    """
+    if input.ndim not in (2, 3):
+        raise RuntimeError(
+            f"conv1d expects a 2-D (C, L) or 3-D (N, C, L) input, got shape {tuple(input.shape)}"
+        )
+    if weight.ndim != 3:
+        raise RuntimeError(f"conv1d expects a 3-D (O, C, k) weight, got {tuple(weight.shape)}")
+    if isinstance(padding, str):
+        raise NotImplementedError("conv1d: string padding is not supported")
+    batched = input if input.ndim == 3 else input.unsqueeze(0)
+    out = conv2d(batched.unsqueeze(2), weight.unsqueeze(2), bias,
+                 (1, _single(stride, "stride")), (0, _single(padding, "padding")),
+                 (1, _single(dilation, "dilation")), groups).squeeze(2)
+    return out if input.ndim == 3 else out.squeeze(0)
+
+
+def _pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """torch's pooling output size; with ``ceil_mode`` the last window must start inside the
+    input or its left padding."""
+    out = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0,  # noqa: A002
+               ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None) -> Tensor:
+    """Mean over ``kernel_size`` windows of an ``(N, C, H, W)`` input (zero padding)."""
+    if input.ndim != 4:
+        raise RuntimeError(
+            f"avg_pool2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}"
+        )
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride == () else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise RuntimeError(
+            f"pad should be at most half of effective kernel size, but got pad={padding} and "
+            f"kernel_size={kernel}"
+        )
+    output = tuple(_pool_output_size(input.shape[2 + a], kernel[a], stride[a], padding[a],
+                                     bool(ceil_mode)) for a in (0, 1))
+    if min(output) <= 0:
+        raise RuntimeError(
+            f"avg_pool2d: kernel size {kernel} is larger than the padded input "
+            f"{tuple(input.shape)} with padding {padding} (output size {output})"
+        )
+    if divisor_override is not None and divisor_override <= 0:
+        raise RuntimeError("divisor must be not zero")
+    return _pool.AvgPool2d.apply(input, kernel, stride, padding, output,
+                                 bool(count_include_pad), divisor_override)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:  # noqa: A002
+    """Mean over torch's adaptive windows, giving an ``output_size`` (``(Ho, Wo)``) output.
+
+    ``output_size`` is an int, or a pair whose ``None`` entries keep the input's size.
+    """
+    if input.ndim not in (3, 4):
+        raise RuntimeError(
+            f"adaptive_avg_pool2d expects a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape "
+            f"{tuple(input.shape)}"
+        )
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be 2 values, got {output_size}")
+    size = tuple(int(input.shape[input.ndim - 2 + k] if s is None else s)
+                 for k, s in enumerate(output_size))
+    if min(size) <= 0:
+        raise RuntimeError(f"adaptive_avg_pool2d: output_size must be positive, got {size}")
+    batched = input if input.ndim == 4 else input.unsqueeze(0)
+    out = _pool.AdaptiveAvgPool2d.apply(batched, size)
+    return out if input.ndim == 4 else out.squeeze(0)
+
+
+def _zeros_like_shape(x: Tensor, shape: tuple) -> Tensor:
+    return _creation.zeros(shape, dtype=x.dtype, device=x.device)
+
+
+def _zero_stuffed(input: Tensor, stride: tuple[int, int]) -> Tensor:  # noqa: A002
+    """``(N, C, (H-1)*sh+1, (W-1)*sw+1)``: ``input`` with ``s - 1`` zeros between neighbours."""
+    sh, sw = stride
+    if (sh, sw) == (1, 1):
+        return input
+    n, c, h, w = input.shape
+    x = input.reshape(n, c, h, 1, w, 1)
+    if sh > 1:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, h, sh - 1, w, 1))], dim=3)
+    if sw > 1:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, h, sh, w, sw - 1))], dim=5)
+    return x.reshape(n, c, h * sh, w * sw)[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+                     stride=1, padding=0, output_padding=0, groups: int = 1,
+                     dilation=1) -> Tensor:
+    """Transposed 2-D convolution (the input gradient of ``conv2d``) with a ``(C, O, kh, kw)``
+    weight; the output is ``(H - 1) * s - 2 p + d (k - 1) + output_padding + 1`` high.
+
+    Runs as ``conv2d`` with the flipped, transposed kernel over the zero-stuffed input, padded
+    by ``d (k - 1) - p`` (cropped where that is negative), so its gradients are conv2d's.
+    """
+    if groups != 1:
+        raise NotImplementedError("conv_transpose2d: groups != 1 is not supported")
+    if input.ndim != 4 or weight.ndim != 4 or input.shape[1] != weight.shape[0]:
+        raise RuntimeError(
+            f"conv_transpose2d: expected a 4-D (N, C, H, W) input and a (C, O, kh, kw) weight "
+            f"with the same C, got input {tuple(input.shape)} and weight {tuple(weight.shape)}"
+        )
+    _check_same_dtype("conv_transpose2d", input, weight, bias)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    output_padding, dilation = _pair(output_padding, "output_padding"), _pair(dilation,
+                                                                              "dilation")
+    kernel = tuple(weight.shape[2:])
+    for axis in (0, 1):
+        if output_padding[axis] >= max(stride[axis], dilation[axis]):
+            raise RuntimeError(
+                f"output padding must be smaller than either stride or dilation, but got "
+                f"output_padding={output_padding}, stride={stride}, dilation={dilation}"
+            )
+        size = ((input.shape[2 + axis] - 1) * stride[axis] - 2 * padding[axis]
+                + dilation[axis] * (kernel[axis] - 1) + output_padding[axis] + 1)
+        if size <= 0:
+            raise RuntimeError(
+                f"conv_transpose2d: output size {size} in dim {2 + axis} is too small for "
+                f"input {tuple(input.shape)}, kernel {kernel}, stride {stride}, padding {padding}"
+            )
+    x = _zero_stuffed(input, stride)
+    n, c, h, w = x.shape
+    if output_padding[0]:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, output_padding[0], w))], dim=2)
+    if output_padding[1]:
+        x = ops.cat([x, _zeros_like_shape(x, (n, c, x.shape[2], output_padding[1]))], dim=3)
+    pad = tuple(dilation[a] * (kernel[a] - 1) - padding[a] for a in (0, 1))
+    out = conv2d(x, weight.flip((2, 3)).transpose(0, 1), bias, 1,
+                 (max(pad[0], 0), max(pad[1], 0)), dilation)
+    crop_h, crop_w = max(-pad[0], 0), max(-pad[1], 0)
+    if crop_h or crop_w:
+        out = out[:, :, crop_h:out.shape[2] - crop_h, crop_w:out.shape[3] - crop_w]
+    return out

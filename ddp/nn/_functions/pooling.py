@@ -145,3 +145,120 @@ class MaxPool2d(Function):
                 else:
                     xp.multiply(grad, hit, out=out[:, :, rows, cols])
         return _crop(out, padding), None, None, None, None
+
+
+# ------------------------------------------------------------------------------ average pooling
+def _window_slices(offset: int, dilation: int, stride: int, count: int) -> slice:
+    """The positions kernel offset ``offset`` reads for ``count`` outputs along one axis."""
+    start = offset * dilation
+    return slice(start, start + stride * (count - 1) + 1, stride)
+
+
+def _avg_divisors(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> list[int]:
+    """torch's divisor of each window along one axis: its extent clipped to the padded input
+    (``count_include_pad``) or to the input itself."""
+    counts = []
+    for o in range(out):
+        start = o * s - p
+        if include_pad:
+            counts.append(min(start + k, size + p) - start)
+        else:
+            counts.append(min(start + k, size) - max(start, 0))
+    return counts
+
+
+class AvgPool2d(Function):
+    """Mean over each ``kernel`` window of the zero-padded input, ``output_size`` windows.
+
+    The divisor is ``divisor`` when given (``divisor_override``), else the window's extent
+    inside the padded input (``count_include_pad``: ``kh * kw`` except for ``ceil_mode``'s last
+    windows, which hang over the padding) or inside the input itself, as torch. Backward
+    spreads ``grad / divisor`` back over each window.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, output_size, count_include_pad, divisor):
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, output_size
+        h, w = x.shape[2:]
+        # the bottom/right padding also covers ceil_mode's windows past the padded input
+        extra = (max(ph, (ho - 1) * sh + kh - h - ph), max(pw, (wo - 1) * sw + kw - w - pw))
+        xpad = x
+        if (ph, pw) != (0, 0) or extra != (0, 0):
+            xpad = xp.pad(x, ((0, 0), (0, 0), (ph, extra[0]), (pw, extra[1])))
+        total = xp.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                total += xpad[:, :, _window_slices(i, 1, sh, ho), _window_slices(j, 1, sw, wo)]
+        if divisor is None:
+            rows = _avg_divisors(h, ho, kh, sh, ph, count_include_pad)
+            cols = _avg_divisors(w, wo, kw, sw, pw, count_include_pad)
+            if len(set(rows)) == 1 and len(set(cols)) == 1:
+                divisor = rows[0] * cols[0]
+            else:
+                divisor = xp.asarray(rows, dtype=x.dtype)[:, None] * xp.asarray(cols,
+                                                                               dtype=x.dtype)
+        total /= divisor
+        ctx.meta = (x.shape, kernel, stride, padding, xpad.shape, divisor)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_shape, (kh, kw), stride, (ph, pw), padded_shape, divisor = ctx.meta
+        xp = get_array_module(grad)
+        ho, wo = grad.shape[2:]
+        share = grad / divisor
+        out = xp.zeros(padded_shape, dtype=grad.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, _window_slices(i, 1, stride[0], ho),
+                    _window_slices(j, 1, stride[1], wo)] += share
+        return (out[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]], None, None, None, None, None,
+                None)
+
+
+def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
+    """torch's adaptive windows along one axis: ``[floor(i*size/out), ceil((i+1)*size/out))``."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+class AdaptiveAvgPool2d(Function):
+    """Mean over torch's adaptive windows, which make an ``(Ho, Wo)`` output of any input.
+
+    A rectangle's mean is the mean over its rows of the mean over its columns, so forward
+    averages along H (one slice per output row), then along W; backward spreads the gradient
+    back in the reverse order. Windows that tile the input exactly take one reshape instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, output_size):
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        ho, wo = output_size
+        ctx.meta = (x.shape, output_size)
+        if h % ho == 0 and w % wo == 0:
+            return x.reshape(n, c, ho, h // ho, wo, w // wo).mean(axis=(3, 5))
+        rows = xp.empty((n, c, ho, w), dtype=x.dtype)
+        for i, (start, stop) in enumerate(adaptive_bounds(h, ho)):
+            rows[:, :, i] = x[:, :, start:stop].mean(axis=2)
+        out = xp.empty((n, c, ho, wo), dtype=x.dtype)
+        for j, (start, stop) in enumerate(adaptive_bounds(w, wo)):
+            out[:, :, :, j] = rows[:, :, :, start:stop].mean(axis=3)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (n, c, h, w), (ho, wo) = ctx.meta
+        xp = get_array_module(grad)
+        if h % ho == 0 and w % wo == 0:
+            kh, kw = h // ho, w // wo
+            share = (grad / (kh * kw))[:, :, :, None, :, None]
+            out = xp.broadcast_to(share, (n, c, ho, kh, wo, kw)).reshape(n, c, h, w)
+            return xp.ascontiguousarray(out), None
+        rows = xp.zeros((n, c, ho, w), dtype=grad.dtype)
+        for j, (start, stop) in enumerate(adaptive_bounds(w, wo)):
+            rows[:, :, :, start:stop] += (grad[:, :, :, j] / (stop - start))[:, :, :, None]
+        out = xp.zeros((n, c, h, w), dtype=grad.dtype)
+        for i, (start, stop) in enumerate(adaptive_bounds(h, ho)):
+            out[:, :, start:stop] += (rows[:, :, i] / (stop - start))[:, :, None]
+        return out, None

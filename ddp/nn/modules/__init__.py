@@ -49,3 +49,18 @@ __all__ += [
     "KLDivLoss", "L1Loss", "LeakyReLU", "Mish", "PReLU", "ReLU6", "SiLU", "SmoothL1Loss",
     "Softplus",
 ]
+
+# ResNet layers: batch/group norm, 1-D convolution, average pooling
+from ddp.nn.modules.avgpool import AdaptiveAvgPool2d, AvgPool2d  # noqa: E402
+from ddp.nn.modules.batchnorm import (  # noqa: E402
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    SyncBatchNorm,
+)
+from ddp.nn.modules.conv1d import Conv1d  # noqa: E402
+from ddp.nn.modules.conv_transpose import ConvTranspose2d  # noqa: E402
+from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
+
+__all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+            "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]
