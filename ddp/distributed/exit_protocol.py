@@ -42,9 +42,11 @@ _registered = False
 _armed: tuple[int, PeerChannel | None, Watchdog] | None = None
 
 
-def _launch_rank_and_size() -> tuple[int, int]:
+def _launch_rank_and_size() -> tuple[int, int | None]:
+    """This process's rank and the world size from the launcher's variables (size: None if
+    the launcher sets none, as a bare PMIx launch)."""
     rank = next((config.get(v) for v in config.RANK_VARS if config.get(v) is not None), 0)
-    size = next((config.get(v) for v in config.SIZE_VARS if config.get(v) is not None), 0)
+    size = next((config.get(v) for v in config.SIZE_VARS if config.get(v) is not None), None)
     return rank, size
 
 
@@ -56,7 +58,7 @@ def install_launch_hooks() -> None:
     if not api.launched_with_several_ranks() or multiprocessing.parent_process() is not None:
         return
     rank, size = _launch_rank_and_size()
-    install_pre_init_hook(rank, max(size, 2))
+    install_pre_init_hook(rank, size)
     _register()
 
 

@@ -96,7 +96,7 @@ def install_abort_hooks(rank: int, size: int) -> None:
     threading.excepthook = thread_excepthook
 
 
-def install_pre_init_hook(rank: int, size: int) -> None:
+def install_pre_init_hook(rank: int, size: int | None) -> None:
     """Install a ``sys.excepthook`` for the time before ``init_process_group``.
 
     For a process that an MPI launcher started as rank ``rank`` of ``size`` (read from the
@@ -104,10 +104,12 @@ def install_pre_init_hook(rank: int, size: int) -> None:
     then starts MPI, whose ``MPI_Init`` returns once every rank has reached its own (at the
     latest in their ``init_process_group``), and aborts the job. Without it the other ranks
     would wait in ``MPI_Init`` forever. ``install_abort_hooks`` replaces it at init.
+    ``size`` may be None (a launcher that sets no size variable).
     """
     global _pre_init_installed
-    if _pre_init_installed or size <= 1:
+    if _pre_init_installed or (size is not None and size <= 1):
         return
+    of = "" if size is None else f"/{size}"
     _pre_init_installed = True
 
     def excepthook(exc_type, exc, tb) -> None:
@@ -118,7 +120,7 @@ def install_pre_init_hook(rank: int, size: int) -> None:
             )
             sys.stderr.write(
                 f"[rank {rank}] Unhandled {exc_type.__name__} before init_process_group on "
-                f"rank {rank}/{size}; aborting all ranks once they have started MPI "
+                f"rank {rank}{of}; aborting all ranks once they have started MPI "
                 f"(MPI_Abort)\n{text}")
             sys.stderr.flush()
         finally:

@@ -59,6 +59,8 @@ class PeerChannel:
         """
         MPI = self._MPI
         received = []
+        if self._comm == MPI.COMM_NULL or MPI.Is_finalized():
+            return received  # the program finalized MPI itself: nothing more will come
         status = MPI.Status()
         while True:
             message = self._comm.improbe(source=MPI.ANY_SOURCE, tag=_TAG, status=status)

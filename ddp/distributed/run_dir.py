@@ -1,13 +1,17 @@
-"""What the ranks of a ``ddprun`` job tell their launcher: pids, and how each rank ended.
+"""What the ranks of a ``ddprun`` job tell their launcher: who they are, and how they ended.
 
 A rank that ends through ``os._exit``, a signal or a crash in native code says nothing, and
-mpiexec then kills the others at once, so no rank can name it. ``ddprun`` can, if it knows
-which process is which rank: it hands its ranks a directory (``DDP_RUN_DIR``), every rank
-records ``rank<k>.pid`` there at ``init_process_group`` and a marker when it ends through ddp
-(``done``: the exit protocol completed; ``abort``: ddp ended the job and said why), and the
-launcher watches those pids (``ddp.launcher``). Outside ``ddprun`` nothing is written.
+mpiexec then kills the others at once, so no rank can name it. ``ddprun`` can: it hands its
+ranks a directory (``DDP_RUN_DIR``); at ``init_process_group`` every rank creates a FIFO
+``rank<k>.alive`` there and holds it open for the rest of its life (never writing to it), then
+records ``rank<k>.pid``; when it ends through ddp it leaves a marker (``done``: the exit
+protocol completed; ``abort``: ddp ended the job and said why). The launcher holds the FIFOs'
+read ends (:class:`RankWatcher`): the kernel closes a process's files first thing when it
+dies, before mpiexec can notice and kill the others, so the FIFO that reports end-of-file
+first is the rank that ended first. Outside ``ddprun`` nothing is written.
 
-Files: ``rank<k>.pid`` holds ``"<pid> <hostname>"``; markers are empty ``rank<k>.<how>``.
+``rank<k>.pid`` holds ``"<pid> <hostname>"``; markers are empty ``rank<k>.<how>`` files.
+Ranks on other hosts than the launcher's are not watched.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 from ddp import config
 
 ENDINGS = ("done", "abort")
+_alive_fd: list[int] = []  # this rank's end of its FIFO, held open until the process dies
 
 
 def _path(rank: int, suffix: str) -> str | None:
@@ -37,8 +42,26 @@ def _write(path: str | None, text: str) -> None:
         pass  # another host without the launcher's directory: the launcher cannot watch it
 
 
+def _close_in_child() -> None:
+    # A forked child (a data-loader worker) must not keep its parent's FIFO open: the
+    # launcher would not see the rank end.
+    while _alive_fd:
+        with contextlib.suppress(OSError):
+            os.close(_alive_fd.pop())
+
+
 def record_pid(rank: int) -> None:
-    """Record this process as world rank ``rank`` (under ``ddprun`` only)."""
+    """Hold this rank's FIFO open and record its pid (under ``ddprun`` only; once)."""
+    path = _path(rank, "alive")
+    if path is None or _alive_fd:
+        return
+    try:
+        os.mkfifo(path)
+        # Read-write: the open never waits for a reader, and this process counts as a writer.
+        _alive_fd.append(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:
+        return  # another host, or no FIFOs here: the launcher cannot watch this rank
+    os.register_at_fork(after_in_child=_close_in_child)
     _write(_path(rank, "pid"), f"{os.getpid()} {socket.gethostname()}")
 
 
@@ -50,11 +73,7 @@ def record_end(rank: int, how: str) -> None:
 
 
 class RankWatcher:
-    """The launcher's side: which rank process of this host ended first, and how.
-
-    ``poll()`` reads the pid files as ranks write them and notes when each local rank process
-    ends (through ``os.pidfd_open`` where Linux has it, so ends are seen in the order they
-    happen; elsewhere by polling). Processes on other hosts are not watched.
+    """The launcher's side: which rank process of this host ended first.
 
     Args:
         directory: the run directory handed to the ranks as ``DDP_RUN_DIR``.
@@ -65,40 +84,41 @@ class RankWatcher:
         self.pids: dict[int, int] = {}  # rank -> pid, this host's ranks (-1: another host's)
         self._starts: dict[int, str | None] = {}  # pid -> its start time, against pid reuse
         self.ended: list[list[int]] = []  # ranks seen ending, in batches seen together
-        self._fds: dict[int, int] = {}  # pidfd -> rank
+        self._fds: dict[int, int] = {}  # FIFO read end -> rank
         self._host = socket.gethostname()
 
     def fds(self) -> list[int]:
-        """The pidfds to wait on (readable once their process has ended)."""
+        """The FIFO read ends to wait on (readable at end-of-file: their process ended)."""
         return list(self._fds)
 
     def poll(self, readable=()) -> None:
-        """Pick up new pid files, and note the ranks whose processes ended.
+        """Pick up ranks that registered, and note those whose processes ended.
 
         Args:
-            readable: pidfds a ``select`` found readable (their processes ended, in that
-                batch); without pidfds every watched pid is checked.
+            readable: fds of :meth:`fds` that a ``select`` found readable, in one batch.
         """
-        self._read_pid_files()
+        # Newly registered ranks count too: Linux never reports end-of-file for a FIFO whose
+        # writer was gone before the reader opened it, so each is read once right away.
+        candidates = list(readable) + self._read_pid_files()
         batch = []
-        for fd in readable:
+        for fd in candidates:
+            try:
+                if os.read(fd, 1):
+                    continue  # nobody writes; ignore
+            except BlockingIOError:
+                continue  # the rank still holds its end
             batch.append(self._fds.pop(fd))
             os.close(fd)
-        if not hasattr(os, "pidfd_open"):
-            seen = {r for b in self.ended for r in b}
-            batch += [r for r, pid in self.pids.items()
-                      if pid > 0 and r not in seen and not _alive(pid)]
-        self._ended(batch)
+        if batch:
+            self.ended.append(sorted(batch))
 
-    def _ended(self, ranks: list[int]) -> None:
-        if ranks:
-            self.ended.append(sorted(ranks))
-
-    def _read_pid_files(self) -> None:
+    def _read_pid_files(self) -> list[int]:
+        """Register the ranks that recorded themselves since; returns their new FIFO fds."""
+        new: list[int] = []
         try:
             names = os.listdir(self.directory)
         except OSError:
-            return
+            return new
         for name in names:
             if not (name.startswith("rank") and name.endswith(".pid")):
                 continue
@@ -115,11 +135,14 @@ class RankWatcher:
                 continue
             pid = self.pids[rank] = int(pid_text)
             self._starts[pid] = start_time(pid)
-            if hasattr(os, "pidfd_open"):
-                try:
-                    self._fds[os.pidfd_open(pid)] = rank
-                except OSError:
-                    self._ended([rank])  # already gone
+            try:
+                fd = os.open(os.path.join(self.directory, f"rank{rank}.alive"),
+                             os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            self._fds[fd] = rank
+            new.append(fd)
+        return new
 
     def marked(self, rank: int, how: str) -> bool:
         """Whether rank ``rank`` recorded the ending ``how`` (see :func:`record_end`)."""
@@ -129,11 +152,13 @@ class RankWatcher:
         """The rank(s) that ended first without ddp saying why, while other ranks still ran.
 
         Usually one rank; several when their ends were seen together (the order is then
-        unknown). Empty when some rank aborted the job itself (it printed why), when the first
-        ranks to end had completed the exit protocol, or when no local rank was seen ending.
+        unknown: e.g. a rank that died before the launcher had registered it, within about
+        0.1 s of init). Empty when some rank aborted the job itself (it printed why), when the
+        first ranks to end had completed the exit protocol, or when no local rank was seen
+        ending.
         """
         local = [r for r, pid in self.pids.items() if pid > 0]
-        if (not self.ended or len(local) < 2 or len(self.ended[0]) == len(local)
+        if (not self.ended or len(local) < 2
                 or any(self.marked(r, "abort") for r in self.pids)):
             return []
         return [r for r in self.ended[0] if not self.marked(r, "done")]
