@@ -9,8 +9,8 @@ puts it next to ``python``), falling back to the one on PATH, and exits with its
 unhandled exception on any rank aborts the job (see ``ddp.distributed.failure``). SIGTERM,
 SIGINT and SIGHUP are forwarded to mpiexec, and no rank process of this host outlives
 ``ddprun``. A rank of this host that vanishes without ddp saying why (``os._exit``, a signal,
-a crash in native code; mpiexec then kills the others silently) is named from the pid files
-the ranks write into ``DDP_RUN_DIR`` (``ddp.distributed.run_dir``). The threads
+a crash in native code; mpiexec then kills the others silently) is named through the FIFOs
+the ranks hold open in ``DDP_RUN_DIR`` (``ddp.distributed.run_dir``). The threads
 mode runs the script's ``__main__`` once per rank inside :func:`ddp.distributed.spawn`, where
 ``init_process_group()`` is a no-op and ``get_rank()`` answers per thread.
 """

@@ -89,8 +89,8 @@ def _mpi_started_by_someone_else() -> bool:
 
 def _at_exit() -> None:
     if _armed is None:
-        if _mpi_started_by_someone_else():
-            return  # the program drives MPI itself, without ddp's process group
+        if _mpi_started_by_someone_else() or api.is_initialized():
+            return  # the program drives MPI itself, or chose a group without MPI ("local")
         reason = "its script ended before init_process_group: the end of the script or sys.exit"
         api.init_process_group("mpi")  # meets the other ranks' MPI_Init and init collectives
     else:

@@ -64,6 +64,15 @@ def call_site() -> str:
     A collective issued by one of ddp's own threads (DDP's communication thread) has no user
     frame above it; it is named by its thread.
     """
+    return _site_text(_site())
+
+
+def _site():
+    """What :func:`call_site` names, cheaply: ``(code, lasti)`` or the thread's name.
+
+    Per collective, so the line number (``f_lineno`` decodes the line table) is left for
+    :func:`_site_text`, which only reports need.
+    """
     frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
@@ -77,15 +86,23 @@ def call_site() -> str:
         frame = frame.f_back
     if frame is None or frame.f_code.co_filename.endswith(os.sep + "threading.py"):
         return f"thread {threading.current_thread().name!r}"
-    code = frame.f_code
-    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+    return frame.f_code, frame.f_lasti
+
+
+def _site_text(site) -> str:
+    if isinstance(site, str):
+        return site
+    code, lasti = site
+    line = next((line for start, end, line in code.co_lines() if start <= lasti < end),
+                code.co_firstlineno)
+    return f"{os.path.basename(code.co_filename)}:{line} in {code.co_name}"
 
 
 @dataclass
 class _Wait:
     what: str
-    site: str
-    ranks: frozenset[int] | None  # world ranks of the group; None: unknown (all)
+    site: object  # see _site(); _site_text() formats it
+    ranks: list[int] | None  # world ranks of the group (the group's own list); None: all
     start: float
     blocked_since: float | None  # None: an async collective not waited on yet
 
@@ -109,7 +126,7 @@ class Watchdog:
         self.exit_grace_s = exit_grace_s
         self._peers = peers
         self._inflight: dict[int, _Wait] = {}
-        self._last: tuple[str, str, float] | None = None  # what, site, when it ended
+        self._last: tuple[str, object, float] | None = None  # what, site, when it ended
         self._left: dict[int, tuple[float, dict]] = {}  # rank -> (noticed at, its notice)
         self._leaving: str | None = None  # this rank's own reason, once it leaves
         self._ids = itertools.count()
@@ -125,14 +142,13 @@ class Watchdog:
 
         Args:
             what: its description (sequence number, kind, dtype, size, group).
-            ranks: the world ranks of its group (None: every rank).
+            ranks: the world ranks of its group (None: every rank); kept, not copied.
             blocked: False for an async collective whose ``wait()`` has not started yet
                 (:meth:`blocked` marks when it does).
         """
         token = next(self._ids)
         now = time.monotonic()
-        wait = _Wait(what, call_site(), None if ranks is None else frozenset(ranks), now,
-                     now if blocked else None)
+        wait = _Wait(what, _site(), ranks, now, now if blocked else None)
         with self._lock:
             self._inflight[token] = wait
         if self._thread is None:
@@ -164,7 +180,8 @@ class Watchdog:
     def last(self) -> tuple[str, str] | None:
         """``(what, site)`` of the last collective that completed here, if any."""
         with self._lock:
-            return None if self._last is None else self._last[:2]
+            last = self._last
+        return None if last is None else (last[0], _site_text(last[1]))
 
     def leaving(self, reason: str) -> None:
         """This rank has left its script; answers to the other ranks say so."""
@@ -185,9 +202,9 @@ class Watchdog:
             last = self._last
         return {
             "rank": self.rank,
-            "waits": [(w.what, w.site, now - w.start) for w in waits
+            "waits": [(w.what, _site_text(w.site), now - w.start) for w in waits
                       if w.blocked_since is not None],
-            "last": None if last is None else (last[0], last[1], now - last[2]),
+            "last": None if last is None else (last[0], _site_text(last[1]), now - last[2]),
             "left": self._leaving,
         }
 
@@ -245,8 +262,9 @@ class Watchdog:
     def _expire(self, wait: _Wait, now: float) -> None:
         states = self._gather()
         abort_job(self.rank, self.size, (
-            f"collective {wait.what} from {wait.site} waited {now - wait.start:.1f} s, past "
-            f"the timeout of {self.timeout_s:g} s: the other ranks never issued it. "
+            f"collective {wait.what} from {_site_text(wait.site)} waited "
+            f"{now - wait.start:.1f} s, past the timeout of {self.timeout_s:g} s: not every "
+            f"rank of its group issued it. "
             f"{explain(states, self.size)} Typical causes: ranks running different numbers "
             f"of backward()/step() (uneven data), a collective in a rank-dependent branch, a "
             f"rank stuck in its own work, or a dead node. Set the limit with "
@@ -258,8 +276,9 @@ class Watchdog:
                  else f"after its last collective {last[0]} from {last[1]}")
         abort_job(self.rank, self.size, (
             f"rank {rank} left the job ({notice.get('reason')}) {after}, while rank "
-            f"{self.rank} waits in {wait.what} from {wait.site} ({now - wait.blocked_since:.1f}"
-            f" s), which rank {rank} will never join; ending the job."))
+            f"{self.rank} waits in {wait.what} from {_site_text(wait.site)} "
+            f"({now - wait.blocked_since:.1f} s), which rank {rank} will never join; ending "
+            f"the job."))
 
 
 def _where(state: dict) -> str:
@@ -270,9 +289,9 @@ def _where(state: dict) -> str:
     if state["left"]:
         return f"past the end of its script ({state['left']}), waiting for the others at exit"
     if state["last"] is None:
-        return "not in a collective, and has issued none"
+        return "outside any collective, and has issued none"
     what, site, _ = state["last"]
-    return f"not in a collective (its last: {what} from {site})"
+    return f"outside any collective, last in {what} from {site}"
 
 
 def _since(state: dict) -> str:
@@ -280,7 +299,7 @@ def _since(state: dict) -> str:
     if state["waits"]:
         return f" (waiting {state['waits'][0][2]:.1f} s)"
     if state["last"] is not None and not state["left"]:
-        return f" (for {state['last'][2]:.1f} s)"
+        return f" ({state['last'][2]:.1f} s ago)"
     return ""
 
 
