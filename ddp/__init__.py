@@ -178,6 +178,9 @@ from ddp import nn as nn  # noqa: E402 - nn builds on the names above
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline
 from ddp import utils as utils  # noqa: E402
+from ddp.distributed.exit_protocol import install_launch_hooks as _launch_hooks  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402
 from ddp.utils import data as _data  # noqa: E402, F401 - sets ddp.utils.data, as torch.utils.data
+
+_launch_hooks()  # under mpiexec: a rank that fails or leaves before init still ends the job

@@ -93,6 +93,11 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
            "DDP's gradient communication when comm_mode=None: thread, nonblocking or sync"),
     Switch("DDP_TIMEOUT", None, _seconds, "call",
            "seconds a collective may wait before the watchdog aborts the job (default 1800)"),
+    Switch("DDP_EXIT_GRACE", 2.0, _seconds, "call",
+           "seconds a collective may stay blocked after a rank of its group left the job"),
+    Switch("DDP_RUN_DIR", None, _text, "call",
+           "set by ddprun for its ranks: where each rank holds a liveness FIFO, its pid and "
+           "how it ended"),
     Switch("DDP_TIMELINE", None, _text, "import",
            "directory: record a per-rank Chrome-trace timeline, written there at exit"),
     Switch("DDP_FUSED_KERNELS", True, _flag, "import",

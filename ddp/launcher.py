@@ -6,7 +6,11 @@
 
 The MPI mode runs the ``mpiexec`` installed with this Python environment (the ``mpich`` wheel
 puts it next to ``python``), falling back to the one on PATH, and exits with its status: an
-unhandled exception on any rank aborts the job (see ``ddp.distributed.failure``). The threads
+unhandled exception on any rank aborts the job (see ``ddp.distributed.failure``). SIGTERM,
+SIGINT and SIGHUP are forwarded to mpiexec, and no rank process of this host outlives
+``ddprun``. A rank of this host that vanishes without ddp saying why (``os._exit``, a signal,
+a crash in native code; mpiexec then kills the others silently) is named through the FIFOs
+the ranks hold open in ``DDP_RUN_DIR`` (``ddp.distributed.run_dir``). The threads
 mode runs the script's ``__main__`` once per rank inside :func:`ddp.distributed.spawn`, where
 ``init_process_group()`` is a no-op and ``get_rank()`` answers per thread.
 """
@@ -14,15 +18,21 @@ mode runs the script's ``__main__`` once per rank inside :func:`ddp.distributed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from ddp import config
 from ddp.distributed import SpawnError, spawn
+from ddp.distributed.run_dir import RankWatcher, kill, start_time
 
 INSTALL_HINT = (
     "install one into this environment with `pip install mpich` (or `pip install mpi4py` "
@@ -129,11 +139,107 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    proc = subprocess.Popen(cmd, env=config.child_env(args.nproc))
+    return run_mpi(cmd, args.nproc)
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE_S = 5.0  # after a forwarded signal, how long mpiexec may take to stop the ranks
+
+
+def run_mpi(cmd: list[str], nproc: int) -> int:
+    """Run the mpiexec command ``cmd`` for ``nproc`` ranks; return the job's exit status.
+
+    Signals in :data:`FORWARDED` go to mpiexec, which stops the ranks; whatever still runs
+    ``STOP_GRACE_S`` later (mpiexec, its proxies, ranks of this host) is killed. A rank that
+    ended first without ddp saying why is named on stderr, and such a job never exits 0.
+    """
+    with tempfile.TemporaryDirectory(prefix="ddprun-") as run_dir:
+        env = config.child_env(nproc)
+        env["DDP_RUN_DIR"] = run_dir
+        proc = subprocess.Popen(cmd, env=env)
+        watcher = RankWatcher(run_dir)
+        signals: list[int] = []
+        tree: dict[int, str | None] = {}
+
+        def forward(signum, frame) -> None:
+            signals.append(signum)
+            tree.update(_descendants(proc.pid))  # ranks run in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+        try:
+            code = _wait(proc, watcher, signals, tree)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            kill({**tree, **watcher.alive()})  # nothing of this job outlives ddprun
+            watcher.close()
+        return _report(code, watcher, signals)
+
+
+def _wait(proc: subprocess.Popen, watcher: RankWatcher, signals: list[int],
+          tree: dict[int, str | None]) -> int:
+    """Wait for mpiexec, watching the ranks; kill its ``tree`` if it outlasts a signal."""
+    deadline = None
+    while proc.poll() is None:
+        watcher.poll(_ended_fds(watcher, 0.1))
+        if signals and deadline is None:
+            deadline = time.monotonic() + STOP_GRACE_S
+        if deadline is not None and time.monotonic() > deadline:
+            kill({**tree, proc.pid: start_time(proc.pid), **watcher.alive()})
+    watcher.poll(_ended_fds(watcher, 0))
+    return proc.wait()
+
+
+def _ended_fds(watcher: RankWatcher, timeout: float) -> list[int]:
+    """The watcher's pidfds whose processes ended, waiting up to ``timeout`` for one."""
+    fds = watcher.fds()
+    if not fds:
+        time.sleep(timeout)
+        return []
+    return select.select(fds, [], [], timeout)[0]
+
+
+def _report(code: int, watcher: RankWatcher, signals: list[int]) -> int:
+    first = watcher.unexplained_end()
+    if first:
+        others = sorted(r for r in watcher.pids if r not in first)
+        who = (f"rank {first[0]} (pid {watcher.pids[first[0]]})" if len(first) == 1
+               else f"one of ranks {first}")
+        print(f"ddprun: {who} ended first without ddp saying why (os._exit, a signal, or a "
+              f"crash in native code) while ranks {others} still ran; mpiexec ended the job "
+              f"(status {code})", file=sys.stderr, flush=True)
+        return code if code != 0 else 1
+    if signals and code == 0:
+        return 128 + signals[0]
+    return code
+
+
+def _descendants(pid: int) -> dict[int, str | None]:
+    """``pid``'s process tree, pid -> start time (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # mpiexec got the same SIGINT and stops the ranks
-        return proc.wait()
+        entries = os.listdir("/proc")
+    except OSError:
+        return set()
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: dict[int, str | None] = {}
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found[child] = start_time(child)
+                todo.append(child)
+    return found
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 Without this, the other ranks of ``mpiexec -n N python train.py`` wait forever in their next
 collective for the rank that died. The hooks print the traceback prefixed with the rank, then
 call ``MPI.COMM_WORLD.Abort(1)``, which makes the launcher kill every rank and exit non-zero.
+
+Before ``init_process_group`` the same holds: the other ranks wait in ``MPI_Init`` for every
+rank to start MPI, so the hook installed at ``import ddp`` under an MPI launcher
+(:func:`install_pre_init_hook`) prints the traceback, then starts MPI itself (which returns
+once every rank has reached ``MPI_Init``) and aborts.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import threading
 import time
 import traceback
 
+from ddp.distributed import run_dir
+
 _installed = False
+_pre_init_installed = False
 _FORWARD_GRACE_S = 0.5
 
 
@@ -28,12 +36,13 @@ def _report_and_abort(rank: int, size: int, exc_type, exc, tb, where: str) -> No
             f"aborting all ranks (MPI_Abort)\n{text}"
         )
     finally:
-        _abort_all()
+        _abort_all(rank)
 
 
-def _abort_all() -> None:
+def _abort_all(rank: int) -> None:
     """Flush, let the launcher forward the output, then end every rank (never returns)."""
     try:
+        run_dir.record_end(rank, "abort")  # ddprun: this rank has said why the job ends
         sys.stderr.flush()
         sys.stdout.flush()
         # MPI_Abort makes the launcher kill every rank at once; give its I/O proxy a moment to
@@ -57,7 +66,7 @@ def abort_job(rank: int, size: int, message: str) -> None:
         sys.stderr.write(f"[rank {rank}] {message}\n[rank {rank}] aborting all {size} ranks "
                          f"(MPI_Abort)\n")
     finally:
-        _abort_all()
+        _abort_all(rank)
 
 
 def install_abort_hooks(rank: int, size: int) -> None:
@@ -85,3 +94,38 @@ def install_abort_hooks(rank: int, size: int) -> None:
 
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook
+
+
+def install_pre_init_hook(rank: int, size: int | None) -> None:
+    """Install a ``sys.excepthook`` for the time before ``init_process_group``.
+
+    For a process that an MPI launcher started as rank ``rank`` of ``size`` (read from the
+    launcher's variables): an unhandled exception prints its traceback prefixed with the rank,
+    then starts MPI, whose ``MPI_Init`` returns once every rank has reached its own (at the
+    latest in their ``init_process_group``), and aborts the job. Without it the other ranks
+    would wait in ``MPI_Init`` forever. ``install_abort_hooks`` replaces it at init.
+    ``size`` may be None (a launcher that sets no size variable).
+    """
+    global _pre_init_installed
+    if _pre_init_installed or (size is not None and size <= 1):
+        return
+    of = "" if size is None else f"/{size}"
+    _pre_init_installed = True
+
+    def excepthook(exc_type, exc, tb) -> None:
+        try:
+            lines = traceback.format_exception(exc_type, exc, tb)
+            text = "".join(
+                f"[rank {rank}] {line}" for chunk in lines for line in chunk.splitlines(True)
+            )
+            sys.stderr.write(
+                f"[rank {rank}] Unhandled {exc_type.__name__} before init_process_group on "
+                f"rank {rank}{of}; aborting all ranks once they have started MPI "
+                f"(MPI_Abort)\n{text}")
+            sys.stderr.flush()
+        finally:
+            from mpi4py import MPI  # noqa: F401 - MPI_Init: meets the other ranks' MPI_Init
+
+            _abort_all(rank)
+
+    sys.excepthook = excepthook

@@ -14,9 +14,10 @@ import numpy as np
 
 from ddp import config
 from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
-from ddp.distributed import watchdog
+from ddp.distributed import exit_protocol, run_dir, watchdog
 from ddp.distributed.cpu_threads import share_cores
 from ddp.distributed.failure import install_abort_hooks
+from ddp.distributed.peer_channel import PeerChannel, open_channel
 from ddp.distributed.process_group import ProcessGroup, fingerprint, mismatch_message
 from ddp.distributed.reduce_op import ReduceOp, Work
 
@@ -184,8 +185,16 @@ class MPIProcessGroup(ProcessGroup):
         self._comm = MPI.COMM_NULL
 
 
+_peers: list[PeerChannel | None] = []  # the job's peer channel, opened by the first init
+
+
 def init_mpi_world(timeout=None, *, check_collectives: bool = True) -> MPIProcessGroup:
     """The WORLD group over ``COMM_WORLD.Dup()``; sets torchrun's env vars and the abort hooks.
+
+    The first init of a process also opens the job's peer channel (another ``Dup``), starts
+    the watchdog thread on it and arms the exit protocol (``ddp.distributed.exit_protocol``):
+    from here on, a rank that leaves or a collective that cannot complete ends the job with a
+    message naming the rank.
 
     ``check_collectives`` is the new group's (the ``nccl`` backend builds on an unchecked one,
     since it checks its collectives itself).
@@ -201,7 +210,12 @@ def init_mpi_world(timeout=None, *, check_collectives: bool = True) -> MPIProces
     node.Free()
     config.export_launch_env(world.Get_rank(), world.Get_size(), local_rank, local_size)
     share_cores(local_size)
-    install_abort_hooks(world.Get_rank(), world.Get_size())
-    watchdog.install(world.Get_rank(), world.Get_size(), timeout)
+    rank, size = world.Get_rank(), world.Get_size()
+    install_abort_hooks(rank, size)
+    if not _peers:
+        _peers.append(open_channel(world) if size > 1 else None)
+        run_dir.record_pid(rank)
+    dog = watchdog.install(rank, size, timeout, peers=_peers[0])
+    exit_protocol.arm(rank, _peers[0], dog)
     return MPIProcessGroup(world.Dup(), list(range(world.Get_size())), "WORLD", local_rank,
                            check_collectives=check_collectives)

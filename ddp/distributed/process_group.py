@@ -72,6 +72,7 @@ class _WatchedWork(Work):
         self._token = token
 
     def _finish_watched(self) -> None:
+        self._dog.blocked(self._token)  # until now the caller was free to compute
         try:
             self._work.wait()
         finally:
@@ -150,7 +151,8 @@ class ProcessGroup:
         dog = watchdog.current()
         if text is None or dog is None:
             return self._allreduce_async_impl(array, op)
-        token = dog.begin(self._watch_label(text, ", started asynchronously"))
+        token = dog.begin(self._watch_label(text, " (started asynchronously)"),
+                          ranks=self.global_ranks, blocked=False)
         try:
             work = self._allreduce_async_impl(array, op)
         except BaseException:
@@ -303,18 +305,19 @@ class ProcessGroup:
 
         ``what`` names the collective in errors about ranks that never arrive.
         """
-        with self._watched(text, note=", in the check that every rank issued it"):
+        with self._watched(text, note=" (in the check that every rank issued it)"):
             self._verify(text, what)
 
     def _watch_label(self, text: str, note: str = "") -> str:
-        return f"{text} of group {self.name!r} (rank {self._rank} of {self._size}{note})"
+        # The same on every rank, so the watchdog's report can group ranks that wait alike.
+        return f"{text} of group {self.name!r}{note}"
 
     def _watched(self, text: str | None, note: str = ""):
         """A context registering the collective ``text`` with the watchdog while it waits."""
         dog = watchdog.current()
         if text is None or dog is None:
             return _UNWATCHED
-        return dog.watch(self._watch_label(text, note))
+        return dog.watch(self._watch_label(text, note), ranks=self.global_ranks)
 
     # -------------------------------------------------------------------- backend primitives
     # Collectives that only move bytes: arguments are valid, consensus is checked and the

@@ -134,3 +134,61 @@ def test_timeout_values_are_checked():
             watchdog.timeout_seconds()
     finally:
         del os.environ["DDP_TIMEOUT"]
+
+
+def _state(rank, waits=(), last=None, left=None):
+    return {"rank": rank, "waits": list(waits), "last": last, "left": left}
+
+
+def test_explainer_groups_ranks_and_names_the_one_behind():
+    from ddp.distributed.watchdog import explain
+
+    bcast = ("#11 broadcast(float32, numel=4, src=0) of group 'WORLD'", "train.py:120 in main")
+    reduce = ("#12 allreduce(float32, numel=4, op=SUM) of group 'WORLD'", "train.py:88 in main")
+    text = explain({0: _state(0, [(*bcast, 5.0)]), 1: _state(1, [(*reduce, 6.0)]),
+                    2: _state(2, [(*bcast, 5.5)])}, 3)
+    assert text == (
+        "Where every rank is: ranks 0, 2 are in #11 broadcast(float32, numel=4, src=0) of group "
+        "'WORLD' from train.py:120 in main; rank 1 is in #12 allreduce(float32, numel=4, "
+        "op=SUM) of group 'WORLD' from train.py:88 in main (waiting 6.0 s). Behind or "
+        "elsewhere: rank 1.")
+
+
+def test_explainer_names_silent_and_departed_ranks():
+    from ddp.distributed.watchdog import explain
+
+    reduce = ("#3 allreduce(float64, numel=3, op=SUM) of group 'WORLD'", "job.py:9 in <module>")
+    text = explain({0: _state(0, [(*reduce, 4.0)]),
+                    1: _state(1, last=(*reduce, 9.0), left="its script ended")}, 3)
+    assert "rank 0 is in #3 allreduce" in text
+    assert "rank 1 is past the end of its script (its script ended)" in text
+    assert "rank 2 is not answering within 2 s (dead, or stuck in code that holds the GIL)" \
+        in text
+    assert text.endswith("Behind or elsewhere: ranks 1, 2.")
+
+
+def test_explainer_without_a_majority_says_the_ranks_differ():
+    from ddp.distributed.watchdog import explain
+
+    text = explain({0: _state(0, [("#2 barrier() of group 'WORLD'", "a.py:1 in f", 3.0)]),
+                    1: _state(1, [("#2 allreduce() of group 'WORLD'", "a.py:2 in f", 3.0)])}, 2)
+    assert "The ranks wait in different collectives" in text
+    assert "Behind or elsewhere" not in text
+
+
+def test_call_site_is_the_first_frame_outside_ddp():
+    from ddp.distributed.watchdog import Watchdog
+
+    dog = Watchdog(rank=0, size=2, timeout_s=60.0)
+    try:
+        token = dog.begin("#1 barrier() of group 'WORLD'"); line = sys._getframe().f_lineno  # noqa: E702
+        state = dog.state()
+    finally:
+        dog.stop()
+    assert state["waits"][0][:2] == ("#1 barrier() of group 'WORLD'",
+                                     f"test_failure.py:{line} in "
+                                     "test_call_site_is_the_first_frame_outside_ddp")
+    dog.end(token)
+    assert dog.last() == ("#1 barrier() of group 'WORLD'",
+                          f"test_failure.py:{line} in "
+                          "test_call_site_is_the_first_frame_outside_ddp")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
@@ -99,3 +102,50 @@ def test_missing_hostfile_is_an_error(tmp_path):
                                 "--mpiexec", "mpiexec", "x.py"])
     with pytest.raises(FileNotFoundError, match="hostfile"):
         launcher.build_mpi_command(args)
+
+
+SLEEPER = """
+import time
+import ddp.distributed as dist
+dist.init_process_group()
+print(f"rank {dist.get_rank()} sleeping", flush=True)
+time.sleep(120)
+"""
+
+
+def _marked_processes(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return found.split()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_ddprun_stops_every_rank(tmp_path, sig):
+    try:
+        launcher.find_mpiexec()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    marker = f"sleeper_{uuid.uuid4().hex[:12]}"  # in every command line of this job only
+    script = tmp_path / f"{marker}.py"
+    script.write_text(SLEEPER)
+    proc = subprocess.Popen([sys.executable, "-m", "ddp.launcher", "-n", "2", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env())
+    try:
+        seen = ""
+        while len(re.findall(r"rank \d sleeping", seen)) < 2:  # both ranks are up
+            line = proc.stdout.readline()
+            assert line, seen
+            seen += line
+        ranks = _marked_processes(marker)
+        assert len(ranks) >= 3, ranks  # mpiexec and two ranks (and Hydra's proxy)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _marked_processes(marker) == [], "processes outlived ddprun"
+        assert code != 0
+    finally:
+        proc.kill()
+        for pid in _marked_processes(marker):
+            os.kill(int(pid), signal.SIGKILL)
