@@ -28,7 +28,10 @@ def _finish(array, dtype, device, requires_grad) -> Tensor:
     return Tensor(array, requires_grad=requires_grad)
 
 
-def _infer_array(data) -> np.ndarray:
+def _infer_array(data, dtype=None) -> np.ndarray:
+    """``data`` as a new array: of ``dtype`` when given (Python numbers convert straight to
+    it, as in torch: ``tensor(0.3, dtype=float64)`` is 0.3, not a float32 rounding of it),
+    else of the inferred dtype (float64 numbers become the default float dtype)."""
     if isinstance(data, Tensor):
         return data.array.copy()
     if isinstance(data, np.ndarray):
@@ -42,6 +45,8 @@ def _infer_array(data) -> np.ndarray:
         raise TypeError(f"could not build a tensor from data of type {type(data).__name__}")
     if isinstance(data, np.generic):  # a NumPy scalar keeps its dtype, as in torch
         return array
+    if dtype is not None:
+        return np.array(data, dtype=dtypes.to_numpy_dtype(dtype))
     if array.dtype == np.float64:
         return array.astype(dtypes.default_float.np_dtype)
     if array.dtype.kind in "iu":
@@ -59,7 +64,7 @@ def _unwrap_nested(data):
 
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A new tensor holding a copy of ``data`` (nested lists, numbers, arrays or a tensor)."""
-    return _finish(_infer_array(data), dtype, device, requires_grad)
+    return _finish(_infer_array(data, dtype), dtype, device, requires_grad)
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:

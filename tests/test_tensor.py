@@ -164,3 +164,15 @@ def test_str_and_format():
     t = ddp.tensor([1.0, 2.0])
     assert str(t) == repr(t)
     assert f"{ddp.tensor(2.5):.2f}" == "2.50"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "int64", "int32", "bool"])
+@pytest.mark.parametrize("data", [0.3, [1.7, -2.5], [[True, False]], 3, 1e-40, 2**20 + 0.5])
+def test_tensor_from_python_numbers_converts_straight_to_dtype_like_torch(data, dtype):
+    """``tensor(0.3, dtype=float64)`` holds the double 0.3, not the float32 rounding of it."""
+    torch = torch_oracle()
+    with np.errstate(over="ignore", invalid="ignore"):
+        mine = ddp.tensor(data, dtype=getattr(ddp, dtype)).numpy()
+    theirs = torch.tensor(data, dtype=getattr(torch, dtype)).numpy()
+    assert mine.dtype == theirs.dtype
+    np.testing.assert_array_equal(mine, theirs)
