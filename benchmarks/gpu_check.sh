@@ -66,6 +66,13 @@ assert ddp.cuda.is_available(), ddp.backend.cupy_unavailable_reason()
 print("device:", ddp.cuda.get_device_name())
 PY
 
+# The GPU host's CPU is another x86-64 (often AVX-512): the CPU tolerance tests must hold there
+# too (docs/testing.md). The CPU features seen are printed first.
+stage "CPU tolerance tests on this host's CPU" 120 bash -c '"$0" -c "import numpy; \
+numpy.show_runtime()" | head -40; "$0" -m pytest -q -p no:cacheprovider \
+tests/test_parallel_kernels.py tests/test_nn_functional.py tests/test_ops.py 2>&1 | tail -5; \
+exit ${PIPESTATUS[0]}' "$PY"
+
 # All-skipped would "pass": require a GPU first.
 stage "gpu tests (pytest -m gpu tests/gpu)" 180 bash -c '"$0" -c "import ddp, sys; \
 sys.exit(0 if ddp.cuda.is_available() else 1)" && "$0" -m pytest -q -m gpu tests/gpu \
