@@ -155,6 +155,7 @@ def get_default_dtype():
 
 __version__ = "0.1.0"
 
+from ddp import config as _config  # noqa: E402 - sets torchrun's variables, last line
 from ddp import cuda as cuda  # noqa: E402 - never imports CuPy by itself
 from ddp import debug as debug  # noqa: E402 - DDP_DEBUG=1 switches diagnostics on at import
 from ddp import distributed as distributed  # noqa: E402 - needs the names above
@@ -165,3 +166,5 @@ from ddp import utils as utils  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402
 from ddp.utils import data as _data  # noqa: E402, F401 - sets ddp.utils.data, as torch.utils.data
+
+_config.adopt_launcher_env()  # torchrun's RANK, LOCAL_RANK... readable before init_process_group
