@@ -155,11 +155,14 @@ def get_default_dtype():
 
 __version__ = "0.1.0"
 
+from ddp import backends as backends  # noqa: E402 - torch.backends' switches
 from ddp import config as _config  # noqa: E402 - sets torchrun's variables, last line
 from ddp import cuda as cuda  # noqa: E402 - never imports CuPy by itself
 from ddp import debug as debug  # noqa: E402 - DDP_DEBUG=1 switches diagnostics on at import
 from ddp import distributed as distributed  # noqa: E402 - needs the names above
+from ddp import multiprocessing as multiprocessing  # noqa: E402 - spawn runs ddp's threads ranks
 from ddp import nn as nn  # noqa: E402 - nn builds on the names above
+from ddp import onnx as onnx  # noqa: E402 - export raises: ddp records no traced graph
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline
 from ddp import utils as utils  # noqa: E402
