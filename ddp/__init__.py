@@ -168,6 +168,7 @@ from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records 
 from ddp import utils as utils  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402
+from ddp.utils import checkpoint as _checkpoint  # noqa: E402 - sets ddp.utils.checkpoint
 from ddp.utils import data as _data  # noqa: E402, F401 - sets ddp.utils.data, as torch.utils.data
 
 _config.adopt_launcher_env()  # torchrun's RANK, LOCAL_RANK... readable before init_process_group
