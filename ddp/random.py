@@ -12,15 +12,22 @@ import threading
 
 import numpy as np
 
+from ddp.device import as_device
+
 DEFAULT_SEED = 67280421310721  # torch.initial_seed() of a fresh process
 
 _local = threading.local()
 
 
 class Generator:
-    """A seedable source of random numbers (``ddp.Generator().manual_seed(0)``)."""
+    """A seedable source of random numbers (``ddp.Generator().manual_seed(0)``).
+
+    ``device`` is recorded (``g.device``) as torch does; every generator draws on the host, and
+    factories copy to the device they are asked for, so a seed gives the same numbers anywhere.
+    """
 
     def __init__(self, device="cpu"):
+        self.device = as_device(device)
         self._seed = DEFAULT_SEED
         self._rng = np.random.Generator(np.random.PCG64(self._seed))
 

@@ -94,6 +94,8 @@ def test_generators_make_loaders_splits_and_factories_reproducible():
     assert (ddp.randint(0, 9, (6,), generator=g1).tolist()
             == ddp.randint(0, 9, (6,), generator=g2).tolist())
     assert sorted(ddp.randperm(20, generator=g1).tolist()) == list(range(20))
+    assert ddp.Generator().device == ddp.device("cpu")
+    assert ddp.Generator(device="cuda").device == ddp.device("cuda")
     # a generator does not touch the default one
     ddp.manual_seed(0)
     expected = ddp.randn(3).tolist()
