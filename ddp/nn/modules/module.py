@@ -13,36 +13,25 @@ from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
 
 from ddp import dtypes
-from ddp.autograd.grad_mode import is_grad_enabled, no_grad
+from ddp.autograd.grad_mode import no_grad
 from ddp.device import as_device, device_of, move_array
-from ddp.nn.modules.backward_hook import BackwardHook
+from ddp.nn.modules.hooks import (  # noqa: F401 - the global hooks are torch's module functions
+    ModuleHooks,
+    any_global_forward_hooks,
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from ddp.nn.parameter import Parameter
 from ddp.tensor import Tensor
-from ddp.utils.hooks import HookRegistry, RemovableHandle
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-# torch.nn.modules.module's global hooks: they run for every module, before its own hooks.
-_global_forward_pre_hooks = HookRegistry()
-_global_forward_hooks = HookRegistry()
+class Module(ModuleHooks):
+    """Base class of all neural network modules; subclasses define ``forward``.
 
-
-def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
-    """``hook(module, args)`` runs before the ``forward`` of every module."""
-    handle = RemovableHandle(_global_forward_pre_hooks)
-    _global_forward_pre_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_forward_hook(hook: Callable) -> RemovableHandle:
-    """``hook(module, args, output)`` runs after the ``forward`` of every module."""
-    handle = RemovableHandle(_global_forward_hooks)
-    _global_forward_hooks[handle.id] = hook
-    return handle
-
-
-class Module:
-    """Base class of all neural network modules; subclasses define ``forward``."""
+    Hooks (``register_forward_hook``, ``register_full_backward_hook`` ...) come from
+    :class:`~ddp.nn.modules.hooks.ModuleHooks`.
+    """
 
     training: bool
 
@@ -52,14 +41,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
-        object.__setattr__(self, "_forward_hooks", OrderedDict())
-        object.__setattr__(self, "_backward_hooks", OrderedDict())
-        object.__setattr__(self, "_backward_pre_hooks", OrderedDict())
-        # ids of the hooks registered with_kwargs / always_call (torch keeps the same sets)
-        object.__setattr__(self, "_forward_pre_hooks_with_kwargs", {})
-        object.__setattr__(self, "_forward_hooks_with_kwargs", {})
-        object.__setattr__(self, "_forward_hooks_always_called", {})
+        self._init_hooks()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -68,60 +50,9 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks
-                or self._backward_pre_hooks or _global_forward_pre_hooks
-                or _global_forward_hooks):
+                or self._backward_pre_hooks or any_global_forward_hooks()):
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
-
-    def _call_with_hooks(self, args: tuple, kwargs: dict):
-        """torch's order: forward pre-hooks (global first), the input's backward hook point,
-        forward, forward hooks (global first), the output's backward hook point. When any of
-        it raises, the ``always_call`` forward hooks run (output None) before it propagates."""
-        try:
-            return self._hooked_forward(args, kwargs)
-        except Exception:
-            for hook_id, hook in tuple(self._forward_hooks.items()):
-                if hook_id in self._forward_hooks_always_called:
-                    self._run_forward_hook(hook_id, hook, args, kwargs, None)
-            raise
-
-    def _hooked_forward(self, args: tuple, kwargs: dict):
-        for hook in _global_forward_pre_hooks.snapshot:
-            args = _new_args(hook(self, args), args)
-        for hook_id, hook in tuple(self._forward_pre_hooks.items()):
-            if hook_id in self._forward_pre_hooks_with_kwargs:
-                result = hook(self, args, kwargs)
-                if result is not None:
-                    if not (isinstance(result, tuple) and len(result) == 2):
-                        raise RuntimeError(
-                            "forward pre-hook must return None or a tuple of (new_args, "
-                            f"new_kwargs), but got {result}.")
-                    args, kwargs = result
-            else:
-                args = _new_args(hook(self, args), args)
-        backward_hook = None
-        if (self._backward_hooks or self._backward_pre_hooks) and is_grad_enabled():
-            backward_hook = BackwardHook(self, tuple(self._backward_hooks.values()),
-                                         tuple(self._backward_pre_hooks.values()))
-            args = backward_hook.setup_input(args)
-        output = self.forward(*args, **kwargs)
-        for hook in _global_forward_hooks.snapshot:
-            result = hook(self, args, output)
-            if result is not None:
-                output = result
-        for hook_id, hook in tuple(self._forward_hooks.items()):
-            result = self._run_forward_hook(hook_id, hook, args, kwargs, output)
-            if result is not None:
-                output = result
-        if backward_hook is not None:
-            output = backward_hook.setup_output(output)
-        return output
-
-    def _run_forward_hook(self, hook_id: int, hook: Callable, args: tuple, kwargs: dict,
-                          output):
-        if hook_id in self._forward_hooks_with_kwargs:
-            return hook(self, args, kwargs, output)
-        return hook(self, args, output)
 
     # ------------------------------------------------------------------------- registration
     def register_parameter(self, name: str, param: Parameter | None) -> None:
@@ -494,72 +425,6 @@ class Module:
     def half(self) -> Module:
         return self.to(dtypes.float16)
 
-    # ------------------------------------------------------------------------------- hooks
-    def register_forward_pre_hook(self, hook: Callable, *, prepend: bool = False,
-                                  with_kwargs: bool = False) -> RemovableHandle:
-        """``hook(module, args)`` runs before ``forward``; it may return new args (a tuple, or
-        one value that becomes the only argument).
-
-        Args:
-            hook: the function; with ``with_kwargs`` it is ``hook(module, args, kwargs)`` and
-                may return a tuple ``(new_args, new_kwargs)``.
-            prepend: run before the hooks already registered (global hooks still run first).
-            with_kwargs: pass the keyword arguments too.
-        """
-        handle = RemovableHandle(self._forward_pre_hooks)
-        self._forward_pre_hooks[handle.id] = hook
-        if with_kwargs:
-            self._forward_pre_hooks_with_kwargs[handle.id] = True
-        if prepend:
-            self._forward_pre_hooks.move_to_end(handle.id, last=False)
-        return handle
-
-    def register_forward_hook(self, hook: Callable, *, prepend: bool = False,
-                              with_kwargs: bool = False,
-                              always_call: bool = False) -> RemovableHandle:
-        """``hook(module, args, output)`` runs after ``forward``; it may return a new output.
-
-        Args:
-            hook: the function; with ``with_kwargs`` it is ``hook(module, args, kwargs, output)``.
-            prepend: run before the hooks already registered (global hooks still run first).
-            with_kwargs: pass the keyword arguments too.
-            always_call: also run (with output None) when ``forward`` raises; the exception
-                then propagates.
-        """
-        handle = RemovableHandle(self._forward_hooks)
-        self._forward_hooks[handle.id] = hook
-        if with_kwargs:
-            self._forward_hooks_with_kwargs[handle.id] = True
-        if always_call:
-            self._forward_hooks_always_called[handle.id] = True
-        if prepend:
-            self._forward_hooks.move_to_end(handle.id, last=False)
-        return handle
-
-    def register_full_backward_pre_hook(self, hook: Callable,
-                                        prepend: bool = False) -> RemovableHandle:
-        """``hook(module, grad_output)`` runs when the gradient of the module's output is known;
-        it may return a new ``grad_output`` (a tuple of one tensor). See ``backward_hook.py``
-        for the contract and ddp's limits (one output tensor)."""
-        handle = RemovableHandle(self._backward_pre_hooks)
-        self._backward_pre_hooks[handle.id] = hook
-        if prepend:
-            self._backward_pre_hooks.move_to_end(handle.id, last=False)
-        return handle
-
-    def register_full_backward_hook(self, hook: Callable,
-                                    prepend: bool = False) -> RemovableHandle:
-        """``hook(module, grad_input, grad_output)`` runs once the gradients with respect to the
-        module's positional inputs are computed; it may return a new ``grad_input`` tuple (one
-        entry per positional input). ``grad_input`` and ``grad_output`` are tuples; entries for
-        non-tensors and inputs that need no gradient are None. ddp's limits (one output tensor,
-        at most one input requiring grad) are in ``backward_hook.py``."""
-        handle = RemovableHandle(self._backward_hooks)
-        self._backward_hooks[handle.id] = hook
-        if prepend:
-            self._backward_hooks.move_to_end(handle.id, last=False)
-        return handle
-
     # -------------------------------------------------------------------------------- repr
     def extra_repr(self) -> str:
         """The text inside this module's parentheses in ``repr`` (override in subclasses)."""
@@ -582,13 +447,6 @@ class Module:
             else:
                 main += "\n  " + "\n  ".join(lines) + "\n"
         return main + ")"
-
-
-def _new_args(result, args: tuple) -> tuple:
-    """What a forward pre-hook's ``result`` makes of ``args`` (torch: a non-tuple is one arg)."""
-    if result is None:
-        return args
-    return result if isinstance(result, tuple) else (result,)
 
 
 def _add_indent(text: str, spaces: int) -> str:
