@@ -18,6 +18,7 @@ from ddp.utils.data import (
     RandomSampler,
     SequentialSampler,
     TensorDataset,
+    WeightedRandomSampler,
     random_split,
 )
 
@@ -86,6 +87,8 @@ def test_generators_make_loaders_splits_and_factories_reproducible():
         return [list(p) for p in parts]
 
     assert split(1) == split(1) and [len(p) for p in split(1)] == [5, 3, 2]
+    with pytest.warns(UserWarning, match="Length of split at index 1 is 0"):
+        assert [len(p) for p in random_split(range(2), [0.9, 0.05, 0.05])] == [2, 0, 0]
     assert sorted(sum(split(1), [])) == list(range(10))
     g1, g2 = ddp.Generator().manual_seed(7), ddp.Generator().manual_seed(7)
     assert ddp.randn(3, 4, generator=g1).tolist() == ddp.randn(3, 4, generator=g2).tolist()
@@ -102,3 +105,44 @@ def test_generators_make_loaders_splits_and_factories_reproducible():
     ddp.manual_seed(0)
     ddp.randn(3, generator=ddp.Generator().manual_seed(1))
     assert ddp.randn(3).tolist() == expected
+
+
+@pytest.mark.parametrize("lib", ["ddp", "torch"])
+def test_weighted_random_sampler_contract(lib):
+    from _helpers import torch_oracle
+
+    if lib == "ddp":
+        W, G = WeightedRandomSampler, ddp.Generator
+    else:
+        torch = torch_oracle()
+        W, G = torch.utils.data.WeightedRandomSampler, torch.Generator
+    weights = [0.0, 1.0, 3.0, 0.0]
+    draws = list(W(weights, 20_000, generator=G().manual_seed(0)))
+    counts = np.bincount(draws, minlength=4)
+    assert counts[0] == counts[3] == 0
+    assert abs(counts[2] / counts[1] - 3.0) < 0.3
+    assert list(W(weights, 50, generator=G().manual_seed(2))) == list(
+        W(weights, 50, generator=G().manual_seed(2)))
+    assert sorted(W(weights, 2, replacement=False)) == [1, 2]
+    assert sorted(W([1.0, 0.0, 0.0], 2, replacement=False))[0] == 0
+    assert len(W(weights, 7)) == 7
+    with pytest.raises(ValueError, match="num_samples should be a positive integer value"):
+        W(weights, 0)
+    with pytest.raises(ValueError, match="weights should be a 1d sequence"):
+        W([[1.0, 2.0]], 2)
+    with pytest.raises(RuntimeError, match="encountering probability entry < 0"):
+        list(W([-1.0, 2.0], 2))
+    with pytest.raises(RuntimeError, match="sum of probabilities <= 0"):
+        list(W([0.0, 0.0], 2))
+    with pytest.raises(RuntimeError, match="cannot sample n_sample > prob_dist.size"):
+        list(W([1.0, 2.0], 3, replacement=False))
+
+
+def test_weighted_sampler_batches_lazily_and_equal_iteration():
+    def make():
+        return WeightedRandomSampler(np.arange(1, 11).tolist(), 10**9,
+                                     generator=ddp.Generator().manual_seed(1))
+
+    fast = list(itertools.islice(BatchSampler(make(), 100, False)._index_batches(), 3))
+    slow = list(itertools.islice(BatchSampler(make(), 100, False), 3))
+    assert [b.tolist() for b in fast] == slow

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence, Sized
 import numpy as np
 
 from ddp import random as _random
+from ddp.creation import as_tensor
+from ddp.dtypes import float64
 from ddp.random import Generator
 
 CHUNK = 1 << 16  # indices drawn (or counted) at a time: 512 KiB of int64
@@ -125,6 +127,74 @@ class SubsetRandomSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class WeightedRandomSampler(Sampler):
+    """``num_samples`` indices ``0 .. len(weights) - 1``, each drawn with probability
+    proportional to its weight (torch's ``torch.multinomial`` semantics).
+
+    With ``replacement`` the draws are made lazily, ``CHUNK`` at a time; without it, all at the
+    start of the epoch, as distinct indices.
+
+    Raises:
+        ValueError: ``num_samples`` is not a positive int, ``replacement`` not a bool, or
+            ``weights`` not one-dimensional (torch's messages).
+        RuntimeError: at iteration, a negative weight, weights summing to zero, or more samples
+            than weights without replacement (torch's messages).
+    """
+
+    def __init__(self, weights: Sequence[float], num_samples: int, replacement: bool = True,
+                 generator: Generator | None = None) -> None:
+        if (not isinstance(num_samples, int) or isinstance(num_samples, bool)
+                or num_samples <= 0):
+            raise ValueError(
+                f"num_samples should be a positive integer value, but got "
+                f"num_samples={num_samples}"
+            )
+        if not isinstance(replacement, bool):
+            raise ValueError(
+                f"replacement should be a boolean value, but got replacement={replacement}"
+            )
+        weights_tensor = as_tensor(weights, dtype=float64)
+        if weights_tensor.dim() != 1:
+            raise ValueError(
+                f"weights should be a 1d sequence but given weights have shape "
+                f"{tuple(weights_tensor.shape)}"
+            )
+        self.weights = weights_tensor
+        self.num_samples = num_samples
+        self.replacement = replacement
+        self.generator = generator
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        weights = np.asarray(self.weights.detach().cpu().numpy(), dtype=np.float64)
+        if (weights < 0).any():
+            raise RuntimeError(
+                "invalid multinomial distribution (encountering probability entry < 0)")
+        if not weights.sum() > 0:
+            raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+        if not self.replacement:
+            if self.num_samples > len(weights):
+                raise RuntimeError(
+                    "cannot sample n_sample > prob_dist.size(-1) samples without replacement")
+            yield _random.weighted_choice_array(weights, self.num_samples, self.generator)
+            return
+        cumulative = np.cumsum(weights)
+        for start in range(0, self.num_samples, CHUNK):
+            count = min(CHUNK, self.num_samples - start)
+            yield _random.weighted_sample_array(cumulative, count, self.generator)
+
+    def __iter__(self) -> Iterator[int]:
+        for chunk in self._chunks():
+            yield from chunk.tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index_chunks(self) -> Iterator[np.ndarray] | None:
+        if type(self).__iter__ is not WeightedRandomSampler.__iter__:
+            return None
+        return self._chunks()
 
 
 class BatchSampler(Sampler):
