@@ -32,7 +32,7 @@ from ddp.autograd.grad_mode import enable_grad, is_grad_enabled
 from ddp.random import get_rng_state, set_rng_state
 from ddp.tensor import Tensor
 
-__all__ = ["checkpoint", "noop_context_fn"]
+__all__ = ["checkpoint", "checkpoint_sequential", "noop_context_fn"]
 
 
 def noop_context_fn() -> tuple:
@@ -86,6 +86,36 @@ def checkpoint(function: Callable[..., Any], *args: Any, use_reentrant: bool | N
         return function(*args, **kwargs)
     segment = _Segment(function, args, kwargs, preserve_rng_state)
     return segment.run()
+
+
+def checkpoint_sequential(functions, segments: int, input: Any,  # noqa: A002 - torch's name
+                          use_reentrant: bool | None = None, **kwargs: Any) -> Any:
+    """Run ``functions`` (an ``nn.Sequential`` or a list of callables) in ``segments`` pieces,
+    checkpointing every piece but the last (torch's ``checkpoint_sequential``).
+
+    Raises:
+        ValueError: a keyword argument other than ``preserve_rng_state``.
+    """
+    preserve = kwargs.pop("preserve_rng_state", True)
+    if kwargs:
+        raise ValueError("Unexpected keyword arguments: " + ",".join(arg for arg in kwargs))
+    if hasattr(functions, "children"):
+        functions = list(functions.children())
+
+    def run(start: int, end: int) -> Callable[[Any], Any]:
+        def forward(x):
+            for j in range(start, end + 1):
+                x = functions[j](x)
+            return x
+        return forward
+
+    size = len(functions) // segments
+    end = -1
+    for start in range(0, size * (segments - 1), size):
+        end = start + size - 1
+        input = checkpoint(run(start, end), input, use_reentrant=use_reentrant,
+                           preserve_rng_state=preserve)
+    return run(end + 1, len(functions) - 1)(input)
 
 
 class _Segment:

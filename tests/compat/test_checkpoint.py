@@ -13,7 +13,7 @@ import ddp.nn as nn
 import ddp.nn.functional as F
 from ddp.autograd import engine
 from ddp.nn.parallel import DistributedDataParallel as DDP
-from ddp.utils.checkpoint import checkpoint
+from ddp.utils.checkpoint import checkpoint, checkpoint_sequential
 
 torch = torch_oracle()
 
@@ -103,6 +103,24 @@ def test_tuple_outputs_and_kwargs():
     (a.sum() + 3 * s).backward()
     np.testing.assert_allclose(w_grad, lin.weight.grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(x_grad, x.grad.numpy(), rtol=1e-6)
+
+
+def test_checkpoint_sequential_equals_the_plain_run():
+    ddp.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) if i % 2 == 0 else nn.Tanh() for i in range(7)])
+    x = ddp.randn(3, 4, requires_grad=True)
+    model(x).sum().backward()
+    plain = [p.grad.numpy().copy() for p in model.parameters()] + [x.grad.numpy().copy()]
+    model.zero_grad()
+    x.grad = None
+    out = checkpoint_sequential(model, 3, x, use_reentrant=False)
+    assert out.grad_fn.name() != "CheckpointFunctionBackward"  # the last piece runs plainly
+    out.sum().backward()
+    for a, b in zip([p.grad.numpy() for p in model.parameters()] + [x.grad.numpy()], plain,
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="Unexpected keyword arguments: bogus"):
+        checkpoint_sequential(model, 2, x, use_reentrant=False, bogus=1)
 
 
 def test_under_no_grad_and_errors():
