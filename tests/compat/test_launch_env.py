@@ -17,9 +17,11 @@ from ddp import config, launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL", "SLURM_", "MV2_")
+# one write per rank: ranks print concurrently, and print(*items) writes item by item
 PRINT_ENV = ("import os, sys; import ddp; "
-             "print(*(os.environ.get(n, '-') for n in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', "
-             "'LOCAL_WORLD_SIZE')), 'mpi' if 'mpi4py' in sys.modules else 'no-mpi', flush=True)")
+             "words = [os.environ.get(n, '-') for n in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', "
+             "'LOCAL_WORLD_SIZE')] + ['mpi' if 'mpi4py' in sys.modules else 'no-mpi']; "
+             "sys.stdout.write(' '.join(words) + chr(10)); sys.stdout.flush()")
 
 
 def _clean_env(**extra: str) -> dict:
