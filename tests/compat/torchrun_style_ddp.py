@@ -6,6 +6,7 @@ on the CPU (one warning per fallback) and end with the same weights on every ran
 """
 
 import os
+import sys
 
 import ddp as torch
 import ddp.distributed as dist
@@ -41,8 +42,10 @@ def main() -> None:
     gathered = [None] * world_size
     dist.all_gather_object(gathered, weights)
     same = all(g == gathered[0] for g in gathered)
-    print(f"rank {rank}/{world_size} local {local_rank} backend {dist.get_backend()} "
-          f"device {device.type} same-weights {same}", flush=True)
+    # one write: print() writes the text and its newline separately, and ranks run at once
+    sys.stdout.write(f"rank {rank}/{world_size} local {local_rank} backend "
+                     f"{dist.get_backend()} device {device.type} same-weights {same}\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 
