@@ -15,6 +15,7 @@ from ddp.autograd.grad_mode import (
     no_grad,
     set_grad_enabled,
 )
+from ddp.compiler import compile  # noqa: A004 - torch.compile
 from ddp.creation import (
     arange,
     as_tensor,
@@ -57,6 +58,13 @@ from ddp.dtypes import (
 )
 from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
 from ddp.dtypes import int_ as int  # noqa: A004 - torch.int
+from ddp.numerics import (
+    are_deterministic_algorithms_enabled,
+    get_float32_matmul_precision,
+    is_deterministic_algorithms_warn_only_enabled,
+    set_float32_matmul_precision,
+    use_deterministic_algorithms,
+)
 from ddp.ops import (
     abs,
     all,
