@@ -15,6 +15,7 @@ from ddp.autograd.grad_mode import (
     no_grad,
     set_grad_enabled,
 )
+from ddp.compiler import compile  # noqa: A004 - torch.compile
 from ddp.creation import (
     arange,
     as_tensor,
@@ -57,6 +58,13 @@ from ddp.dtypes import (
 )
 from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
 from ddp.dtypes import int_ as int  # noqa: A004 - torch.int
+from ddp.numerics import (
+    are_deterministic_algorithms_enabled,
+    get_float32_matmul_precision,
+    is_deterministic_algorithms_warn_only_enabled,
+    set_float32_matmul_precision,
+    use_deterministic_algorithms,
+)
 from ddp.ops import (  # ordering, running sums, einsum, scatter, products, distances, sampling
     abs,
     addmm,
@@ -170,17 +178,23 @@ def get_default_dtype():
 __version__ = "0.1.0"
 
 from ddp import amp as amp  # noqa: E402
+from ddp import backends as backends  # noqa: E402 - torch.backends' switches
+from ddp import config as _config  # noqa: E402 - sets torchrun's variables, last line
 from ddp import cuda as cuda  # noqa: E402 - never imports CuPy by itself
 from ddp import debug as debug  # noqa: E402 - DDP_DEBUG=1 switches diagnostics on at import
 from ddp import distributed as distributed  # noqa: E402 - needs the names above
 from ddp import futures as futures  # noqa: E402 - torch.futures
+from ddp import multiprocessing as multiprocessing  # noqa: E402 - spawn runs ddp's threads ranks
 from ddp import nn as nn  # noqa: E402 - nn builds on the names above
+from ddp import onnx as onnx  # noqa: E402 - export raises: ddp records no traced graph
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline
 from ddp import utils as utils  # noqa: E402
 from ddp.distributed.exit_protocol import install_launch_hooks as _launch_hooks  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402
+from ddp.utils import checkpoint as _checkpoint  # noqa: E402 - sets ddp.utils.checkpoint
 from ddp.utils import data as _data  # noqa: E402, F401 - sets ddp.utils.data, as torch.utils.data
 
 _launch_hooks()  # under mpiexec: a rank that fails or leaves before init still ends the job
+_config.adopt_launcher_env()  # torchrun's RANK, LOCAL_RANK... readable before init_process_group

@@ -14,7 +14,8 @@ Invalid text raises ``ValueError`` naming the variable and what it accepts. Vari
 software sets (MPI launchers' rank and size variables) are parsed leniently: text that is not a
 number reads as absent, because ddp must not fail on a launcher's convention it does not know.
 
-The only writes are :func:`export_launch_env` (torchrun's ``RANK``... once MPI knows them) and
+The only writes are :func:`adopt_launcher_env` (torchrun's ``RANK``... from the MPI launcher's
+variables, at ``import ddp``), :func:`export_launch_env` (the same once MPI knows them) and
 :func:`child_env` (the environment ``ddprun`` hands ``mpiexec``). Per-process state: the
 environment is the process's.
 """
@@ -22,6 +23,7 @@ environment is the process's.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +73,17 @@ def _thread_count(name: str, text: str) -> int:
 
 def _launcher_int(name: str, text: str) -> int | None:
     return int(text) if text.isdigit() else None
+
+
+def _tasks_per_node(name: str, text: str) -> list[int] | None:
+    """SLURM's compressed per-node task counts: ``"2(x3),1"`` is ``[2, 2, 2, 1]``."""
+    counts: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if match is None:
+            return None
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -124,13 +137,30 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("OMPI_COMM_WORLD_RANK", None, _launcher_int, "call",
            "rank under Open MPI (timeline files)"),
     Switch("SLURM_PROCID", None, _launcher_int, "call", "rank under srun (timeline files)"),
-    # torchrun's names: ddp writes them (export_launch_env) and reads RANK back
+    # what launchers say of the node, read at import to fill in torchrun's variables
+    Switch("MPI_LOCALRANKID", None, _launcher_int, "call", "rank on this node under MPICH/Hydra"),
+    Switch("MPI_LOCALNRANKS", None, _launcher_int, "call", "ranks on this node under MPICH/Hydra"),
+    Switch("PMI_LOCAL_RANK", None, _launcher_int, "call", "rank on this node under some PMI"),
+    Switch("PMI_LOCAL_SIZE", None, _launcher_int, "call", "ranks on this node under some PMI"),
+    Switch("OMPI_COMM_WORLD_LOCAL_RANK", None, _launcher_int, "call",
+           "rank on this node under Open MPI"),
+    Switch("OMPI_COMM_WORLD_LOCAL_SIZE", None, _launcher_int, "call",
+           "ranks on this node under Open MPI"),
+    Switch("SLURM_LOCALID", None, _launcher_int, "call", "rank on this node under srun"),
+    Switch("SLURM_NODEID", None, _launcher_int, "call", "this node's index in the srun step"),
+    Switch("SLURM_STEP_TASKS_PER_NODE", None, _tasks_per_node, "call",
+           "tasks on each node of the srun step, e.g. 2(x3),1"),
+    Switch("SLURM_NTASKS_PER_NODE", None, _launcher_int, "call",
+           "tasks per node (sbatch/srun --ntasks-per-node)"),
+    # torchrun's names: ddp writes them (adopt_launcher_env, export_launch_env), reads RANK back
     Switch("RANK", None, _launcher_int, "call", "this process's world rank (written by ddp)"),
     Switch("WORLD_SIZE", None, _launcher_int, "call", "ranks in the world (written by ddp)"),
     Switch("LOCAL_RANK", None, _launcher_int, "call", "rank on this node (written by ddp)"),
     Switch("LOCAL_WORLD_SIZE", None, _launcher_int, "call",
            "ranks on this node (written by ddp)"),
 )}
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "RANK")
@@ -166,6 +196,72 @@ def any_set(names: Iterable[str]) -> bool:
     return any(is_set(name) for name in names)
 
 
+def launcher_env() -> dict[str, int]:
+    """Torchrun's variables as the MPI launcher that started this process states them.
+
+    Read from, in this order (the first launcher whose rank and size are both set wins, so an
+    ``mpiexec`` inside a SLURM allocation is read as ``mpiexec``): Open MPI
+    (``OMPI_COMM_WORLD_RANK``/``SIZE``/``LOCAL_RANK``/``LOCAL_SIZE``), MPICH/Hydra and Intel MPI
+    (``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID`` or ``PMI_LOCAL_RANK``, ``MPI_LOCALNRANKS``
+    or ``PMI_LOCAL_SIZE``), and a SLURM job step (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``,
+    ``SLURM_LOCALID``, this node's entry of ``SLURM_STEP_TASKS_PER_NODE`` or else
+    ``SLURM_NTASKS_PER_NODE``). SLURM counts only inside ``srun``: a batch script also has
+    ``SLURM_PROCID`` but is a single process.
+
+    Returns:
+        A dict with ``RANK`` and ``WORLD_SIZE``, plus ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` when
+        the launcher says them; empty when no launcher variables are set. Initialises nothing.
+    """
+    launchers = (
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", ("OMPI_COMM_WORLD_LOCAL_RANK",),
+         ("OMPI_COMM_WORLD_LOCAL_SIZE",)),
+        ("PMI_RANK", "PMI_SIZE", ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
+         ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")),
+        ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", ("SLURM_LOCALID",), ()),
+    )
+    for rank_var, size_var, local_rank_vars, local_size_vars in launchers:
+        rank, size = get(rank_var), get(size_var)
+        if rank is None or size is None:
+            continue
+        found = {"RANK": rank, "WORLD_SIZE": size}
+        local_rank = next((v for v in map(get, local_rank_vars) if v is not None), None)
+        local_size = next((v for v in map(get, local_size_vars) if v is not None), None)
+        if rank_var == "SLURM_PROCID":
+            local_size = _slurm_local_size()
+        if local_rank is not None:
+            found["LOCAL_RANK"] = local_rank
+        if local_size is not None:
+            found["LOCAL_WORLD_SIZE"] = local_size
+        return found
+    return {}
+
+
+def _slurm_local_size() -> int | None:
+    per_node, node = get("SLURM_STEP_TASKS_PER_NODE"), get("SLURM_NODEID")
+    if per_node is not None and node is not None and node < len(per_node):
+        return per_node[node]
+    return get("SLURM_NTASKS_PER_NODE")
+
+
+def adopt_launcher_env() -> dict[str, int]:
+    """Set torchrun's variables from the MPI launcher's (:func:`launcher_env`), before any
+    process group exists, so a torchrun script reading ``os.environ["LOCAL_RANK"]`` before
+    ``init_process_group`` runs unchanged under ``mpiexec``/``srun``. ``import ddp`` calls it.
+
+    When any of ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` is already set
+    (by torchrun, by the user), none is touched: they describe that launch, not the MPI one.
+
+    Returns:
+        The variables it set (empty when it set none).
+    """
+    if any_set(TORCHRUN_VARS):
+        return {}
+    found = launcher_env()
+    for name, value in found.items():
+        os.environ[_switch(name).name] = str(value)
+    return found
+
+
 def export_launch_env(rank: int, world_size: int, local_rank: int, local_world_size: int) -> None:
     """Set torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` for this
     process (and the programs it starts), as a torchrun-launched script expects them."""
@@ -177,8 +273,10 @@ def export_launch_env(rank: int, world_size: int, local_rank: int, local_world_s
 
 def child_env(nproc: int) -> dict[str, str]:
     """The environment for ``nproc`` launched ranks: this one, with ``OMP_NUM_THREADS=1`` unless
-    the user set it (torchrun's rule: N ranks per node must not each start a thread per core)."""
-    env = dict(os.environ)
+    the user set it (torchrun's rule: N ranks per node must not each start a thread per core),
+    and without torchrun's ``RANK``... of this process: each rank takes its own from the MPI
+    launcher (:func:`adopt_launcher_env`), as torchrun's workers get theirs from torchrun."""
+    env = {name: text for name, text in os.environ.items() if name not in TORCHRUN_VARS}
     if nproc > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
     return env

@@ -4,6 +4,12 @@ Everything here works without CuPy or without a GPU: ``is_available()`` is False
 ``device_count()`` is 0, seeding is a no-op (as in torch, which seeds CUDA lazily), and the
 calls that need a device raise ``RuntimeError`` saying why CuPy cannot be used.
 
+One exception, where ddp differs from torch on purpose: ``set_device`` without CUDA warns once
+and does nothing, as ``init_process_group("nccl")`` warns once and runs on the CPU, so that a
+torchrun script (``torch.cuda.set_device(local_rank)``; ``init_process_group("nccl")``) runs on
+a CPU-only machine. Placing a tensor on CUDA (``.cuda()``, ``.to("cuda")``, ``device="cuda"``)
+still raises, as in torch: computing elsewhere than asked would be a silent difference.
+
 Random numbers: ``ddp.randn(..., device="cuda")`` and friends draw on the host generator and
 copy, so a seeded program gives the same numbers on CPU and GPU. ``manual_seed`` seeds CuPy's
 own generator (``cupy.random``), which device-side sampling uses.
@@ -11,10 +17,32 @@ own generator (``cupy.random``), which device-side sampling uses.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from types import ModuleType
 
 from ddp import backend
 from ddp.device import device as _device
+
+_fallbacks_warned: set[str] = set()  # per process: one warning per kind of call
+_fallbacks_lock = threading.Lock()
+
+
+def warn_cpu_fallback(call: str, consequence: str) -> None:
+    """Warn, once per process for each ``call``, that a CUDA request runs on the CPU instead.
+
+    Args:
+        call: what asked for CUDA, e.g. ``"torch.cuda.set_device(0)"``; its text up to the first
+            ``(`` is the key of the once-only rule.
+        consequence: what ddp does instead, e.g. ``"the call does nothing"``.
+    """
+    key = call.split("(", 1)[0]
+    with _fallbacks_lock:
+        if key in _fallbacks_warned:
+            return
+        _fallbacks_warned.add(key)
+    warnings.warn(f"{call}: CUDA is not available ({backend.cupy_unavailable_reason()}); ddp "
+                  f"falls back to the CPU: {consequence}", UserWarning, stacklevel=3)
 
 
 def _cupy() -> ModuleType:
@@ -53,8 +81,25 @@ def current_device() -> int:
 
 
 def set_device(device_spec) -> None:
-    """Make ``device_spec`` (an int, "cuda:N" or a device) this thread's current GPU."""
+    """Make ``device_spec`` (an int, "cuda:N" or a device) this thread's current GPU.
+
+    Without CUDA it warns once (``UserWarning`` naming the fallback) and does nothing, so a
+    torchrun script's ``torch.cuda.set_device(local_rank)`` runs on the CPU (see the module
+    docstring). A negative index does nothing, as in torch.
+
+    Raises:
+        ValueError: ``device_spec`` names a device that is not CUDA.
+        RuntimeError: the index is not one of the visible GPUs.
+    """
+    if not is_available():
+        if not isinstance(device_spec, int) and _device(device_spec).type != "cuda":
+            raise ValueError(f"Expected a cuda device, but got: {_device(device_spec)}")
+        warn_cpu_fallback(f"torch.cuda.set_device({device_spec!r})",
+                          "the call does nothing and tensors stay on the CPU")
+        return
     idx = _index(device_spec)
+    if idx < 0:
+        return
     count = device_count()
     if not 0 <= idx < count:
         raise RuntimeError(f"set_device: invalid device ordinal {idx} ({count} GPU(s) visible)")

@@ -12,15 +12,22 @@ import threading
 
 import numpy as np
 
+from ddp.device import as_device
+
 DEFAULT_SEED = 67280421310721  # torch.initial_seed() of a fresh process
 
 _local = threading.local()
 
 
 class Generator:
-    """A seedable source of random numbers (``ddp.Generator().manual_seed(0)``)."""
+    """A seedable source of random numbers (``ddp.Generator().manual_seed(0)``).
+
+    ``device`` is recorded (``g.device``) as torch does; every generator draws on the host, and
+    factories copy to the device they are asked for, so a seed gives the same numbers anywhere.
+    """
 
     def __init__(self, device="cpu"):
+        self.device = as_device(device)
         self._seed = DEFAULT_SEED
         self._rng = np.random.Generator(np.random.PCG64(self._seed))
 
@@ -115,3 +122,22 @@ def integers_array(low, high, shape, generator=None) -> np.ndarray:
 
 def permutation_array(n: int, generator=None) -> np.ndarray:
     return _rng(generator).permutation(n).astype(np.int64)
+
+
+def weighted_sample_array(cumulative: np.ndarray, count: int, generator=None) -> np.ndarray:
+    """``count`` indices drawn with replacement, index ``i`` with probability proportional to
+    its weight, given the weights' running sum ``cumulative`` (positive total)."""
+    total = cumulative[-1]
+    draws = _rng(generator).random(count) * total
+    indices = np.searchsorted(cumulative, draws, side="right")
+    # a draw that rounds up to the total would land past the end: it belongs to the last index
+    # with weight (the one where the running sum reaches the total)
+    return np.minimum(indices, np.searchsorted(cumulative, total)).astype(np.int64)
+
+
+def weighted_choice_array(weights: np.ndarray, count: int, generator=None) -> np.ndarray:
+    """``count`` distinct indices drawn without replacement with probabilities proportional to
+    ``weights``: the largest ``weight / E`` with ``E`` exponential, torch's algorithm (so once
+    the positive weights are used up, zero-weight indices follow in index order, as in torch)."""
+    keys = weights / _rng(generator).standard_exponential(len(weights))
+    return np.argsort(-keys, kind="stable")[:count].astype(np.int64)

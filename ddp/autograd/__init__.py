@@ -6,9 +6,9 @@
 
 from ddp.autograd import function
 from ddp.autograd.custom_function import Function
-from ddp.autograd.engine import backward
+from ddp.autograd.engine import backward, grad
 from ddp.autograd.function import FunctionCtx
 from ddp.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
-__all__ = ["Function", "FunctionCtx", "backward", "enable_grad", "function", "is_grad_enabled",
-           "no_grad", "set_grad_enabled"]
+__all__ = ["Function", "FunctionCtx", "backward", "enable_grad", "function", "grad",
+           "is_grad_enabled", "no_grad", "set_grad_enabled"]

@@ -14,6 +14,11 @@ Services for DDP-like code:
   * ``register_backward_start_hook(fn)``: ``fn(task)`` runs at the start of every backward,
     with ``task.leaves``, the leaf tensors reachable from the roots, in a deterministic order.
   * ``queue_callback(fn)``: during backward, run ``fn()`` once this backward has finished.
+
+Service for code that needs gradients without accumulating them (activation checkpointing,
+``ddp.utils.checkpoint``): ``run_backward(..., capture=nodes)`` stops at the given nodes and
+reports the gradient that reached each, running no ``AccumulateGrad`` (torch.autograd.grad's
+contract).
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ def register_backward_start_hook(fn: Callable[[GraphTask], None]) -> RemovableHa
     return handle
 
 
-def _discover(roots: Sequence) -> tuple[dict, list]:
-    """Dependency count of every node reachable from ``roots`` and the reachable leaves."""
+def _discover(roots: Sequence, accumulate: bool = True) -> tuple[dict, list]:
+    """Dependency count of every node reachable from ``roots`` and the reachable leaves (none
+    when ``accumulate`` is false: no leaf will receive a gradient)."""
     dependencies: dict = {}
     leaves = []
     seen = set(roots)
@@ -74,7 +80,8 @@ def _discover(roots: Sequence) -> tuple[dict, list]:
     while stack:
         node = stack.pop()
         if type(node) is AccumulateGrad:
-            leaves.append(node.variable)
+            if accumulate:
+                leaves.append(node.variable)
             continue
         for child in reversed(node.next_edges):
             if child is None:
@@ -99,6 +106,64 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> No
         RuntimeError: a root does not require grad, has more than one element and no gradient,
             or its gradient has another shape; or the graph was already freed.
     """
+    roots, grads = _roots(tensors, grad_tensors)
+    run_backward(roots, grads, retain_graph=bool(retain_graph))
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
+         create_graph: bool = False, allow_unused: bool | None = None,
+         materialize_grads: bool = False) -> tuple:
+    """``torch.autograd.grad``: d(outputs)/d(inputs), returned instead of accumulated.
+
+    No ``.grad`` changes and no leaf hook or backward-start hook fires; the graph is walked
+    only as far as ``inputs``.
+
+    Args:
+        outputs: a tensor or a sequence of tensors (the roots), as for :func:`backward`.
+        inputs: a tensor or a sequence of tensors requiring grad.
+        grad_outputs: d(loss)/d(output) per output, as ``grad_tensors`` of :func:`backward`.
+        retain_graph: keep saved values so backward can run through the graph again
+            (default ``create_graph``).
+        create_graph: refused: ddp's backward builds no graph (no higher-order gradients).
+        allow_unused: an input the outputs do not reach gets None instead of an error.
+        materialize_grads: such an input gets zeros instead of None (implies allow_unused).
+
+    Returns:
+        One gradient tensor (or None) per input, as a tuple.
+
+    Raises:
+        RuntimeError: an input does not require grad, or is unused and ``allow_unused`` is
+            false; the checks of :func:`backward` on the outputs.
+        NotImplementedError: ``create_graph=True``.
+    """
+    tensor_class = tensor_type.Tensor
+    if create_graph:
+        raise NotImplementedError(
+            "autograd.grad(create_graph=True): ddp's backward builds no graph, so it cannot "
+            "differentiate gradients (higher-order derivatives)")
+    inputs = [inputs] if isinstance(inputs, tensor_class) else list(inputs)
+    for t in inputs:
+        if not t._requires_grad:
+            raise RuntimeError("One of the differentiated Tensors does not require grad")
+    roots, grads = _roots(outputs, grad_outputs)
+    capture = {t._gradient_edge(): None for t in inputs}
+    run_backward(roots, grads, retain_graph=bool(retain_graph), capture=capture)
+    results = []
+    for i, t in enumerate(inputs):
+        g = capture[t._gradient_edge()]
+        if g is None:
+            if not (allow_unused or materialize_grads):
+                raise RuntimeError(
+                    f"The differentiated Tensor at index {i} appears to not have been used in "
+                    "the graph. Set allow_unused=True if this is the desired behavior.")
+            if materialize_grads:
+                g = get_array_module(t.array).zeros_like(t.array)
+        results.append(None if g is None else tensor_class._from_op(g, None))
+    return tuple(results)
+
+
+def _roots(tensors, grad_tensors) -> tuple[list, list]:
+    """The nodes and gradient arrays that backward starts from, checked as torch checks them."""
     tensor_class = tensor_type.Tensor
     if isinstance(tensors, tensor_class):
         tensors = [tensors]
@@ -131,17 +196,26 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None) -> No
                 )
         roots.append(t._gradient_edge())
         grads.append(g_array)
-    run_backward(roots, grads, retain_graph=bool(retain_graph))
+    return roots, grads
 
 
-def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> None:
-    """Backpropagate ``root_grads`` (arrays) from ``roots`` (nodes) into the leaves."""
-    dependencies, leaves = _discover(roots)
+def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
+                 capture: dict | None = None) -> None:
+    """Backpropagate ``root_grads`` (arrays) from ``roots`` (nodes) into the leaves.
+
+    Args:
+        capture: when given, a dict whose keys are nodes: each value becomes the gradient
+            array that reached that node (None when none did). Backward then runs no
+            ``AccumulateGrad`` (no ``.grad`` changes, no leaf hooks fire) and no backward-start
+            hooks; op nodes among the keys still run, so keys behind them get their gradient.
+    """
+    stops = capture if capture is not None else ()
+    dependencies, leaves = _discover(roots, accumulate=capture is None)
     task = GraphTask(leaves)
     previous = current_task()
     _local.task = task
     try:
-        for hook in _start_hooks.snapshot:
+        for hook in () if capture is not None else _start_hooks.snapshot:
             hook(task)
         buffers: dict = {}
         ready: list = []
@@ -170,8 +244,11 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool) -> N
         while ready:
             node = heapq.heappop(ready)[3]
             grad, owned = buffers.pop(node)
+            if node in stops:
+                capture[node] = grad if owned or grad is None else grad.copy()
             if type(node) is AccumulateGrad:
-                node.accumulate(grad, owned)
+                if capture is None:
+                    node.accumulate(grad, owned)
                 continue
             if grad is None:  # nothing flows through this node: release what waits on it
                 for child in node.next_edges:

@@ -12,6 +12,7 @@ import threading
 
 from ddp import config
 from ddp.backend import cupy_module
+from ddp.cuda import warn_cpu_fallback
 from ddp.distributed.local_backend import LocalProcessGroup
 from ddp.distributed.process_group import ProcessGroup
 from ddp.distributed.watchdog import timeout_seconds
@@ -76,10 +77,11 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
         backend: "mpi", "local" or None (auto: "mpi" when launched by mpiexec/mpirun/srun with
             more than one rank, otherwise "local", a world of one that never imports mpi4py).
             "nccl": GPU collectives through CuPy's NCCL bindings over an MPI bootstrap (one
-            rank per GPU); without a usable GPU it falls back to auto, so torch scripts that
-            ask for it still run on CPU. "gloo" is an alias of auto. "threads" is only available
-            inside :func:`ddp.distributed.spawn` (or ``ddprun --threads``), which initialises
-            each rank itself; calling this there once is allowed and does nothing.
+            rank per GPU); without a usable GPU it falls back to auto, with one warning, so
+            torch scripts that ask for it still run on CPU. "gloo" is an alias of auto.
+            "threads" is only available inside :func:`ddp.distributed.spawn` (or
+            ``ddprun --threads``), which initialises each rank itself; calling this there once
+            is allowed and does nothing.
         init_method, world_size, rank: accepted for torch compatibility; with MPI the launcher
             decides, so a ``world_size``/``rank`` that disagrees with it is an error.
         timeout: a ``timedelta`` (or seconds): a collective that waits longer ends the whole job
@@ -105,11 +107,14 @@ def init_process_group(backend: str | None = None, init_method=None, world_size:
         )
     if timeout is not None:
         timeout_seconds(timeout)  # a bad value fails here, on every backend
-    if backend == "nccl":
-        if cupy_module() is None:
-            backend = None  # no GPU here: run the torch script on CPU (see the docstring)
+    fell_back = backend == "nccl" and cupy_module() is None
+    if fell_back:
+        backend = None  # no GPU here: run the torch script on CPU (see the docstring)
     if backend in (None, "gloo", "auto"):
         backend = "mpi" if launched_with_several_ranks() else "local"
+    if fell_back:
+        warn_cpu_fallback('init_process_group(backend="nccl")',
+                          f"the {backend!r} backend runs the collectives on the CPU")
     backend = backend.lower()
     if backend == "local":
         pg: ProcessGroup = LocalProcessGroup()

@@ -15,33 +15,23 @@ from collections.abc import Callable, Iterator
 from ddp import dtypes
 from ddp.autograd.grad_mode import no_grad
 from ddp.device import as_device, device_of, move_array
+from ddp.nn.modules.hooks import (  # noqa: F401 - the global hooks are torch's module functions
+    ModuleHooks,
+    any_global_forward_hooks,
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from ddp.nn.parameter import Parameter
 from ddp.tensor import Tensor
-from ddp.utils.hooks import HookRegistry, RemovableHandle
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-# torch.nn.modules.module's global hooks: they run for every module, before its own hooks.
-_global_forward_pre_hooks = HookRegistry()
-_global_forward_hooks = HookRegistry()
+class Module(ModuleHooks):
+    """Base class of all neural network modules; subclasses define ``forward``.
 
-
-def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
-    """``hook(module, args)`` runs before the ``forward`` of every module."""
-    handle = RemovableHandle(_global_forward_pre_hooks)
-    _global_forward_pre_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_forward_hook(hook: Callable) -> RemovableHandle:
-    """``hook(module, args, output)`` runs after the ``forward`` of every module."""
-    handle = RemovableHandle(_global_forward_hooks)
-    _global_forward_hooks[handle.id] = hook
-    return handle
-
-
-class Module:
-    """Base class of all neural network modules; subclasses define ``forward``."""
+    Hooks (``register_forward_hook``, ``register_full_backward_hook`` ...) come from
+    :class:`~ddp.nn.modules.hooks.ModuleHooks`.
+    """
 
     training: bool
 
@@ -51,8 +41,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
-        object.__setattr__(self, "_forward_hooks", OrderedDict())
+        self._init_hooks()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -60,19 +49,10 @@ class Module:
         )
 
     def __call__(self, *args, **kwargs):
-        if not (self._forward_pre_hooks or self._forward_hooks or _global_forward_pre_hooks
-                or _global_forward_hooks):
+        if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks
+                or self._backward_pre_hooks or any_global_forward_hooks()):
             return self.forward(*args, **kwargs)
-        for hook in (*_global_forward_pre_hooks.snapshot, *self._forward_pre_hooks.values()):
-            result = hook(self, args)
-            if result is not None:
-                args = result if isinstance(result, tuple) else (result,)
-        output = self.forward(*args, **kwargs)
-        for hook in (*_global_forward_hooks.snapshot, *self._forward_hooks.values()):
-            result = hook(self, args, output)
-            if result is not None:
-                output = result
-        return output
+        return self._call_with_hooks(args, kwargs)
 
     # ------------------------------------------------------------------------- registration
     def register_parameter(self, name: str, param: Parameter | None) -> None:
@@ -444,19 +424,6 @@ class Module:
 
     def half(self) -> Module:
         return self.to(dtypes.float16)
-
-    # ------------------------------------------------------------------------------- hooks
-    def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
-        """``hook(module, args)`` runs before ``forward``; it may return new args."""
-        handle = RemovableHandle(self._forward_pre_hooks)
-        self._forward_pre_hooks[handle.id] = hook
-        return handle
-
-    def register_forward_hook(self, hook: Callable) -> RemovableHandle:
-        """``hook(module, args, output)`` runs after ``forward``; it may return a new output."""
-        handle = RemovableHandle(self._forward_hooks)
-        self._forward_hooks[handle.id] = hook
-        return handle
 
     # -------------------------------------------------------------------------------- repr
     def extra_repr(self) -> str:

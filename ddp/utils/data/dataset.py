@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -143,6 +144,10 @@ def random_split(dataset: Dataset, lengths: Sequence[int | float],
         for i in range(n - sum(counts)):
             counts[i % len(counts)] += 1
         lengths = counts
+        for i, length in enumerate(lengths):
+            if length == 0:
+                warnings.warn(f"Length of split at index {i} is 0. This might result in an "
+                              "empty dataset.", UserWarning, stacklevel=2)
     if sum(lengths) != n:
         raise ValueError(
             f"Sum of input lengths ({sum(lengths)}) does not equal the length of the input "

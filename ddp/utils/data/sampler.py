@@ -1,8 +1,10 @@
 """Samplers: which dataset indices a loader visits, in which order.
 
-``SequentialSampler`` and ``RandomSampler`` can also hand the whole epoch's indices over as one
-int64 array (``_index_array``), which ``BatchSampler`` slices into batches without a Python
-loop; the indices are the ones iteration would yield.
+``SequentialSampler`` and ``RandomSampler`` can also hand an epoch's indices over as int64
+arrays (``_index_chunks``), which ``BatchSampler`` slices into batches without a Python loop;
+the indices are the ones iteration would yield. Both draw lazily, one chunk at a time, as torch
+does: ``RandomSampler(ds, replacement=True, num_samples=10**10)`` costs one chunk of memory
+(``CHUNK`` indices, or one permutation of the dataset without replacement), not 80 GB.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Iterable, Iterator, Sequence, Sized
 import numpy as np
 
 from ddp import random as _random
+from ddp.creation import as_tensor
+from ddp.dtypes import float64
 from ddp.random import Generator
+
+CHUNK = 1 << 16  # indices drawn (or counted) at a time: 512 KiB of int64
 
 
 class Sampler:
@@ -24,8 +30,9 @@ class Sampler:
     def __iter__(self) -> Iterator[int]:
         raise NotImplementedError
 
-    def _index_array(self) -> np.ndarray | None:
-        """This epoch's indices as one array, or None when only iteration can tell."""
+    def _index_chunks(self) -> Iterator[np.ndarray] | None:
+        """This epoch's indices as consecutive int64 arrays, or None when only iteration can
+        tell (a subclass that overrides ``__iter__``)."""
         return None
 
 
@@ -41,10 +48,12 @@ class SequentialSampler(Sampler):
     def __len__(self) -> int:
         return len(self.data_source)
 
-    def _index_array(self) -> np.ndarray | None:
+    def _index_chunks(self) -> Iterator[np.ndarray] | None:
         if type(self).__iter__ is not SequentialSampler.__iter__:
             return None
-        return np.arange(len(self.data_source), dtype=np.int64)
+        n = len(self.data_source)
+        return (np.arange(start, min(start + CHUNK, n), dtype=np.int64)
+                for start in range(0, n, CHUNK))
 
 
 class RandomSampler(Sampler):
@@ -77,26 +86,32 @@ class RandomSampler(Sampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def _epoch_indices(self) -> np.ndarray:
+    def _chunks(self) -> Iterator[np.ndarray]:
+        """The epoch's indices, drawn lazily: ``CHUNK`` draws at a time with replacement, one
+        permutation of the dataset at a time without."""
         n = len(self.data_source)
         generator = self.generator
         if generator is None:
             seed = int(_random.integers_array(0, 2**62, (), None))
             generator = Generator().manual_seed(seed)
         if self.replacement:
-            return _random.integers_array(0, n, (self.num_samples,), generator)
-        parts = [_random.permutation_array(n, generator) for _ in range(self.num_samples // n)]
+            for start in range(0, self.num_samples, CHUNK):
+                count = min(CHUNK, self.num_samples - start)
+                yield _random.integers_array(0, n, (count,), generator)
+            return
+        for _ in range(self.num_samples // n):
+            yield _random.permutation_array(n, generator)
         if self.num_samples % n:
-            parts.append(_random.permutation_array(n, generator)[: self.num_samples % n])
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+            yield _random.permutation_array(n, generator)[: self.num_samples % n]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._epoch_indices().tolist())
+        for chunk in self._chunks():
+            yield from chunk.tolist()
 
-    def _index_array(self) -> np.ndarray | None:
+    def _index_chunks(self) -> Iterator[np.ndarray] | None:
         if type(self).__iter__ is not RandomSampler.__iter__:
             return None
-        return self._epoch_indices()
+        return self._chunks()
 
 
 class SubsetRandomSampler(Sampler):
@@ -112,6 +127,74 @@ class SubsetRandomSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class WeightedRandomSampler(Sampler):
+    """``num_samples`` indices ``0 .. len(weights) - 1``, each drawn with probability
+    proportional to its weight (torch's ``torch.multinomial`` semantics).
+
+    With ``replacement`` the draws are made lazily, ``CHUNK`` at a time; without it, all at the
+    start of the epoch, as distinct indices.
+
+    Raises:
+        ValueError: ``num_samples`` is not a positive int, ``replacement`` not a bool, or
+            ``weights`` not one-dimensional (torch's messages).
+        RuntimeError: at iteration, a negative weight, weights summing to zero, or more samples
+            than weights without replacement (torch's messages).
+    """
+
+    def __init__(self, weights: Sequence[float], num_samples: int, replacement: bool = True,
+                 generator: Generator | None = None) -> None:
+        if (not isinstance(num_samples, int) or isinstance(num_samples, bool)
+                or num_samples <= 0):
+            raise ValueError(
+                f"num_samples should be a positive integer value, but got "
+                f"num_samples={num_samples}"
+            )
+        if not isinstance(replacement, bool):
+            raise ValueError(
+                f"replacement should be a boolean value, but got replacement={replacement}"
+            )
+        weights_tensor = as_tensor(weights, dtype=float64)
+        if weights_tensor.dim() != 1:
+            raise ValueError(
+                f"weights should be a 1d sequence but given weights have shape "
+                f"{tuple(weights_tensor.shape)}"
+            )
+        self.weights = weights_tensor
+        self.num_samples = num_samples
+        self.replacement = replacement
+        self.generator = generator
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        weights = np.asarray(self.weights.detach().cpu().numpy(), dtype=np.float64)
+        if (weights < 0).any():
+            raise RuntimeError(
+                "invalid multinomial distribution (encountering probability entry < 0)")
+        if not weights.sum() > 0:
+            raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+        if not self.replacement:
+            if self.num_samples > len(weights):
+                raise RuntimeError(
+                    "cannot sample n_sample > prob_dist.size(-1) samples without replacement")
+            yield _random.weighted_choice_array(weights, self.num_samples, self.generator)
+            return
+        cumulative = np.cumsum(weights)
+        for start in range(0, self.num_samples, CHUNK):
+            count = min(CHUNK, self.num_samples - start)
+            yield _random.weighted_sample_array(cumulative, count, self.generator)
+
+    def __iter__(self) -> Iterator[int]:
+        for chunk in self._chunks():
+            yield from chunk.tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index_chunks(self) -> Iterator[np.ndarray] | None:
+        if type(self).__iter__ is not WeightedRandomSampler.__iter__:
+            return None
+        return self._chunks()
 
 
 class BatchSampler(Sampler):
@@ -153,16 +236,23 @@ class BatchSampler(Sampler):
         return (len(self.sampler) + self.batch_size - 1) // self.batch_size
 
     def _index_batches(self) -> Iterator[np.ndarray]:
-        """The batches of ``__iter__`` as int64 arrays (slices of one array when it can)."""
+        """The batches of ``__iter__`` as int64 arrays (slices of the sampler's chunks when it
+        hands them over)."""
         plain = type(self).__iter__ is BatchSampler.__iter__
-        indices = self.sampler._index_array() if (
+        chunks = self.sampler._index_chunks() if (
             plain and isinstance(self.sampler, Sampler)) else None
-        if indices is None:
+        if chunks is None:
             for batch in self:
                 yield np.asarray(batch, dtype=np.int64)
             return
-        stop = len(indices)
-        if self.drop_last:
-            stop -= stop % self.batch_size
-        for start in range(0, stop, self.batch_size):
-            yield indices[start:start + self.batch_size]
+        size = self.batch_size
+        rest = np.empty(0, dtype=np.int64)  # the tail of the last chunk, short of a batch
+        for chunk in chunks:
+            if len(rest):
+                chunk = np.concatenate([rest, chunk])
+            stop = len(chunk) - len(chunk) % size
+            for start in range(0, stop, size):
+                yield chunk[start:start + size]
+            rest = chunk[stop:]
+        if len(rest) and not self.drop_last:
+            yield rest
