@@ -11,7 +11,7 @@ from ddp.nn.modules.activation import (
     Tanh,
 )
 from ddp.nn.modules.container import ModuleDict, ModuleList, Sequential
-from ddp.nn.modules.conv import Conv2d
+from ddp.nn.modules.conv import Conv1d, Conv2d, ConvTranspose2d
 from ddp.nn.modules.elementwise_loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -58,8 +58,6 @@ from ddp.nn.modules.batchnorm import (  # noqa: E402
     BatchNorm3d,
     SyncBatchNorm,
 )
-from ddp.nn.modules.conv1d import Conv1d  # noqa: E402
-from ddp.nn.modules.conv_transpose import ConvTranspose2d  # noqa: E402
 from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
