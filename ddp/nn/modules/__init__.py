@@ -62,3 +62,8 @@ from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
             "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]
+
+# Recurrent layers: RNN, LSTM, GRU and their cells
+from ddp.nn.modules.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
+
+__all__ += ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
