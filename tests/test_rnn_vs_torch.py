@@ -228,6 +228,8 @@ def test_errors_match_torch(kind):
         lambda T: make(T)(T.zeros(2, T_STEPS, BATCH, H_IN)),
         lambda T: make(T)(T.zeros(T_STEPS, BATCH, H_IN, dtype=T.float64)),
         lambda T: make(T, dropout=1.5),
+        lambda T: make(T, dropout="0.1"),
+        lambda T: make(T, dropout=True),
         lambda T: make(T, num_layers=0),
     ]
     if kind == "LSTM":
