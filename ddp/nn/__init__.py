@@ -85,3 +85,8 @@ from ddp.nn.modules import (  # noqa: E402
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
             "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]
+
+# attention and transformer layers
+from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402
+
+__all__ += ["MultiheadAttention"]

@@ -62,3 +62,6 @@ from ddp.nn.modules.groupnorm import GroupNorm  # noqa: E402
 
 __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
             "Conv1d", "ConvTranspose2d", "GroupNorm", "SyncBatchNorm"]
+
+# attention and transformer layers
+from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402, F401
