@@ -65,3 +65,10 @@ __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Bat
 
 # attention and transformer layers
 from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402, F401
+from ddp.nn.modules.transformer import (  # noqa: E402, F401
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
