@@ -142,3 +142,13 @@ def test_shape_errors_name_shapes():
         d(x, x, x, is_causal=True)
     with pytest.raises(AssertionError, match="embedding dimension of 8"):
         d(ddp.randn(L, N, 4), x, x)
+
+
+def test_fully_padded_batch_entry_need_weights_false_gives_zeros():
+    kpm = np.zeros((N, S), bool)
+    kpm[1] = True  # batch entry 1 has no key to attend to: torch's SDPA path returns zeros
+    _compare(CROSS, {"key_padding_mask": kpm}, need_weights=False)
+    d = ddp.nn.MultiheadAttention(E, H, bias=False)
+    x = ddp.randn(L, N, E)
+    out, _ = d(x, x, x, key_padding_mask=ddp.tensor(kpm[:, :L]), need_weights=False)
+    assert np.all(out.detach().numpy()[:, 1] == 0)

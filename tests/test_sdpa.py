@@ -93,3 +93,14 @@ def test_errors_match_torch():
         F.scaled_dot_product_attention(q, q, q, attn_mask=ddp.ones(3, 3, dtype=ddp.int64))
     with pytest.raises(RuntimeError, match=r"\(2, 3, 5\)"):
         F.scaled_dot_product_attention(q, ddp.randn(2, 3, 5), q)
+
+
+def test_fully_masked_row_gives_zeros_like_torch():
+    mask = np.ones((4, 6), bool)
+    mask[1] = False  # query 1 may attend to no key
+    _compare(QKV, mask=mask)
+    fl = np.zeros((4, 6))
+    fl[2] = -np.inf
+    _compare(QKV, mask=fl)
+    out, grads = _run(ddp, _arrays(QKV), mask)
+    assert np.all(out[:, :, 1] == 0) and np.isfinite(grads[0]).all()

@@ -1,7 +1,8 @@
 """``scaled_dot_product_attention``: torch's math formulation, built from differentiable ops.
 
 ``softmax(q @ k^T * scale + bias) @ v``, where ``bias`` is ``-inf`` where a bool mask is False
-(or above the diagonal when ``is_causal``) and a float mask is added as is. Built on ``matmul``,
+(or above the diagonal when ``is_causal``) and a float mask is added as is; a query whose keys
+are all masked gets zeros, as torch's CPU kernels give (not NaN). Built on ``matmul``,
 ``masked_fill`` and ``softmax`` so autograd comes for free.
 """
 
@@ -90,7 +91,15 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
             scores = ops.masked_fill(scores, ops.logical_not(attn_mask), float("-inf"))
         else:
             scores = scores + attn_mask
-    weights = ops.softmax(scores, -1)
+    if is_causal or attn_mask is None:
+        weights = ops.softmax(scores, -1)
+    else:
+        # torch's safe softmax: a row with every key masked attends to nothing (zeros, zero
+        # gradient) instead of NaN. Its scores are zeroed first so that softmax's backward
+        # sees no NaN to multiply by the zero gradient.
+        dead = (scores.detach() == float("-inf")).all(-1, keepdim=True)
+        weights = ops.masked_fill(ops.softmax(ops.masked_fill(scores, dead, 0.0), -1), dead,
+                                  0.0)
     if dropout_p > 0.0:
         weights = _act.Dropout.apply(weights, float(dropout_p), None)
     return ops.matmul(weights, value)
