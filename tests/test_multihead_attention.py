@@ -159,8 +159,7 @@ def test_float32_within_rounding():
 
     Projections over E=8 terms, a softmax over S=5 and the output projection, on O(1) values:
     measured errors are at most 5 float32 ulps of 1.0 (2**-23, parameter gradients); 3e-5 (250
-    ulps) leaves a factor 50 for
-    another summation order (BLAS, SIMD width) on any x86-64.
+    ulps) leaves a factor 50 for another summation order (BLAS, SIMD width) on any x86-64.
     """
     torch.manual_seed(0)
     t = torch.nn.MultiheadAttention(E, H).float().double()
