@@ -560,3 +560,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     if crop_h or crop_w:
         out = out[:, :, crop_h:out.shape[2] - crop_h, crop_w:out.shape[3] - crop_w]
     return out
+
+# ------------------------------------------------------------------------------------ attention
+from ddp.nn._functions.attention_api import scaled_dot_product_attention  # noqa: E402, F401
+from ddp.nn._functions.mha_api import multi_head_attention_forward  # noqa: E402, F401

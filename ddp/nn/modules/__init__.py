@@ -67,3 +67,13 @@ __all__ += ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Bat
 from ddp.nn.modules.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 
 __all__ += ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+
+# attention and transformer layers
+from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402, F401
+from ddp.nn.modules.transformer import (  # noqa: E402, F401
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
