@@ -242,3 +242,20 @@ def case_trains() -> None:
     assert state.iter == 60 and state.compression_stats()[0] > 1
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
     _assert_same_on_every_rank([p.array for p in model.parameters()])
+
+
+def case_batched_same_shapes_match() -> None:
+    """batch_tensors_with_same_shape stacks the two (7, 1) biases into one product: the same
+    numbers as one product each (the random Qs are drawn in the same order)."""
+    results = []
+    for batch in (False, True):
+        state = powerSGD.PowerSGDState(None, start_powerSGD_iter=2, min_compression_rate=0,
+                                       batch_tensors_with_same_shape=batch)
+        model = DDP(make_net(0))  # one bucket: both (7,) biases in it
+        _, grads, _ = _run(state, 4, model=model)
+        results.append(grads)
+    for step in range(4):
+        for a, b in zip(results[0][step], results[1][step], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+    # ... and compressed: rank 1 of the (7, 7) weight is not its average.
+    assert np.abs(results[1][3][2] - _average(3)[2]).max() > 1e-3

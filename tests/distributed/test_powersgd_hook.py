@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 
 import ddp.distributed as dist
@@ -38,6 +39,11 @@ def test_matches_numpy_reference(world_size):
     dist.spawn(cases.case_matches_numpy_reference, world_size)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_batched_same_shapes_match(world_size):
+    dist.spawn(cases.case_batched_same_shapes_match, world_size)
+
+
 def test_trains():
     dist.spawn(cases.case_trains, 2)
 
@@ -58,3 +64,26 @@ def test_state_arguments_and_pickle():
     assert restored.process_group is None and restored.iter == 7
     assert restored.matrix_approximation_rank == 4
     assert restored.rng.randint(1000) == state.rng.randint(1000)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 2), (1, 6, 1), (3, 8, 4)])
+def test_orthogonalize_keeps_the_span(shape):
+    """Gram-Schmidt (rank <= 2) and QR (above): orthonormal columns spanning the same space."""
+    a = np.random.default_rng(1).standard_normal(shape)
+    q = a.copy()
+    powerSGD._orthogonalize(q)
+    for k in range(shape[0]):
+        np.testing.assert_allclose(q[k].T @ q[k], np.eye(shape[2]), atol=1e-14)
+        np.testing.assert_allclose(q[k] @ (q[k].T @ a[k]), a[k], atol=1e-13)
+
+
+def test_orthogonalize_zero_column_and_epsilon():
+    zeros = np.zeros((1, 4, 1))
+    nan = zeros.copy()
+    powerSGD._orthogonalize(nan)
+    assert np.isnan(nan).all()
+    eps = zeros.copy()
+    powerSGD._orthogonalize(eps, epsilon=1e-8)
+    assert (eps == 0).all()
+    with pytest.raises(ValueError, match=r"tall matrices, got shape \(1, 2, 3\)"):
+        powerSGD._orthogonalize(np.zeros((1, 2, 3)))

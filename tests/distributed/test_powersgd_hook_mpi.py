@@ -34,5 +34,10 @@ def test_matches_numpy_reference(mpi_world):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_batched_same_shapes_match(mpi_world):
+    cases.case_batched_same_shapes_match()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_trains(mpi_world):
     cases.case_trains()
