@@ -48,10 +48,11 @@ class _Recorder:
         return powerSGD.powerSGD_hook(state, bucket)
 
 
-def _run(state: powerSGD.PowerSGDState, steps: int, model=None, recorder=None):
+def _run(state: powerSGD.PowerSGDState, steps: int, model=None, recorder=None,
+         hook=powerSGD.powerSGD_hook):
     """DDP with PowerSGD for ``steps`` backward passes; each step's gradients (and errors)."""
     model = model if model is not None else DDP(make_net(0), bucket_cap_mb=BUCKET_MB)
-    model.register_comm_hook(state, recorder if recorder is not None else powerSGD.powerSGD_hook)
+    model.register_comm_hook(state, recorder if recorder is not None else hook)
     grads, errors = [], []
     for step in range(steps):
         model.zero_grad()
@@ -259,3 +260,34 @@ def case_batched_same_shapes_match() -> None:
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
     # ... and compressed: rank 1 of the (7, 7) weight is not its average.
     assert np.abs(results[1][3][2] - _average(3)[2]).max() > 1e-3
+
+
+def case_batched_hook() -> None:
+    """batched_powerSGD_hook: the whole bucket as one padded s x s matrix. Full rank (s) is
+    exact; at rank 1 the error is the padded input minus what was applied."""
+    rank = dist.get_rank()
+    n = sum(p.size for p in _local_grads(0, 0))
+    side = int(np.ceil(np.sqrt(n)))
+    exact = powerSGD.PowerSGDState(None, matrix_approximation_rank=side, start_powerSGD_iter=2,
+                                   use_error_feedback=False)
+    _, grads, _ = _run(exact, 4, model=DDP(make_net(0)), hook=powerSGD.batched_powerSGD_hook)
+    assert exact.compression_stats()[1:] == (2 * n, 2 * 2 * side * side)
+    for step, got in enumerate(grads):
+        for g, want in zip(got, _average(step), strict=True):
+            np.testing.assert_allclose(g, want, rtol=0, atol=1e-12)
+
+    low = powerSGD.PowerSGDState(None, matrix_approximation_rank=1, start_powerSGD_iter=2)
+    _, grads, errors = _run(low, 5, model=DDP(make_net(0)),
+                            hook=powerSGD.batched_powerSGD_hook)
+    previous = np.zeros(side * side)
+    for step in range(2, 5):
+        error = errors[step][0]  # the one bucket
+        assert error.shape == (side * side,) and len(errors[step]) == 1
+        # DDP's one bucket holds the parameters in reverse order (launch order).
+        flat_input = np.concatenate([g.reshape(-1) for g in _local_grads(step, rank)[::-1]])
+        flat_applied = np.concatenate([g.reshape(-1) for g in grads[step][::-1]])
+        np.testing.assert_allclose(error[:n], flat_input + previous[:n] - flat_applied,
+                                   rtol=0, atol=1e-12)
+        previous = error
+    assert np.abs(previous).max() > 1e-3
+    _assert_same_on_every_rank(grads[-1])

@@ -44,6 +44,11 @@ def test_batched_same_shapes_match(world_size):
     dist.spawn(cases.case_batched_same_shapes_match, world_size)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_batched_hook(world_size):
+    dist.spawn(cases.case_batched_hook, world_size)
+
+
 def test_trains():
     dist.spawn(cases.case_trains, 2)
 

@@ -39,5 +39,10 @@ def test_batched_same_shapes_match(mpi_world):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_batched_hook(mpi_world):
+    cases.case_batched_hook()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_trains(mpi_world):
     cases.case_trains()

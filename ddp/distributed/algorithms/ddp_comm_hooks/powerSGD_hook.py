@@ -19,6 +19,7 @@ Usage, as torch::
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from ddp.tensor import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PowerSGDState", "powerSGD_hook"]
+__all__ = ["PowerSGDState", "batched_powerSGD_hook", "powerSGD_hook"]
 
 
 def _orthogonalize(matrices, epsilon: float = 0) -> None:
@@ -341,3 +342,87 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
 
     return (uncompressed_future.then(unpack_uncompressed_and_allreduce_ps)
             .then(compute_qs).then(decompress))
+
+
+def batched_powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
+    """PowerSGD on the whole bucket at once (torch's ``batched_powerSGD_hook``).
+
+    The flat bucket, zero-padded to s * s elements (s = ceil(sqrt(length))), is compressed as one
+    s x s matrix: fewer, larger products than ``powerSGD_hook``, usually a worse
+    approximation (the matrix mixes parameters). ``min_compression_rate`` and
+    ``batch_tensors_with_same_shape`` do not apply; the error kept is s * s long.
+
+    Args:
+        state: a ``PowerSGDState``; ``matrix_approximation_rank`` must be at most s.
+        bucket: the bucket of gradients.
+
+    Returns:
+        A future of the bucket's averaged (approximated) flat buffer.
+    """
+    group = resolve_group(state.process_group)
+    world_size = group.size()
+    input_tensor = bucket.buffer()
+
+    if state.iter < state.start_powerSGD_iter:
+        state.maybe_increase_iter(bucket)
+        return _allreduce_fut(group, input_tensor)
+
+    buffer = input_tensor.array
+    xp = get_array_module(buffer)
+    dtype = buffer.dtype
+    total_length = buffer.shape[0]
+    side = math.ceil(math.sqrt(total_length))
+    rank = state.matrix_approximation_rank
+    state.total_numel_before_compression += total_length
+    state.total_numel_after_compression += side * rank * 2
+    _report_compression_stats(bucket, state)
+    # The bucket cannot grow: the square matrix is a padded copy, written back at the end.
+    padded = xp.zeros(side * side, dtype=dtype)
+    padded[:total_length] = buffer
+
+    bucket_index = bucket.index()
+    input_copy = None
+    if state.use_error_feedback:
+        if bucket_index in state.error_dict:
+            padded += state.error_dict[bucket_index].array
+        else:
+            logger.info("A zero tensor of length %s that represents local error is created.",
+                        side * side)
+            state.error_dict[bucket_index] = Tensor(xp.zeros(side * side, dtype=dtype))
+        input_copy = padded.copy()
+    matrix = padded.reshape(side, side)
+
+    if not state.warm_start or bucket_index not in state.p_memory_dict:
+        if state.warm_start:
+            logger.info("Initializing low-rank tensors P and Q, each of which has a shape of "
+                        "%s x %s.", side, rank)
+        generator = np.random.default_rng(state.rng.randint(1_000_000_000))
+        state.p_memory_dict[bucket_index] = Tensor(xp.empty((side, rank), dtype=dtype))
+        state.q_memory_dict[bucket_index] = Tensor(
+            xp.asarray(generator.standard_normal((side, rank)).astype(dtype)))
+    p = state.p_memory_dict[bucket_index].array
+    q = state.q_memory_dict[bucket_index].array
+    _orthogonalize(q[None], state.orthogonalization_epsilon)
+    xp.matmul(matrix, q, out=p)
+    p_future = _all_reduce_array(p, group)
+
+    def compute_q(fut: Future):
+        fut.value()
+        _orthogonalize(p[None], state.orthogonalization_epsilon)
+        xp.matmul(matrix.T, p, out=q)
+        return _all_reduce_array(q, group).wait()
+
+    def decompress(fut: Future) -> Tensor:
+        q_sum = fut.value()
+        q_sum /= world_size
+        xp.matmul(p, q.T, out=matrix)
+        if state.use_error_feedback:
+            state.error_dict[bucket_index] = Tensor(input_copy - padded)
+        if not state.warm_start:
+            state.p_memory_dict.clear()
+            state.q_memory_dict.clear()
+        buffer[...] = padded[:total_length]
+        state.maybe_increase_iter(bucket)
+        return input_tensor
+
+    return p_future.then(compute_q).then(decompress)
