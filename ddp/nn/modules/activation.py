@@ -68,8 +68,8 @@ class LogSoftmax(Module):
         return f"dim={self.dim}"
 
 
-class Dropout(Module):
-    """Zero elements with probability ``p`` in training mode; the identity in eval mode."""
+class _DropoutNd(Module):
+    """What every dropout module shares (torch's ``_DropoutNd``): ``p`` checked, the repr."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
@@ -78,11 +78,15 @@ class Dropout(Module):
         self.p = p
         self.inplace = inplace
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
-        return F.dropout(input, self.p, self.training, self.inplace)
-
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout(_DropoutNd):
+    """Zero elements with probability ``p`` in training mode; the identity in eval mode."""
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        return F.dropout(input, self.p, self.training, self.inplace)
 
 
 class Flatten(Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ddp import creation
 from ddp.nn import functional as F
 from ddp.nn import init as nn_init  # PReLU's argument is named init, as in torch
+from ddp.nn.modules.activation import _DropoutNd
 from ddp.nn.modules.module import Module
 from ddp.nn.parameter import Parameter
 from ddp.tensor import Tensor
@@ -145,18 +146,6 @@ class PReLU(Module):
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}"
-
-
-class _DropoutNd(Module):
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
-        self.inplace = inplace
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
 
 
 class Dropout1d(_DropoutNd):
