@@ -183,7 +183,7 @@ def time_sync_sizes(reps: int, sizes: list[float]) -> dict:
         times: dict = {name: [] for name in ("e2e_view", "e2e_copy", "raw_after",
                                              "sync_now_view", "sync_now_copy", "raw")}
 
-        def raw_allreduce():
+        def raw_allreduce(flat=flat):
             start = time.perf_counter()
             comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
             end = time.perf_counter()

@@ -176,7 +176,7 @@ def print_sync_sizes(sizes: dict) -> None:
     for entry in sizes.values():
         med = {k: median_ms(v) for k, v in entry.items() if k != "bytes"}
 
-        def cell(key: str, base: str) -> str:
+        def cell(key: str, base: str, med=med) -> str:
             return f"{med[key]:6.2f} ({med[base] / med[key]:.2f})"
 
         print(f"{entry['bytes'] / 2**20:6.2f} | {med['raw_after']:10.2f} ms "
