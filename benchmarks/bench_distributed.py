@@ -9,7 +9,8 @@ CNN 64 Adam, GPT 16 AdamW). Each round launches, one after the other:
 * ddp, 2 ranks: ``mpiexec -n 2 python _dist_worker.py --lib ddp`` (DistributedDataParallel);
 * torch, 2 ranks: two processes with RANK/WORLD_SIZE/MASTER_ADDR=127.0.0.1 and a free port,
   ``torch.nn.parallel.DistributedDataParallel`` over gloo on loopback;
-* ddp and torch alone: one plain process each, the undistributed model (the scaling baseline).
+* ddp and torch alone: one plain process each, the undistributed model (the scaling baseline);
+* with ``--extra-worlds 3 4``: ddp at those world sizes too (a weak-scaling table).
 
 Rounds interleave the four so machine noise hits all alike; the table shows median step times
 over all rounds, the ratio ddp/torch at 2 ranks, and weak-scaling efficiency (step time alone /
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument("--sync-only", action="store_true",
                         help="only the gradient-sync timings (no model steps)")
     parser.add_argument("--no-single", action="store_true", help="skip the world-1 runs")
+    parser.add_argument("--extra-worlds", type=int, nargs="*", default=[],
+                        help="also run ddp alone at these world sizes (weak scaling; more "
+                             "ranks than cores oversubscribes them)")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -111,6 +115,7 @@ def main() -> None:
     configs = [("ddp", 2)] if args.sync_only else [("ddp", 2), ("torch", 2)]
     if not args.no_single:
         configs += [("ddp", 1), ("torch", 1)]
+    configs += [("ddp", w) for w in args.extra_worlds if w not in (1, 2)]
     times: dict = {(lib, world, m): [] for lib, world in configs for m in args.models}
     sync: dict = {"ddp": [], "raw": [], "transport": []}
     sizes: dict = {}
@@ -150,8 +155,18 @@ def main() -> None:
         else:
             d1, t1 = median_ms(times[("ddp", 1, m)]), median_ms(times[("torch", 1, m)])
             row += f"{d1:9.1f} {t1:11.1f} | {d1 / d2:7.2f} {t1 / t2:9.2f} | "
-        row += " ".join(spread(times[(lib, w, m)]) for lib, w in configs)
+        row += " ".join(spread(times[(lib, w, m)]) for lib, w in configs if w <= 2)
         print(row)
+    extra = [w for lib, w in configs if w > 2]
+    if extra and args.models and not args.no_single:
+        cores = os.cpu_count() or 1
+        print(f"ddp weak scaling (same per-rank batch; efficiency = step alone / step at N "
+              f"ranks; {cores} cores, so N > {cores} is oversubscribed)")
+        for m in args.models:
+            d1 = median_ms(times[("ddp", 1, m)])
+            cells = [f"x{w} {median_ms(times[('ddp', w, m)]):8.1f} ms eff "
+                     f"{d1 / median_ms(times[('ddp', w, m)]):.2f}" for w in [2, *extra]]
+            print(f"  {m:5} x1 {d1:8.1f} ms | " + " | ".join(cells))
     if sync["ddp"]:
         nbytes = sync["bytes"]
         d, r = median_ms(sync["ddp"]), median_ms(sync["raw"])
