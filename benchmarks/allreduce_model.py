@@ -3,10 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 2 .venv/bin/python benchmarks/allreduce_model.py \\
         --step-ms cnn=190 gpt=950 [--backward-share 0.6]
 
-1. Fits ``T(n) = a + b * n`` to the median time of an mpi4py ``Allreduce`` of ``n`` bytes (8 B to
-   16 MiB) between the ranks it runs on. For a ring all-reduce over ``p`` ranks
-   ``T = 2 (p-1) alpha + 2 (p-1)/p * n * beta``, so at ``p = 2``: ``alpha = a / 2``,
-   ``beta = b``.
+1. Times an mpi4py ``Allreduce`` of ``n`` bytes (8 B to 16 MiB, medians) between the ranks it
+   runs on. A ring all-reduce over ``p`` ranks costs ``T = 2 (p-1) alpha + 2 (p-1)/p * n * beta``:
+   ``alpha`` comes from the 8-byte time, ``beta`` from the slope over the sizes >= 256 KiB.
 2. Takes DDP's bucket layout of each reference model (``assign_buckets``: 1 MiB first bucket,
    25 MiB cap, reverse registration order) and predicts, per world size ``p``, the all-reduce
    time of every bucket ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
@@ -54,13 +53,14 @@ def measure(reps: int) -> tuple[float, float, list]:
             times.append(time.perf_counter() - start)
             a[...] = 1
         rows.append((a.nbytes, statistics.median(times[2:])))
-    n = np.array([r[0] for r in rows], dtype=float)
-    t = np.array([r[1] for r in rows])
-    b, a0 = np.polyfit(n, t, 1)
+    # Latency from the smallest message (a least-squares intercept through all sizes is
+    # dominated by the large ones); bandwidth from the slope over the sizes of >= 256 KiB.
     size = comm.Get_size()
-    alpha = a0 / (2 * (size - 1))
-    beta = b / (2 * (size - 1) / size)
-    return max(alpha, 0.0), beta, rows
+    alpha = rows[0][1] / (2 * (size - 1))
+    large = [(n, t) for n, t in rows if n >= 256 * 1024]
+    slope = np.polyfit([n for n, _ in large], [t for _, t in large], 1)[0]
+    beta = slope / (2 * (size - 1) / size)
+    return alpha, beta, rows
 
 
 def bucket_bytes(name: str) -> list[int]:
