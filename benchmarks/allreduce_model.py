@@ -7,7 +7,7 @@
    runs on. A ring all-reduce over ``p`` ranks costs ``T = 2 (p-1) alpha + 2 (p-1)/p * n * beta``:
    ``alpha`` comes from the 8-byte time, ``beta`` from the slope over the sizes >= 256 KiB.
 2. Takes DDP's bucket layout of each reference model (``assign_buckets``: 1 MiB first bucket,
-   25 MiB cap, reverse registration order) and predicts, per world size ``p``, the all-reduce
+   ``--bucket-cap-mb`` cap (DDP's default 25), reverse registration order) and predicts, per world size ``p``, the all-reduce
    time of every bucket ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
 3. Prints the efficiency ``step / (step + exposed communication)`` for two bounds:
    *no overlap* (every bucket after backward: exposed = sum of ``T_k``) and *overlap* (buckets
@@ -63,13 +63,15 @@ def measure(reps: int) -> tuple[float, float, list]:
     return alpha, beta, rows
 
 
-def bucket_bytes(name: str) -> list[int]:
+def bucket_bytes(name: str, cap_mb: float) -> list[int]:
     import ddp
     from ddp.distributed.grad_sync import assign_buckets
 
     ddp.manual_seed(0)
     arrays = [p.array for p in models.BUILDERS[name](ddp).parameters() if p.requires_grad]
-    return [sum(arrays[i].nbytes for i in b) for b in assign_buckets(arrays, 25 * _MB, _MB)]
+    cap = int(cap_mb * _MB)
+    return [sum(arrays[i].nbytes for i in b)
+            for b in assign_buckets(arrays, cap, min(cap, _MB))]
 
 
 def efficiency(step: float, backward: float, buckets: list[int], p: int, alpha: float,
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--step-ms", nargs="+", default=["cnn=190", "gpt=950"],
                         help="model=milliseconds of one step alone (1 rank, 1 thread)")
     parser.add_argument("--backward-share", type=float, default=0.6)
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--alpha-us", type=float, help="use this alpha instead of measuring")
     parser.add_argument("--beta-ns-per-byte", type=float, help="use this beta (with --alpha-us)")
@@ -116,7 +119,7 @@ def main() -> None:
     for item in args.step_ms:
         name, ms = item.split("=")
         step = float(ms) / 1e3
-        buckets = bucket_bytes(name)
+        buckets = bucket_bytes(name, args.bucket_cap_mb)
         cells = []
         for p in worlds:
             lo, hi = efficiency(step, args.backward_share * step, buckets, p, alpha, beta)
