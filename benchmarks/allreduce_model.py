@@ -7,14 +7,16 @@
    runs on. A ring all-reduce over ``p`` ranks costs ``T = 2 (p-1) alpha + 2 (p-1)/p * n * beta``:
    ``alpha`` comes from the 8-byte time, ``beta`` from the slope over the sizes >= 256 KiB.
 2. Takes DDP's bucket layout of each reference model (``assign_buckets``: 1 MiB first bucket,
-   ``--bucket-cap-mb`` cap (DDP's default 25), reverse registration order) and predicts, per world size ``p``, the all-reduce
-   time of every bucket ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
+   ``--bucket-cap-mb`` cap (DDP's default 25), reverse registration order) and predicts, per
+   world size ``p``, the all-reduce time of every bucket ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
 3. Prints the efficiency ``step / (step + exposed communication)`` for two bounds:
    *no overlap* (every bucket after backward: exposed = sum of ``T_k``) and *overlap* (buckets
    all-reduced while the rest of backward runs, one at a time, in order, starting when backward
    has produced them; exposed = what is left after backward ends). ``--step-ms`` is the
    measured step time alone (1 rank, 1 thread), ``--backward-share`` the part of it that is
-   backward, during which gradients appear at a uniform rate in bucket order.
+   backward, during which gradients appear at a uniform rate in bucket order (per byte: a
+   simplification; the CNN's 4.5 MiB fc1 gradient really appears early, before the costly
+   convolution backward, so its overlap bound is pessimistic).
 
 The fit is for the transport measured here (shared memory on one machine); for a cluster,
 pass ``--alpha-us`` and ``--beta-ns-per-byte`` of its network instead.
