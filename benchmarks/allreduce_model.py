@@ -8,7 +8,8 @@
    ``alpha`` comes from the 8-byte time, ``beta`` from the slope over the sizes >= 256 KiB.
 2. Takes DDP's bucket layout of each reference model (``assign_buckets``: 1 MiB first bucket,
    ``--bucket-cap-mb`` cap (DDP's default 25), reverse registration order) and predicts, per
-   world size ``p``, the all-reduce time of every bucket ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
+   world size ``p``, the all-reduce time of every bucket,
+   ``T_k(p) = 2 (p-1) alpha + 2 (p-1)/p * bytes_k * beta``.
 3. Prints the efficiency ``step / (step + exposed communication)`` for two bounds:
    *no overlap* (every bucket after backward: exposed = sum of ``T_k``) and *overlap* (buckets
    all-reduced while the rest of backward runs, one at a time, in order, starting when backward
