@@ -110,3 +110,40 @@ def test_cpu_offload_is_a_noted_no_op():
     import ddp.distributed.fsdp.fully_shard as module  # noqa: PLC0415 - reset the one-time note
     module._offload_noted = False
     run(fn, 1)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("reshard", [True, False])
+def test_bytes_sent_are_1_5x_or_1x_ddp(world_size, reshard, monkeypatch):
+    """Ring costs of every all-gather and reduce-scatter in one step: 2 all-gathers + 1
+    reduce-scatter of the (padded) parameters = 1.5 DDP all-reduces with
+    reshard_after_forward, 1 + 1 = one all-reduce without."""
+    from ddp.distributed.process_group import ProcessGroup as group_class  # noqa: PLC0415
+
+    sent: dict = {}
+    ring = (world_size - 1) / world_size
+
+    def counting(name, nbytes):
+        original = getattr(group_class, name)
+
+        def wrapper(self, out, inp, *args, **kw):
+            rank = self.global_ranks[self.rank()]
+            sent[rank] = sent.get(rank, 0.0) + ring * nbytes(out, inp)
+            return original(self, out, inp, *args, **kw)
+
+        monkeypatch.setattr(group_class, name, wrapper)
+
+    counting("allgather", lambda out, inp: out.nbytes)
+    counting("reduce_scatter", lambda out, inp: inp.nbytes)
+
+    def fn():
+        model = cases.shard(cases.make("mlp"), "mlp", reshard_after_forward=reshard)
+        rows = cases.PER_RANK * world_size
+        cases.loss_of("mlp", model, 0, rows, 0, cases.PER_RANK).backward()
+
+    run(fn, world_size)
+    padded = sum(-(-rows // world_size) * world_size * cols
+                 for rows, cols in ((7, 3), (7, 1), (5, 7), (5, 1), (2, 5), (2, 1))) * 4
+    ddp_allreduce = 2 * ring * padded
+    assert sent == {r: pytest.approx((1.5 if reshard else 1.0) * ddp_allreduce)
+                    for r in range(world_size)}
