@@ -11,6 +11,10 @@ number, kind, dtype, element count, op or root) through ``_verify`` (one ``Allre
 ``[h, -h]`` with MAX on MPI), so ranks that disagree raise a ``RuntimeError`` on every rank
 naming what each rank issued instead of hanging or summing unrelated buffers.
 
+Bytes: ``count_bytes()`` counts the payload every rank hands to the array collectives while
+it is open (for benchmarks and tests of communication hooks); it costs nothing when no count is
+open.
+
 Every method is a collective: all ranks of the group must call it, in the same order. A group
 object may be used from any thread, but by one thread at a time; use :meth:`dup` for an
 independent channel (e.g. for a communication thread).
@@ -20,12 +24,64 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ddp.distributed import watchdog
 from ddp.distributed.reduce_op import ReduceOp, Work, as_reduce_op
 
 _UNWATCHED = contextlib.nullcontext()  # reusable: the watchdog is off or the text not needed
+_open_counts: list[CollectiveBytes] = []  # per process: collectives of every thread add to them
+
+
+class CollectiveBytes:
+    """Payload bytes handed to array collectives, by world rank and by collective kind.
+
+    What is counted is the input each rank passes: ``allreduce`` and ``broadcast`` the array,
+    ``allgather`` the rank's piece, ``reduce_scatter`` the full input; not the bytes a
+    transport puts on the wire (a ring all-reduce sends ``2(n-1)/n`` times its payload), nor the
+    few bytes of the consensus checks, nor the pickled ``*_object`` collectives. Counting runs in
+    every thread of the process (communication threads included), so under the ``threads``
+    backend one count holds every simulated rank, each under its own world rank.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.by_rank: dict[int, int] = {}
+        self.by_kind: dict[str, int] = {}
+        self.calls = 0
+
+    def add(self, rank: int, kind: str, nbytes: int) -> None:
+        with self._lock:
+            self.by_rank[rank] = self.by_rank.get(rank, 0) + nbytes
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + nbytes
+            self.calls += 1
+
+    def sent(self, rank: int | None = None) -> int:
+        """Bytes handed to collectives by world rank ``rank``; all counted ranks when None
+        (under MPI: this process's rank only)."""
+        if rank is None:
+            return sum(self.by_rank.values())
+        return self.by_rank.get(rank, 0)
+
+
+@contextlib.contextmanager
+def count_bytes() -> Iterator[CollectiveBytes]:
+    """Count the payload bytes of every array collective issued while open (any thread).
+
+    Example::
+
+        with count_bytes() as sent:
+            loss.backward()          # DDP's all-reduces (or a comm hook's) run here
+        print(sent.sent(rank), sent.by_kind)
+    """
+    count = CollectiveBytes()
+    _open_counts.append(count)
+    try:
+        yield count
+    finally:
+        _open_counts.remove(count)
 
 
 def fingerprint(description: str) -> int:
@@ -284,6 +340,9 @@ class ProcessGroup:
         unwatched hot path formats nothing.
         """
         self._seq += 1
+        if _open_counts and array is not None:
+            for count in tuple(_open_counts):
+                count.add(self.global_ranks[self._rank], kind, int(array.nbytes))
         if not self._check_collectives:
             return None if watchdog.current() is None else self._describe(kind, array, extra)
         text = self._describe(kind, array, extra)
