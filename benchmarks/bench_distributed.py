@@ -1,6 +1,7 @@
 """Data parallelism on 2 ranks: ddp over MPI against torch DDP over gloo, same models, same run.
 
     .venv/bin/python benchmarks/bench_distributed.py [--models mlp cnn gpt] [--rounds 2]
+    .venv/bin/python benchmarks/bench_distributed.py --comm-hooks [plain fp16 powersgd1 ...]
 
 One BLAS thread per rank (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, torch.set_num_threads(1)),
 the three reference models of ``models.py`` at their per-rank batch (MLP 256 SGD-momentum, MNIST
@@ -16,6 +17,11 @@ over all rounds, the ratio ddp/torch at 2 ranks, and weak-scaling efficiency (st
 step time at 2 ranks, same per-rank batch, each framework against itself). The last line times
 DDP's gradient synchronisation of the MLP's gradients (``GradSyncScheduler.sync_now``: buckets,
 all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes.
+
+``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16,
+PowerSGD of rank 1, 2, 4, compressing from the first timed step): the bytes per step handed to
+the process group's collectives (exact, ``ddp.distributed.process_group.count_bytes``) and the
+median step time, each beside plain DDP.
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(lib: str, world: int, args, out: str, sync: int = 0) -> dict:
+def run_worker(lib: str, world: int, args, out: str, sync: int = 0, hook: str = "plain") -> dict:
     common = [WORKER, "--lib", lib, "--world", str(world), "--models", *args.models,
               "--steps", json.dumps(args.steps), "--warmup", str(args.warmup),
-              "--ddp-kwargs", json.dumps(args.ddp_kwargs), "--sync", str(sync), "--out", out]
+              "--ddp-kwargs", json.dumps(args.ddp_kwargs), "--sync", str(sync), "--out", out,
+              "--comm-hook", hook]
     env = single_thread_env()
     if lib == "ddp" and world > 1:
         procs = [subprocess.Popen([os.path.join(BIN, "mpiexec"), "-n", str(world),
@@ -94,7 +101,15 @@ def main() -> None:
                         help="extra DistributedDataParallel arguments for ddp, JSON")
     parser.add_argument("--no-single", action="store_true", help="skip the world-1 runs")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--comm-hooks", nargs="*", default=None,
+                        help="instead of the torch comparison: ddp x2 with each communication "
+                             "hook (default: plain fp16 powersgd1 powersgd2 powersgd4), bytes "
+                             "and step time per step")
     args = parser.parse_args()
+    if args.comm_hooks is not None:
+        compare_hooks(args, args.comm_hooks or ["plain", "fp16", "powersgd1", "powersgd2",
+                                                "powersgd4"])
+        return
 
     configs = [("ddp", 2), ("torch", 2)]
     if not args.no_single:
@@ -144,6 +159,38 @@ def main() -> None:
         print(f"  of which transport (DDP's process group on its flat buffers): {t:.2f} ms; "
               f"transport/raw bandwidth {r / t:.2f}; the rest is copying into buckets, "
               f"averaging and writing back .grad")
+
+
+def compare_hooks(args, hooks: list[str]) -> None:
+    """ddp on 2 ranks with each hook, interleaved rounds: bytes per step (exact: the payload
+    rank 0 handed to the process group's collectives, ``count_bytes()``) and median step time,
+    both beside plain DDP."""
+    times = {(h, m): [] for h in hooks for m in args.models}
+    sent: dict = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for hook in hooks:
+                out = os.path.join(tmp, f"{hook}_{rnd}.json")
+                result = run_worker("ddp", 2, args, out, hook=hook)
+                for m in args.models:
+                    times[(hook, m)] += result["steps"][m]
+                    sent[(hook, m)] = sorted(set(result["bytes"][m]))
+    print(f"ddp x2 (MPI), 1 BLAS thread each, per communication hook; {args.rounds} "
+          f"interleaved rounds, median step times; {time.perf_counter() - started:.0f} s")
+    header = (f"{'model':5} {'hook':9} | {'bytes/step':>12} {'vs plain':>8} | "
+              f"{'step ms':>8} {'vs plain':>8} | spread")
+    print(header)
+    print("-" * len(header))
+    for m in args.models:
+        base_t = median_ms(times[(hooks[0], m)])
+        base_b = sent[(hooks[0], m)][0]
+        for hook in hooks:
+            b = sent[(hook, m)]
+            t = median_ms(times[(hook, m)])
+            note = "" if len(b) == 1 else f" (varies: {b})"
+            print(f"{m:5} {hook:9} | {b[0]:12d} {b[0] / base_b:8.3f} | {t:8.1f} "
+                  f"{t / base_t:8.2f} | {spread(times[(hook, m)])}{note}")
 
 
 def models_batch(name: str) -> int:
