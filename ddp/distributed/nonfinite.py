@@ -53,6 +53,17 @@ class NonfiniteCensus:
         if slots[0] == 0 or (slots[2] == REDUCED and source == LOCAL):
             slots[:] = (param_index + 1, 0 if micro_batch is None else micro_batch + 1, source)
 
+    def regroup(self, rank: int, world: int) -> None:
+        """Re-lay this (not yet reduced) census for a group where this process is ``rank`` of
+        ``world`` (a sharded optimizer on a subgroup), keeping this rank's slots."""
+        if (rank, world) == (self.rank, self.world):
+            return
+        mine = self.array[1 + 3 * self.rank:4 + 3 * self.rank].copy()
+        self.rank, self.world = rank, world
+        self.array = np.zeros(1 + 3 * world, dtype=np.int64)
+        self.array[0] = int(mine[0] != 0)
+        self.array[1 + 3 * rank:4 + 3 * rank] = mine
+
     def allreduce(self, group) -> None:
         """Collective: combine every rank's slots (one all-reduce of ``1 + 3 * world`` int64)."""
         if group is not None and self.world > 1:

@@ -8,6 +8,7 @@ import pytest
 
 import ddp
 import ddp.distributed as dist
+from ddp.distributed.nonfinite import LOCAL, REDUCED, NonfiniteCensus
 
 from . import _nonfinite_cases as cases
 
@@ -65,3 +66,14 @@ def test_disabled_scaler_and_untrack_remove_everything():
     assert all(p._grad_hooks for p in model.parameters())
     scaler.untrack_nonfinite()
     assert not any(p._grad_hooks for p in model.parameters())
+
+
+def test_census_slots_and_regroup():
+    census = NonfiniteCensus(rank=1, world=3)
+    census.mark(4, None, REDUCED)
+    census.mark(2, 1, LOCAL)  # a local sighting replaces a reduced one
+    census.mark(0, 0, LOCAL)  # ... but never another local one
+    assert census.found() and census.entries() == [(1, 2, 1, LOCAL)]
+    census.regroup(0, 2)
+    assert census.array.tolist() == [1, 3, 2, LOCAL, 0, 0, 0]
+    assert census.entries() == [(0, 2, 1, LOCAL)]

@@ -327,12 +327,14 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
         names the first parameter whose owned slice is non-finite. Without ``census`` (a direct
         call) a hit is logged as one line on rank 0 (logger ``ddp.nonfinite``); with one (the
         caller's, e.g. ``GradScaler``, which may have marked this rank's local gradients
-        already) it is filled and reduced here and the caller reports.
+        already) it is filled and reduced here (re-laid for this optimizer's group) and the
+        caller reports.
         """
         self.grads.absorb_manual_grads()
         own = census is None
         if own:
             census = NonfiniteCensus(self.rank, self.world)
+        census.regroup(self.rank, self.world)  # the caller's may be of the default group
         if self.grads.has_grads:
             census.mark(self._first_nonfinite_param(), None, REDUCED)
         census.allreduce(self.process_group)
