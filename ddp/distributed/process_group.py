@@ -66,6 +66,35 @@ class CollectiveBytes:
         return self.by_rank.get(rank, 0)
 
 
+_nesting = threading.local()  # a collective forwarded to another group's (NCCL's host path)
+
+
+class _CountScope:
+    """Adds one collective's payload to every open count, unless it runs inside another
+    counted collective of this thread (a group forwarding to another group counts once)."""
+
+    def __init__(self, group: ProcessGroup, kind: str, array):
+        self.group, self.kind, self.array = group, kind, array
+
+    def __enter__(self):
+        depth = getattr(_nesting, "depth", 0)
+        if depth == 0:
+            rank = self.group.global_ranks[self.group.rank()]
+            for count in tuple(_open_counts):
+                count.add(rank, self.kind, int(self.array.nbytes))
+        _nesting.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        _nesting.depth -= 1
+        return False
+
+
+def _counted(group: ProcessGroup, kind: str, array):
+    """The counting scope of one collective; a shared no-op while no count is open."""
+    return _UNWATCHED if not _open_counts else _CountScope(group, kind, array)
+
+
 @contextlib.contextmanager
 def count_bytes() -> Iterator[CollectiveBytes]:
     """Count the payload bytes of every array collective issued while open (any thread).
@@ -193,7 +222,8 @@ class ProcessGroup:
     def allreduce(self, array, op: ReduceOp = ReduceOp.SUM) -> None:
         """Reduce ``array`` over all ranks, in place; every rank gets the result."""
         op = self._check_allreduce(array, op)
-        with self._watched(self._begin("allreduce", array, f"op={op.name}")):
+        with self._watched(self._begin("allreduce", array, f"op={op.name}")), \
+                _counted(self, "allreduce", array):
             self._allreduce_impl(array, op)
 
     def allreduce_async(self, array, op: ReduceOp = ReduceOp.SUM) -> Work:
@@ -206,11 +236,13 @@ class ProcessGroup:
         text = self._begin("allreduce", array, f"op={op.name}")
         dog = watchdog.current()
         if text is None or dog is None:
-            return self._allreduce_async_impl(array, op)
+            with _counted(self, "allreduce", array):
+                return self._allreduce_async_impl(array, op)
         token = dog.begin(self._watch_label(text, " (started asynchronously)"),
                           ranks=self.global_ranks, blocked=False)
         try:
-            work = self._allreduce_async_impl(array, op)
+            with _counted(self, "allreduce", array):
+                work = self._allreduce_async_impl(array, op)
         except BaseException:
             dog.end(token)
             raise
@@ -227,7 +259,8 @@ class ProcessGroup:
         """Copy ``array`` of group rank ``src`` into ``array`` on every rank, in place."""
         self._check_rank(src, "broadcast src")
         _check_array(array, "broadcast")
-        with self._watched(self._begin("broadcast", array, f"src={src}")):
+        with self._watched(self._begin("broadcast", array, f"src={src}")), \
+                _counted(self, "broadcast", array):
             self._broadcast_impl(array, src)
 
     def allgather(self, out_array, in_array) -> None:
@@ -239,7 +272,8 @@ class ProcessGroup:
                 f"allgather: out has {out_array.size} {out_array.dtype} elements, expected "
                 f"size * in.size = {self._size} * {in_array.size} of {in_array.dtype}"
             )
-        with self._watched(self._begin("allgather", in_array, "")):
+        with self._watched(self._begin("allgather", in_array, "")), \
+                _counted(self, "allgather", in_array):
             self._allgather_impl(out_array, in_array)
 
     def reduce_scatter(self, out_array, in_array, op: ReduceOp = ReduceOp.SUM) -> None:
@@ -254,7 +288,8 @@ class ProcessGroup:
             )
         if op is ReduceOp.AVG and in_array.dtype.kind not in "fc":
             raise TypeError(f"reduce_scatter: AVG needs a floating array, got {in_array.dtype}")
-        with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")):
+        with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")), \
+                _counted(self, "reduce_scatter", in_array):
             self._reduce_scatter_impl(out_array, in_array, op)
 
     def barrier(self) -> None:
@@ -340,9 +375,6 @@ class ProcessGroup:
         unwatched hot path formats nothing.
         """
         self._seq += 1
-        if _open_counts and array is not None:
-            for count in tuple(_open_counts):
-                count.add(self.global_ranks[self._rank], kind, int(array.nbytes))
         if not self._check_collectives:
             return None if watchdog.current() is None else self._describe(kind, array, extra)
         text = self._describe(kind, array, extra)
