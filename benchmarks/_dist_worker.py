@@ -9,6 +9,10 @@ Not meant to be run by hand; ``bench_distributed.py`` launches it as::
     python _dist_worker.py --lib ddp --world 1 ...                      # a plain, undistributed
                                                                         # model (scaling baseline)
 
+With ``--comm-hook fp16|powersgdR`` (ddp, world > 1) DDP reduces through that communication
+hook; the bytes each step hands to the process group's collectives (``count_bytes()``) are
+recorded beside the times.
+
 Every rank runs the same steps on its own batch (seeded by rank); rank 0 writes the per-step
 wall times (and, with ``--sync``, the gradient-synchronisation timings) as JSON to ``--out``.
 """
@@ -16,6 +20,7 @@ wall times (and, with ``--sync``, the gradient-synchronisation timings) as JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -64,25 +69,52 @@ def wrap(lib, lib_name: str, model, world: int, ddp_kwargs: dict):
     return lib.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
 
+def register_hook(model, hook: str, warmup: int) -> None:
+    """``hook``: plain, fp16, or powersgdR (PowerSGD of rank R, compressing from the first
+    timed step on)."""
+    from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
+
+    if hook == "fp16":
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook.startswith("powersgd"):
+        state = powerSGD.PowerSGDState(None, matrix_approximation_rank=int(hook[8:]),
+                                       start_powerSGD_iter=max(2, warmup))
+        model.register_comm_hook(state, powerSGD.powerSGD_hook)
+    elif hook != "plain":
+        raise ValueError(f"unknown comm hook {hook!r}")
+
+
 def time_model(lib, lib_name: str, name: str, rank: int, world: int, steps: int, warmup: int,
-               barrier, ddp_kwargs: dict) -> list[float]:
+               barrier, ddp_kwargs: dict, hook: str = "plain") -> tuple[list[float], list[int]]:
+    """Step times, and (ddp at world > 1) the bytes this rank handed to collectives per step."""
     lib.manual_seed(0)
     model = wrap(lib, lib_name, models.BUILDERS[name](lib), world, ddp_kwargs)
+    counting = lib_name == "ddp" and world > 1
+    if counting:
+        from ddp.distributed.process_group import count_bytes
+
+        register_hook(model, hook, warmup)
     x_np, y_np = models.batch(name, models.DEFAULT_BATCH[name], seed=rank)
     x, y = lib.from_numpy(x_np), lib.from_numpy(y_np)
     opt = models.make_optimizer(lib, name, model.parameters())
-    times = []
+    times, sent = [], []
     barrier()
     for step in range(warmup + steps):
+        timed = step >= warmup
+        count = count_bytes() if counting and timed else contextlib.nullcontext()
         start = time.perf_counter()
-        opt.zero_grad()
-        loss = models.loss_fn(lib, model(x), y)
-        loss.backward()
-        opt.step()
-        if step >= warmup:
+        with count as bytes_sent:
+            opt.zero_grad()
+            loss = models.loss_fn(lib, model(x), y)
+            loss.backward()
+            opt.step()
+        if timed:
             times.append(time.perf_counter() - start)
+            if counting:
+                sent.append(bytes_sent.sent(rank))
     barrier()
-    return times
+    return times, sent
 
 
 def time_sync(reps: int, ddp_kwargs: dict) -> dict:
@@ -234,16 +266,17 @@ def main() -> None:
     parser.add_argument("--sync", type=int, default=0, help="repetitions of the sync timing")
     parser.add_argument("--sync-sizes", type=float, nargs="*", default=[],
                         help="MiB of gradients for the end-to-end sync timing (time_sync_sizes)")
+    parser.add_argument("--comm-hook", default="plain", help="plain, fp16, powersgd1, ...")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     lib = load(args.lib)
     rank, barrier = init(lib, args.lib, args.world)
-    result: dict = {"lib": args.lib, "world": args.world, "steps": {}}
+    result: dict = {"lib": args.lib, "world": args.world, "steps": {}, "bytes": {}}
     for name in args.models:
-        result["steps"][name] = time_model(lib, args.lib, name, rank, args.world,
-                                           args.steps[name], args.warmup, barrier,
-                                           args.ddp_kwargs)
+        result["steps"][name], result["bytes"][name] = time_model(
+            lib, args.lib, name, rank, args.world, args.steps[name], args.warmup, barrier,
+            args.ddp_kwargs, args.comm_hook)
     if args.sync and args.lib == "ddp" and args.world > 1:
         result["sync"] = time_sync(args.sync, args.ddp_kwargs)
     if args.sync and args.sync_sizes and args.lib == "ddp" and args.world > 1:

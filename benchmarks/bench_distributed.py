@@ -1,6 +1,7 @@
 """Data parallelism on 2 ranks: ddp over MPI against torch DDP over gloo, same models, same run.
 
     .venv/bin/python benchmarks/bench_distributed.py [--models mlp cnn gpt] [--rounds 2]
+    .venv/bin/python benchmarks/bench_distributed.py --comm-hooks [plain fp16 powersgd1 ...]
 
 One BLAS thread per rank (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, torch.set_num_threads(1)),
 the three reference models of ``models.py`` at their per-rank batch (MLP 256 SGD-momentum, MNIST
@@ -21,6 +22,11 @@ the table after it the end-to-end sync of ``--sync-sizes`` MiB of gradients (bac
 to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) against raw
 ``Allreduce`` of the same bytes started the same way (``_dist_worker.time_sync_sizes``).
 ``--sync-only`` runs just those timings.
+
+``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16,
+PowerSGD of rank 1, 2, 4, compressing from the first timed step): the bytes per step handed to
+the process group's collectives (exact, ``ddp.distributed.process_group.count_bytes``) and the
+median step time, each beside plain DDP.
 """
 
 from __future__ import annotations
@@ -54,12 +60,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(lib: str, world: int, args, out: str, sync: int = 0) -> dict:
+def run_worker(lib: str, world: int, args, out: str, sync: int = 0, hook: str = "plain") -> dict:
     common = [WORKER, "--lib", lib, "--world", str(world), "--models", *args.models,
               "--steps", json.dumps(args.steps), "--warmup", str(args.warmup),
-              "--ddp-kwargs", json.dumps(args.ddp_kwargs), "--sync", str(sync), "--out", out]
+              "--ddp-kwargs", json.dumps(args.ddp_kwargs), "--sync", str(sync), "--out", out,
+              "--comm-hook", hook]
     if sync and args.sync_sizes:
-        common[-2:-2] = ["--sync-sizes", *map(str, args.sync_sizes)]
+        common += ["--sync-sizes", *map(str, args.sync_sizes)]
     env = single_thread_env()
     if lib == "ddp" and world > 1:
         procs = [subprocess.Popen([os.path.join(BIN, "mpiexec"), "-n", str(world),
@@ -108,7 +115,15 @@ def main() -> None:
                         help="also run ddp alone at these world sizes (weak scaling; more "
                              "ranks than cores oversubscribes them)")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--comm-hooks", nargs="*", default=None,
+                        help="instead of the torch comparison: ddp x2 with each communication "
+                             "hook (default: plain fp16 powersgd1 powersgd2 powersgd4), bytes "
+                             "and step time per step")
     args = parser.parse_args()
+    if args.comm_hooks is not None:
+        compare_hooks(args, args.comm_hooks or ["plain", "fp16", "powersgd1", "powersgd2",
+                                                "powersgd4"])
+        return
 
     if args.sync_only:
         args.models, args.no_single = [], True
@@ -198,6 +213,38 @@ def print_sync_sizes(sizes: dict) -> None:
               f"{cell('e2e_view', 'raw_after')} {cell('e2e_copy', 'raw_after')} | "
               f"{med['raw']:6.2f} {cell('sync_now_view', 'raw')} "
               f"{cell('sync_now_copy', 'raw')}")
+
+
+def compare_hooks(args, hooks: list[str]) -> None:
+    """ddp on 2 ranks with each hook, interleaved rounds: bytes per step (exact: the payload
+    rank 0 handed to the process group's collectives, ``count_bytes()``) and median step time,
+    both beside plain DDP."""
+    times = {(h, m): [] for h in hooks for m in args.models}
+    sent: dict = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for hook in hooks:
+                out = os.path.join(tmp, f"{hook}_{rnd}.json")
+                result = run_worker("ddp", 2, args, out, hook=hook)
+                for m in args.models:
+                    times[(hook, m)] += result["steps"][m]
+                    sent[(hook, m)] = sorted(set(result["bytes"][m]))
+    print(f"ddp x2 (MPI), 1 BLAS thread each, per communication hook; {args.rounds} "
+          f"interleaved rounds, median step times; {time.perf_counter() - started:.0f} s")
+    header = (f"{'model':5} {'hook':9} | {'bytes/step':>12} {'vs plain':>8} | "
+              f"{'step ms':>8} {'vs plain':>8} | spread")
+    print(header)
+    print("-" * len(header))
+    for m in args.models:
+        base_t = median_ms(times[(hooks[0], m)])
+        base_b = sent[(hooks[0], m)][0]
+        for hook in hooks:
+            b = sent[(hook, m)]
+            t = median_ms(times[(hook, m)])
+            note = "" if len(b) == 1 else f" (varies: {b})"
+            print(f"{m:5} {hook:9} | {b[0]:12d} {b[0] / base_b:8.3f} | {t:8.1f} "
+                  f"{t / base_t:8.2f} | {spread(times[(hook, m)])}{note}")
 
 
 def models_batch(name: str) -> int:

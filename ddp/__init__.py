@@ -8,6 +8,11 @@
 
 from ddp import autograd
 from ddp import dtypes as _dtypes
+from ddp.autograd.anomaly_mode import (
+    is_anomaly_check_nan_enabled,
+    is_anomaly_enabled,
+    set_anomaly_enabled,
+)
 from ddp.autograd.grad_mode import (
     enable_grad,
     inference_mode,

@@ -22,6 +22,8 @@ import ddp
 import ddp.distributed as dist
 import ddp.nn as nn
 import ddp.nn.functional as F
+from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
 from ddp.nn.parallel import DistributedDataParallel
 from ddp.optim.lr_scheduler import LambdaLR
 
@@ -150,6 +152,22 @@ def make_optimizer(params, args):
                                    weight_decay=args.weight_decay)
 
 
+
+def register_comm_hook(model: DistributedDataParallel, name: str | None, powersgd_rank: int,
+                       powersgd_start: int):
+    """Compress DDP's gradient all-reduce: ``fp16`` (half the bytes) or ``powersgd`` (rank-r
+    factors of every matrix); None keeps plain averaging. Returns the hook's state."""
+    if name is None:
+        return None
+    if name == "fp16":
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    state = powerSGD.PowerSGDState(None, matrix_approximation_rank=powersgd_rank,
+                                   start_powerSGD_iter=powersgd_start)
+    model.register_comm_hook(state, powerSGD.powerSGD_hook)
+    return state
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -164,10 +182,19 @@ def main(argv=None) -> float:
                         help="0: plain AdamW; 1/2: ZeroRedundancyOptimizer stage 1/2")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
                         help="DDP bucket size; small values show overlap in a timeline")
+    parser.add_argument("--comm-hook", choices=["fp16", "powersgd"], default=None,
+                        help="compress the gradient all-reduce (DDP communication hook)")
+    parser.add_argument("--powersgd-rank", type=int, default=1,
+                        help="PowerSGD's matrix_approximation_rank")
+    parser.add_argument("--powersgd-start", type=int, default=10,
+                        help="PowerSGD's start_powerSGD_iter: plain averaging before it")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--sample-length", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.comm_hook and args.zero_stage:
+        parser.error("--comm-hook needs --zero-stage 0: ZeRO reduce-scatters the gradients "
+                     "itself, so DDP's communication hook would never run")
 
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -182,6 +209,7 @@ def main(argv=None) -> float:
 
     model = GPT(len(itos), args.block_size, args.d_model, args.n_layer, args.n_head)
     ddp_model = DistributedDataParallel(model, bucket_cap_mb=args.bucket_cap_mb)
+    register_comm_hook(ddp_model, args.comm_hook, args.powersgd_rank, args.powersgd_start)
     optimizer = make_optimizer(ddp_model.parameters(), args)
     warmup = max(1, args.steps // 20)
     scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
@@ -193,7 +221,7 @@ def main(argv=None) -> float:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{n_params} parameters, vocabulary {len(itos)}, {len(data)} characters, "
               f"{world} rank(s) x {per_rank} windows of {args.block_size}, "
-              f"zero stage {args.zero_stage}", flush=True)
+              f"zero stage {args.zero_stage}, comm hook {args.comm_hook or 'none'}", flush=True)
 
     started = time.perf_counter()
     for step in range(1, args.steps + 1):

@@ -25,6 +25,8 @@ import ddp
 import ddp.distributed as dist
 import ddp.nn as nn
 import ddp.nn.functional as F
+from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
+from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
 from ddp.nn.parallel import DistributedDataParallel
 from ddp.optim.lr_scheduler import CosineAnnealingLR
 from ddp.utils.data import DataLoader, Subset, TensorDataset
@@ -127,6 +129,22 @@ def plot_curves(history: dict, path: str) -> None:
     plt.close(fig)
 
 
+
+def register_comm_hook(model: DistributedDataParallel, name: str | None, powersgd_rank: int,
+                       powersgd_start: int):
+    """Compress DDP's gradient all-reduce: ``fp16`` (half the bytes) or ``powersgd`` (rank-r
+    factors of every matrix); None keeps plain averaging. Returns the hook's state."""
+    if name is None:
+        return None
+    if name == "fp16":
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    state = powerSGD.PowerSGDState(None, matrix_approximation_rank=powersgd_rank,
+                                   start_powerSGD_iter=powersgd_start)
+    model.register_comm_hook(state, powerSGD.powerSGD_hook)
+    return state
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -138,6 +156,12 @@ def main(argv=None) -> float:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (for smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--comm-hook", choices=["fp16", "powersgd"], default=None,
+                        help="compress the gradient all-reduce (DDP communication hook)")
+    parser.add_argument("--powersgd-rank", type=int, default=1,
+                        help="PowerSGD's matrix_approximation_rank")
+    parser.add_argument("--powersgd-start", type=int, default=10,
+                        help="PowerSGD's start_powerSGD_iter: plain averaging before it")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: each rank uses GPU local_rank %% device_count (needs CuPy)")
     args = parser.parse_args(argv)
@@ -161,6 +185,7 @@ def main(argv=None) -> float:
     if device == "cuda":  # one GPU per rank on a node, as torch's DDP recipe does
         ddp.cuda.set_device(dist.get_local_rank() % ddp.cuda.device_count())
     model = DistributedDataParallel(Classifier().to(device))
+    register_comm_hook(model, args.comm_hook, args.powersgd_rank, args.powersgd_start)
     optimizer = ddp.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
 
@@ -226,6 +251,10 @@ def main(argv=None) -> float:
     if rank == 0:
         plot_path = os.path.join(args.out, "curves.png")
         plot_curves(history, plot_path)
+        hook = args.comm_hook or "none"
+        if args.comm_hook == "powersgd":
+            hook += f" rank {args.powersgd_rank} from step {args.powersgd_start}"
+        print(f"comm hook: {hook}")
         print(f"final test accuracy {100 * accuracy:.2f}% on {world} rank(s) in "
               f"{time.perf_counter() - started:.1f} s")
         if first_97 is not None:

@@ -10,10 +10,18 @@ on every rank already; still, when a process group is initialised, ``unscale_`` 
 found-inf flag (MAX) over the default group, so ``step`` is a collective there. An optimizer
 that holds only a shard of the gradients (``ZeroRedundancyOptimizer``) unscales and checks its
 shard itself (``unscale_grads_``, a collective) and the flag it returns is already global.
+
+Beyond torch: a skipped step logs one line (logger ``ddp.nonfinite``, WARNING, rank 0 only)
+naming the first parameter with a non-finite gradient, the rank and micro-batch where it
+appeared, the ranks that had one, and the last loss scales. The found-inf all-reduce carries
+this (``ddp/distributed/nonfinite.py``), so it is still one tiny collective. Parameter names,
+the source rank and the micro-batch need ``scaler.track_nonfinite(model)``; without it the line
+names ``param_groups[g][i]`` and the ranks where the averaged gradient was non-finite.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 from collections.abc import Iterable
@@ -24,8 +32,7 @@ import numpy as np
 from ddp import dtypes
 from ddp.autograd.grad_mode import no_grad
 from ddp.backend import get_array_module
-from ddp.distributed import api
-from ddp.distributed.reduce_op import ReduceOp
+from ddp.distributed import api, nonfinite
 from ddp.tensor import Tensor
 
 
@@ -69,16 +76,61 @@ class GradScaler:
         self._growth_interval = int(growth_interval)
         self._growth_tracker = 0
         self._per_optimizer: dict[int, dict[str, Any]] = {}
+        self._micro_batches = 0  # scale() calls since the last update(): the micro-batch index
+        self._updates = 0
+        self._scale_history: collections.deque = collections.deque(maxlen=8)
+        self._names: dict[int, str] = {}
+        self._local_first: tuple[int, int] | None = None  # (id(param), micro-batch)
+        self._tracking_handles: list = []
+
+    # --------------------------------------------------------------- non-finite tracking
+    def track_nonfinite(self, model) -> None:
+        """ddp extension: name ``model``'s parameters in skip reports and find the source.
+
+        Registers a gradient hook on every parameter of ``model`` (a ``Module``, or a
+        ``DistributedDataParallel``, whose ``module`` is named) that checks each backward's
+        gradient contribution before it is accumulated or averaged, so a skipped step's line
+        names the parameter (``blocks.3.attn.c_proj.weight``), the rank and the micro-batch
+        where the first inf/NaN appeared. Costs one ``isfinite`` pass over every gradient per
+        backward (until the first hit of a step) and a copy where the engine would adopt the
+        gradient array. Call again to re-register; ``untrack_nonfinite()`` removes the hooks.
+        """
+        self.untrack_nonfinite()
+        module = getattr(model, "module", model)
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            self._names[id(p)] = name
+            self._tracking_handles.append(p.register_hook(self._checker(id(p))))
+
+    def untrack_nonfinite(self) -> None:
+        """Remove the hooks of :meth:`track_nonfinite` (names are forgotten too)."""
+        for handle in self._tracking_handles:
+            handle.remove()
+        self._tracking_handles = []
+        self._names = {}
+
+    def _checker(self, key: int):
+        def check(grad):
+            if self._local_first is None and nonfinite.first_nonfinite([grad.array]) == 0:
+                self._local_first = (key, max(self._micro_batches - 1, 0))
+            return None
+
+        return check
 
     # ----------------------------------------------------------------------------- scaling
     def scale(self, outputs):
         """``outputs`` (a Tensor or an iterable of them) multiplied by the current scale."""
         if not self._enabled:
             return outputs
+        self._micro_batches += 1
+        return self._scaled(outputs)
+
+    def _scaled(self, outputs):
         if isinstance(outputs, Tensor):
             return outputs * float(self._scale)
         if isinstance(outputs, Iterable):
-            scaled = [self.scale(o) for o in outputs]
+            scaled = [self._scaled(o) for o in outputs]
             return type(outputs)(scaled) if isinstance(outputs, (list, tuple)) else scaled
         raise ValueError("outputs must be a Tensor or an iterable of Tensors")
 
@@ -101,16 +153,24 @@ class GradScaler:
         if state["stage"] is _Stage.STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
         inv_scale = np.float32(np.float64(1.0) / np.float64(self._scale))
+        distributed = api.is_initialized() and api.get_world_size() > 1
+        group = api.resolve_group(None) if distributed else None
+        census = nonfinite.NonfiniteCensus(group.rank() if group else 0,
+                                           group.size() if group else 1)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self._local_first is not None:
+            key, micro = self._local_first
+            index = next((i for i, p in enumerate(params) if id(p) == key), None)
+            census.mark(index, micro, nonfinite.LOCAL)
         unscale_shard = getattr(optimizer, "unscale_grads_", None)
-        if unscale_shard is not None:  # a sharded optimizer: its flag is global already
-            found_inf = bool(unscale_shard(float(inv_scale)))
+        if unscale_shard is not None:  # a sharded optimizer reduces the census on its group
+            found_inf = bool(unscale_shard(float(inv_scale), census=census))
         else:
-            found_inf = _unscale_grads(optimizer, inv_scale)
-            if api.is_initialized() and api.get_world_size() > 1:
-                flag = np.array([int(found_inf)], dtype=np.int32)
-                api.resolve_group(None).allreduce(flag, ReduceOp.MAX)
-                found_inf = bool(flag[0])
+            census.mark(_unscale_grads(optimizer, inv_scale), None, nonfinite.REDUCED)
+            census.allreduce(group)
+            found_inf = census.found()
         state["found_inf"] = found_inf
+        state["census"] = census
         state["stage"] = _Stage.UNSCALED
 
     def step(self, optimizer, *args, **kwargs):
@@ -133,9 +193,25 @@ class GradScaler:
             raise RuntimeError("step() has already been called since the last update().")
         if state["stage"] is _Stage.READY:
             self.unscale_(optimizer)
-        result = None if state["found_inf"] else optimizer.step(*args, **kwargs)
+        if state["found_inf"]:
+            self._report_skip(optimizer, state["census"])
+            result = None
+        else:
+            result = optimizer.step(*args, **kwargs)
         state["stage"] = _Stage.STEPPED
         return result
+
+    def _report_skip(self, optimizer, census: nonfinite.NonfiniteCensus) -> None:
+        """One line on rank 0: where the non-finite gradient came from, the last scales."""
+        if not census.entries():
+            return
+        label = nonfinite.param_label(optimizer.param_groups, self._names)
+        where = nonfinite.describe(census, label, self._micro_batches or None)
+        history = ", ".join(f"{s:g}" for s in (*self._scale_history, float(self._scale)))
+        nonfinite.report(census.rank, f"GradScaler: skipped step {self._updates}: non-finite "
+                                      f"gradient {where}; loss scale (last "
+                                      f"{len(self._scale_history) + 1}, oldest first): "
+                                      f"{history}")
 
     def update(self, new_scale: float | Tensor | None = None) -> None:
         """Set the next scale: ``new_scale`` if given, else back off (some optimizer skipped
@@ -147,6 +223,10 @@ class GradScaler:
         """
         if not self._enabled:
             return
+        self._scale_history.append(float(self._scale))
+        self._updates += 1
+        self._micro_batches = 0
+        self._local_first = None
         if new_scale is not None:
             if isinstance(new_scale, Tensor):
                 if new_scale.numel() != 1 or new_scale.dtype != dtypes.float32 or \
@@ -229,12 +309,15 @@ class GradScaler:
         self._growth_tracker = int(state_dict["_growth_tracker"])
 
 
-def _unscale_grads(optimizer, inv_scale: np.float32) -> bool:
-    """Multiply every gradient of ``optimizer`` by ``inv_scale``; True if any is inf/NaN."""
-    found_inf = False
+def _unscale_grads(optimizer, inv_scale: np.float32) -> int | None:
+    """Multiply every gradient of ``optimizer`` by ``inv_scale``; the index (``param_groups``
+    order) of the first one holding inf/NaN, or None."""
+    first = None
     with no_grad():
+        index = -1
         for group in optimizer.param_groups:
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 grad = p.grad.array
@@ -242,7 +325,6 @@ def _unscale_grads(optimizer, inv_scale: np.float32) -> bool:
                     raise ValueError("Attempting to unscale FP16 gradients.")
                 xp = get_array_module(grad)
                 grad *= inv_scale.astype(grad.dtype)
-                if not found_inf and not bool(xp.isfinite(grad).all()):
-                    found_inf = True
-    return found_inf
-
+                if first is None and not bool(xp.isfinite(grad).all()):
+                    first = index
+    return first

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddp.autograd import function, tensor_type
+from ddp.autograd import anomaly_mode, function, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 from ddp.backend import get_array_module
 
@@ -253,6 +253,8 @@ class Function:
                 output = cls.forward(ctx, *args, **kwargs)
         if not record or not any(ctx.needs_input_grad):
             return output
+        if anomaly_mode.active:
+            ctx.forward_trace = anomaly_mode.forward_trace()
         is_tuple = isinstance(output, tuple)
         wrapped = ctx._wrap_outputs(output if is_tuple else (output,))
         return wrapped if is_tuple else wrapped[0]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ddp.autograd import tensor_type
+from ddp.autograd import anomaly_mode, tensor_type
 from ddp.autograd.function import _FREED_MESSAGE, AccumulateGrad, _array_of, is_owned
 from ddp.backend import get_array_module
 from ddp.utils.hooks import HookRegistry, RemovableHandle
@@ -212,6 +212,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
     stops = capture if capture is not None else ()
     dependencies, leaves = _discover(roots, accumulate=capture is None)
     task = GraphTask(leaves)
+    anomaly = anomaly_mode.is_anomaly_enabled()
     previous = current_task()
     _local.task = task
     try:
@@ -262,7 +263,8 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
                         grad = _array_of(result, "a tensor hook")
             if node._had_saved and node._saved is None:
                 raise RuntimeError(_FREED_MESSAGE)
-            grads = node.backward(node, grad)
+            grads = (anomaly_mode.call_backward(node, grad) if anomaly
+                     else node.backward(node, grad))
             if type(grads) is not tuple:
                 grads = (grads,)
             edges = node.next_edges

@@ -32,7 +32,7 @@ import itertools
 
 import numpy as np
 
-from ddp.autograd import tensor_type
+from ddp.autograd import anomaly_mode, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 
 _sequence = itertools.count()  # creation order of nodes: the engine runs later nodes first
@@ -50,6 +50,7 @@ class Node:
 
     next_edges: tuple = ()  # class defaults: most nodes never change them, so no per-node write
     pre_hooks: dict | None = None  # id -> fn(grad Tensor) -> Tensor | None
+    forward_trace = None  # the creating call's stack, recorded in anomaly mode only
 
     def __init__(self):
         self.sequence_nr = next(_sequence)
@@ -232,6 +233,8 @@ class Function(Node):
         if needs is not None:
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
+            if anomaly_mode.active:
+                ctx.forward_trace = anomaly_mode.forward_trace()
         out = cls.forward(ctx, *arrays, **kwargs)
         return tensor_class._from_op(out, None if needs is None else ctx)
 

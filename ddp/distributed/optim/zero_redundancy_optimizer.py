@@ -35,6 +35,13 @@ from ddp.backend import get_array_module
 from ddp.distributed.algorithms.join import Joinable, JoinHook
 from ddp.distributed.api import resolve_group
 from ddp.distributed.grad_sync import GradSyncScheduler
+from ddp.distributed.nonfinite import (
+    REDUCED,
+    NonfiniteCensus,
+    describe,
+    param_label,
+    report,
+)
 from ddp.distributed.optim import shard_state
 from ddp.distributed.optim.flat_layout import FlatLayout
 from ddp.distributed.optim.shard_state import ShardParam
@@ -304,24 +311,52 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
             self.grads.scale_(coef)
         return Tensor(total)
 
-    def unscale_grads_(self, inv_scale: float) -> bool:
+    def unscale_grads_(self, inv_scale: float, census: NonfiniteCensus | None = None) -> bool:
         """Collective: multiply this rank's averaged gradient shard by ``inv_scale``
-        (``GradScaler.unscale_``); True on every rank when any rank's shard holds inf/NaN."""
+        (``GradScaler.unscale_``); True on every rank when any rank's shard holds inf/NaN.
+        ``census``: see :meth:`has_nonfinite_grad`."""
         self.grads.absorb_manual_grads()
         if self.grads.has_grads:
             self.grads.scale_(inv_scale)
-        return self.has_nonfinite_grad()
+        return self.has_nonfinite_grad(census)
 
-    def has_nonfinite_grad(self) -> bool:
-        """Collective: True on every rank when any rank's gradient slice holds inf or nan."""
+    def has_nonfinite_grad(self, census: NonfiniteCensus | None = None) -> bool:
+        """Collective: True on every rank when any rank's gradient slice holds inf or nan.
+
+        One all-reduce of a ``NonfiniteCensus`` (``ddp/distributed/nonfinite.py``): each rank
+        names the first parameter whose owned slice is non-finite. Without ``census`` (a direct
+        call) a hit is logged as one line on rank 0 (logger ``ddp.nonfinite``); with one (the
+        caller's, e.g. ``GradScaler``, which may have marked this rank's local gradients
+        already) it is filled and reduced here (re-laid for this optimizer's group) and the
+        caller reports.
+        """
         self.grads.absorb_manual_grads()
-        slices = self.grads.owned_arrays() if self.grads.has_grads else []
-        flag = np.zeros(1, dtype=np.int32)
-        for g in slices:
-            if not bool(get_array_module(g).isfinite(g).all()):
-                flag[0] = 1
-        self.process_group.allreduce(flag, ReduceOp.MAX)
-        return bool(flag[0])
+        own = census is None
+        if own:
+            census = NonfiniteCensus(self.rank, self.world)
+        census.regroup(self.rank, self.world)  # the caller's may be of the default group
+        if self.grads.has_grads:
+            census.mark(self._first_nonfinite_param(), None, REDUCED)
+        census.allreduce(self.process_group)
+        if own and census.found():
+            label = param_label(self.param_groups, {})
+            report(self.rank, f"ZeroRedundancyOptimizer: non-finite gradient, "
+                              f"{describe(census, label)}")
+        return census.found()
+
+    def _first_nonfinite_param(self) -> int | None:
+        """Index (in ``param_groups`` order) of the first parameter whose slice this rank owns
+        holds inf/NaN; the search runs only when a slice is non-finite."""
+        for sp in self.shard_params:
+            g = self.grads.shard_grad(sp.dtype, sp.lo, sp.hi, sp.pos)
+            xp = get_array_module(g)
+            bad = ~xp.isfinite(g)
+            if bool(bad.any()):
+                offset = sp.lo + int(xp.argmax(bad))
+                for e in self.layout.entries:
+                    if e.dtype == sp.dtype and e.offset <= offset < e.stop:
+                        return e.index
+        return None
 
     # ---------------------------------------------------------------------------- memory
     def memory_bytes(self) -> dict[str, int]:
