@@ -1,0 +1,319 @@
+"""``memory_report``: the bytes each rank holds, by category, beside the ZeRO formulas.
+
+Every number is measured from the arrays ddp holds (``nbytes``), found through public seams:
+the model's parameters and ``.grad``, the optimizer's ``state``,
+``DistributedDataParallel.memory_bytes()`` (bucket buffers) and
+``ZeroRedundancyOptimizer.memory_bytes()`` (flat buffers, gradient shards, state, scratch).
+Each category is set beside the prediction of the ZeRO paper's formulas evaluated for this
+model's real sizes and ddp's real layout (below), and flagged when the two differ by more
+than 5 %.
+
+The formulas, Ψ = trained parameter elements, b = bytes per parameter element (4 for float32),
+k = optimizer state elements per parameter element (SGD without momentum 0, SGD with momentum
+1, Adam/AdamW 2, with amsgrad 3, RMSprop 1 + momentum + centered, Adagrad 1, Adadelta 2), the
+state held in the parameters' dtype as ddp's optimizers do:
+
+=============  ==========  ==========  ===========  =====================
+strategy       parameters  gradients   state        fp32 Adam (b=4, k=2)
+=============  ==========  ==========  ===========  =====================
+plain / DDP    bΨ          bΨ          kbΨ          16Ψ
+ZeRO stage 1   bP          bP          kbP/N        8Ψ + 8Ψ/N
+ZeRO stage 2   bP          bP/N        kbP/N        4Ψ + 12Ψ/N
+=============  ==========  ==========  ===========  =====================
+
+P is ZeRO's padded length: per dtype, Ψ rounded up to a multiple of N (one flat buffer cut into
+N equal shards; the padding's state is real memory too). Communication buffers: DDP's buckets
+hold bΨ (0 beyond the gradients with ``gradient_as_bucket_view``, whose ``.grad`` *are* the
+buckets); ZeRO's reduce-scatter scratch and staging pool depend on the buckets in flight and
+have no formula. The paper's mixed-precision variants (fp16 parameters and gradients plus an
+fp32 master copy and Adam state, K = 12: DDP 2Ψ + 2Ψ + 12Ψ, stage 1 4Ψ + 12Ψ/N, stage 2
+2Ψ + 14Ψ/N, stage 3 16Ψ/N) apply only where such a master copy exists; ddp's autocast keeps
+float32 parameters, so the float32 rows above apply to it, and a model cast to bfloat16 whole
+gets b = 2 with its state in bfloat16.
+
+Activations: ddp's graph nodes keep the arrays their backward needs as op-private attributes
+and there are no saved-tensor hooks to count them, so the activations' peak is reported as
+"not measured" rather than estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ddp.distributed import api
+from ddp.distributed.local_backend import LocalProcessGroup
+from ddp.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
+from ddp.nn.parallel import DistributedDataParallel
+from ddp.optim import SGD, Adadelta, Adagrad, Adam, RMSprop
+from ddp.tensor import Tensor
+
+TOLERANCE = 0.05  # a category whose measurement differs from its prediction by more is flagged
+
+
+@dataclass
+class Category:
+    """One line of the ledger: bytes measured on this rank beside the formula's prediction.
+
+    ``measured`` is None when it cannot be measured; ``predicted`` is None when no formula
+    applies. ``formula`` is the formula in Ψ/N (empty without one).
+    """
+
+    name: str
+    measured: int | None
+    predicted: int | None
+    formula: str = ""
+    note: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        """The measurement differs from the prediction by more than 5 % (of the prediction)."""
+        if self.measured is None or self.predicted is None:
+            return False
+        return abs(self.measured - self.predicted) > TOLERANCE * max(self.predicted, 1)
+
+
+@dataclass
+class MemoryReport:
+    """This rank's ledger; ``ranks`` holds every rank's ``to_dict()`` (rank order) on every
+    rank, since the report is gathered with a collective."""
+
+    rank: int
+    world_size: int
+    strategy: str  # "plain", "ddp", "zero-1", "zero-2", "fully-sharded"
+    psi: int  # trained parameter elements
+    dtype: str
+    optimizer: str | None
+    state_per_param: float | None  # k
+    categories: list[Category]
+    ranks: list[dict] = field(default_factory=list)
+
+    @property
+    def flags(self) -> list[str]:
+        """This rank's categories that differ from their prediction by more than 5 %."""
+        return [c.name for c in self.categories if c.flagged]
+
+    @property
+    def total(self) -> int:
+        """Measured bytes of every measured category."""
+        return sum(c.measured for c in self.categories if c.measured is not None)
+
+    def category(self, name: str) -> Category:
+        for c in self.categories:
+            if c.name == name:
+                return c
+        raise KeyError(f"memory report has no category {name!r} "
+                       f"(it has {[c.name for c in self.categories]})")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for c, d in zip(self.categories, out["categories"], strict=True):
+            d["flagged"] = c.flagged
+        out["flags"] = self.flags
+        out["total"] = self.total
+        return out
+
+    def __str__(self) -> str:
+        return format_table(self.to_dict(), self.ranks or [self.to_dict()])
+
+
+def memory_report(model, optimizer=None, *, print_report: bool = True,
+                  process_group=None) -> MemoryReport:
+    """Collective: measure the bytes this rank holds, by category, beside the formulas.
+
+    Must be called on all ranks of the group (the ranks' reports are gathered with one
+    ``allgather_object``), between steps: right after ``optimizer.step()`` (before
+    ``zero_grad``) all three kinds of training memory are live, which is what the formulas
+    describe. Rank 0 prints a table with every rank's numbers when ``print_report``.
+
+    Args:
+        model: a Module, plain or wrapped in DistributedDataParallel.
+        optimizer: a plain optimizer, a ZeroRedundancyOptimizer, or None (no state counted).
+        print_report: print the table on rank 0.
+        process_group: the group to gather over (default: the DDP model's or the ZeRO
+            optimizer's user group, else the default group, else a world of one).
+
+    Returns:
+        This rank's :class:`MemoryReport`, with every rank's numbers in ``ranks``.
+    """
+    pg = _group(model, optimizer, process_group)
+    report = _measure(model, optimizer, pg.rank(), pg.size())
+    report.ranks = pg.allgather_object(report.to_dict())
+    if print_report and pg.rank() == 0:
+        print(report, flush=True)
+    return report
+
+
+def _group(model, optimizer, process_group):
+    if process_group is not None:
+        return api.resolve_group(process_group)
+    if isinstance(model, DistributedDataParallel):
+        return model.process_group
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        return optimizer.join_process_group
+    return api.get_default_group() if api.is_initialized() else LocalProcessGroup()
+
+
+# ----------------------------------------------------------------------------- measuring
+def _distinct(tensors) -> list[Tensor]:
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def state_elements_per_param(optimizer_class: type, group: dict) -> float | None:
+    """k: optimizer state elements per parameter element for one param group (None: no
+    formula is known for ``optimizer_class``)."""
+    if issubclass(optimizer_class, SGD):
+        return 1.0 if group.get("momentum", 0) else 0.0
+    if issubclass(optimizer_class, Adam):  # AdamW too
+        return 3.0 if group.get("amsgrad") else 2.0
+    if issubclass(optimizer_class, RMSprop):
+        return 1.0 + (group.get("momentum", 0) > 0) + bool(group.get("centered"))
+    if issubclass(optimizer_class, Adagrad):
+        return 1.0
+    if issubclass(optimizer_class, Adadelta):
+        return 2.0
+    return None
+
+
+def _state_bytes(state: dict) -> int:
+    return sum(int(v.array.nbytes) for s in state.values() for v in s.values()
+               if isinstance(v, Tensor))
+
+
+def _k_label(k: float) -> str:
+    return str(int(k)) if float(k).is_integer() else f"{k:g}"
+
+
+def _measure(model, optimizer, rank: int, world: int) -> MemoryReport:
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    params = _distinct(p for p in module.parameters() if p.requires_grad)
+    psi = sum(int(p.array.size) for p in params)
+    itemsize = params[0].array.itemsize if params else 4
+    dtype = str(params[0].array.dtype) if params else "float32"
+    zero = optimizer if isinstance(optimizer, ZeroRedundancyOptimizer) else None
+    opt_class = None if optimizer is None else (
+        zero.optimizer_class if zero is not None else type(optimizer))
+    ks = [] if optimizer is None else [state_elements_per_param(opt_class, g)
+                                       for g in optimizer.param_groups]
+    k = None if optimizer is None or any(x is None for x in ks) else (
+        ks[0] if len(set(ks)) == 1 else None)
+    b = itemsize
+
+    cats: list[Category] = []
+    if zero is not None:
+        mem = zero.memory_bytes()
+        padded = sum(buf.padded for buf in zero.layout.buffers.values())
+        shard = padded // world
+        stage = zero.stage
+        strategy = f"zero-{stage}"
+        note = f"P = {padded} padded elements" if padded != psi else ""
+        cats.append(Category("parameters", mem["params"], b * padded, f"{b}Ψ", note))
+        if stage == 1:
+            cats.append(Category("gradients", mem["grads"], b * padded, f"{b}Ψ"))
+        else:
+            cats.append(Category("gradients", mem["grads"], b * shard, f"{b}Ψ/N"))
+        state_pred = None
+        if all(x is not None for x in ks):
+            state_pred = int(sum(ks[sp.group] * b * (sp.hi - sp.lo)
+                                 for sp in zero.shard_params))
+        cats.append(Category("optimizer state", mem["state"], state_pred,
+                             f"{_k_label(k * b)}Ψ/N" if k is not None else "",
+                             "" if k is not None else "no formula for this optimizer"))
+        comm = mem["comm"]
+        if isinstance(model, DistributedDataParallel):
+            comm += model.memory_bytes()["comm"]
+        cats.append(Category("communication buffers", comm, None, "",
+                             "ZeRO scratch and staging: no formula"))
+    else:
+        strategy = "ddp" if isinstance(model, DistributedDataParallel) else "plain"
+        cats.append(Category("parameters", sum(int(p.array.nbytes) for p in params), b * psi,
+                             f"{b}Ψ"))
+        grads = sum(int(p.grad.array.nbytes) for p in params if p.grad is not None)
+        cats.append(Category("gradients", grads, b * psi, f"{b}Ψ",
+                             "" if grads else "no gradients held now"))
+        if optimizer is not None:
+            state_pred = None
+            if all(x is not None for x in ks):
+                state_pred = 0
+                for g, group in enumerate(optimizer.param_groups):
+                    ids = {id(p) for p in group["params"]}
+                    state_pred += int(ks[g] * b * sum(p.array.size for p in params
+                                                      if id(p) in ids))
+            cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
+                                 f"{_k_label(k * b)}Ψ" if k is not None else "",
+                                 "" if k is not None else "no formula for this optimizer"))
+        if isinstance(model, DistributedDataParallel):
+            mem = model.memory_bytes()
+            viewed = mem["grads_in_comm"]
+            as_view = model.gradient_as_bucket_view
+            cats.append(Category(
+                "communication buffers", mem["comm"] - viewed, 0 if as_view else b * psi,
+                "0" if as_view else f"{b}Ψ",
+                f"DDP buckets; {viewed} bytes of them are the gradients" if viewed
+                else "DDP buckets"))
+    if optimizer is None:
+        cats.append(Category("optimizer state", None, None, "", "no optimizer given"))
+    cats.append(Category("gathered parameters (peak)", 0, 0, "0"))  # replicated: none
+    cats.append(Category("activations (peak)", None, None))  # see the module docstring
+    buffers = sum(int(t.array.nbytes) for t in _distinct(module.buffers()))
+    if buffers:
+        cats.append(Category("module buffers", buffers, None, "", "running statistics etc."))
+    return MemoryReport(rank, world, strategy, psi, dtype,
+                        None if opt_class is None else opt_class.__name__, k, cats)
+
+
+# ---------------------------------------------------------------------------- formatting
+def _mib(nbytes: int | None) -> str:
+    """Bytes in binary units, 4 significant digits (exact bytes are in ``to_dict()``)."""
+    if nbytes is None:
+        return "—"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.4g} {unit}"
+    return f"{nbytes} B"
+
+
+def format_table(mine: dict, ranks: list[dict]) -> str:
+    """The table rank 0 prints: one row per category, the prediction, one column per rank
+    (``!`` marks a category more than 5 % off its prediction on that rank)."""
+    head = (f"memory report: {mine['strategy']}, N = {mine['world_size']}, "
+            f"Ψ = {mine['psi']:,} {mine['dtype']} parameters, optimizer "
+            f"{mine['optimizer'] or 'none'}"
+            + (f" (k = {_k_label(mine['state_per_param'])} state elements per parameter)"
+               if mine["state_per_param"] is not None else ""))
+    cols = ["category", "formula", "predicted"] + [f"rank {r['rank']}" for r in ranks]
+    rows = []
+    for i, c in enumerate(mine["categories"]):
+        cells = [c["name"], c["formula"] or "—", _mib(c["predicted"])]
+        for r in ranks:
+            rc = r["categories"][i]
+            cells.append(("not measured" if rc["measured"] is None else _mib(rc["measured"]))
+                         + (" !" if rc["flagged"] else ""))
+        rows.append(cells)
+    predicted = [c["predicted"] for c in mine["categories"] if c["measured"] is not None]
+    rows.append(["total", "", "—" if None in predicted else _mib(sum(predicted))]
+                + [_mib(r["total"]) for r in ranks])
+    widths = [max(len(row[j]) for row in [cols] + rows) for j in range(len(cols))]
+    lines = [head, "  ".join(h.ljust(w) for h, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
+    notes = [f"{c['name']}: {c['note']}" for c in mine["categories"] if c["note"]]
+    flags = [f"rank {r['rank']}: {c['name']} measured {c['measured']} B, predicted "
+             f"{c['predicted']} B ({_pct(c)})" for r in ranks for c in r["categories"]
+             if c["flagged"]]
+    lines += [f"  note: {x}" for x in notes]
+    lines += [f"  FLAG (>5 % off the formula) {x}" for x in flags]
+    return "\n".join(lines)
+
+
+def _pct(c: dict) -> str:
+    if not c["predicted"]:
+        return "prediction 0"
+    return f"{(c['measured'] - c['predicted']) / c['predicted']:+.1%}"
+
+
+__all__ = ["Category", "MemoryReport", "memory_report", "state_elements_per_param"]
