@@ -138,6 +138,8 @@ def main(argv=None) -> float:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (for smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--memory-report", action="store_true",
+                        help="print the full per-rank memory table at the end (default: one line)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: each rank uses GPU local_rank %% device_count (needs CuPy)")
     args = parser.parse_args(argv)
@@ -223,7 +225,11 @@ def main(argv=None) -> float:
             break
     if progress is not None:
         progress.close()
+    # Collective; after the last step every kind of training memory is still live.
+    memory = dist.memory_report(model, optimizer, print_report=args.memory_report)
     if rank == 0:
+        if not args.memory_report:
+            print(memory.summary())
         plot_path = os.path.join(args.out, "curves.png")
         plot_curves(history, plot_path)
         print(f"final test accuracy {100 * accuracy:.2f}% on {world} rank(s) in "

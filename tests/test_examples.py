@@ -117,6 +117,8 @@ def test_train_two_ranks_with_timeline(tmp_path):
                   "--out", str(tmp_path / "run"), env={"DDP_TIMELINE": str(trace_dir)})
     assert "epoch   1  train loss" in out and "on 2 rank(s)" in out
     assert out.count("final test accuracy") == 1  # rank 0 prints, rank 1 does not
+    assert out.count("memory per rank (ddp, N = 2, Ψ = 50,826)") == 1
+    assert "every category within 5 % of its formula" in out
     assert (tmp_path / "run" / "curves.png").exists()
     for rank in (0, 1):
         events = json.loads((trace_dir / f"timeline-rank{rank}.json").read_text())["traceEvents"]

@@ -116,6 +116,21 @@ class MemoryReport:
     def __str__(self) -> str:
         return format_table(self.to_dict(), self.ranks or [self.to_dict()])
 
+    def summary(self) -> str:
+        """One line: this rank's measured categories, their total in Ψ units beside the
+        formulas' total, and the flags of every rank."""
+        parts = [f"{c.name} {_mib(c.measured)}" for c in self.categories
+                 if c.measured and c.name != "gathered parameters (peak)"]
+        unit = max(self.psi, 1)
+        predicted = [c.predicted for c in self.categories if c.measured is not None]
+        formula = "no formula" if None in predicted else f"formula {sum(predicted) / unit:.2f}Ψ"
+        flagged = [f"rank {r['rank']} {name}" for r in self.ranks or [self.to_dict()]
+                   for name in r["flags"]]
+        return (f"memory per rank ({self.strategy}, N = {self.world_size}, Ψ = {self.psi:,}): "
+                + ", ".join(parts) + f" = {self.total / unit:.2f}Ψ ({formula}); "
+                + ("FLAGGED >5 % off: " + ", ".join(flagged) if flagged
+                   else "every category within 5 % of its formula"))
+
 
 def memory_report(model, optimizer=None, *, print_report: bool = True,
                   process_group=None) -> MemoryReport:
