@@ -19,13 +19,22 @@ strategy       parameters  gradients   state        fp32 Adam (b=4, k=2)
 plain / DDP    bΨ          bΨ          kbΨ          16Ψ
 ZeRO stage 1   bP          bP          kbP/N        8Ψ + 8Ψ/N
 ZeRO stage 2   bP          bP/N        kbP/N        4Ψ + 12Ψ/N
+fully sharded  bΨ_r        bΨ_r        kbΨ_r        16Ψ/N
 =============  ==========  ==========  ===========  =====================
 
 P is ZeRO's padded length: per dtype, Ψ rounded up to a multiple of N (one flat buffer cut into
 N equal shards; the padding's state is real memory too). Communication buffers: DDP's buckets
 hold bΨ (0 beyond the gradients with ``gradient_as_bucket_view``, whose ``.grad`` *are* the
 buckets); ZeRO's reduce-scatter scratch and staging pool depend on the buckets in flight and
-have no formula. The paper's mixed-precision variants (fp16 parameters and gradients plus an
+have no formula. Fully sharded (``fully_shard``): Ψ_r is the elements of rank r's dim-0 rows
+(``torch.chunk``: ``ceil(rows / N)`` rows per rank, the last ranks fewer), about Ψ/N; the
+gathered parameters' peak is predicted as the root unit's whole parameters plus the largest
+other unit's (``reshard_after_forward=True``: one unit gathered at a time beside the root, which
+stays gathered through forward), measured by :class:`GatheredPeak` at the units' forward hooks
+(the backward's re-gathers are not sampled), in the sharded parameters' dtype (a
+``MixedPrecisionPolicy`` with another ``param_dtype`` gathers smaller and is flagged). The
+reduce-scatter staging of ``fully_shard`` has no public accessor: not measured.
+The paper's mixed-precision variants (fp16 parameters and gradients plus an
 fp32 master copy and Adam state, K = 12: DDP 2Ψ + 2Ψ + 12Ψ, stage 1 4Ψ + 12Ψ/N, stage 2
 2Ψ + 14Ψ/N, stage 3 16Ψ/N) apply only where such a master copy exists; ddp's autocast keeps
 float32 parameters, so the float32 rows above apply to it, and a model cast to bfloat16 whole
@@ -38,10 +47,12 @@ and there are no saved-tensor hooks to count them, so the activations' peak is r
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ddp.distributed import api
+from ddp.distributed.fsdp import FSDPModule, ShardedParameter, row_range
 from ddp.distributed.local_backend import LocalProcessGroup
 from ddp.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
 from ddp.nn.parallel import DistributedDataParallel
@@ -133,7 +144,7 @@ class MemoryReport:
 
 
 def memory_report(model, optimizer=None, *, print_report: bool = True,
-                  process_group=None) -> MemoryReport:
+                  process_group=None, gathered_peak: GatheredPeak | None = None) -> MemoryReport:
     """Collective: measure the bytes this rank holds, by category, beside the formulas.
 
     Must be called on all ranks of the group (the ranks' reports are gathered with one
@@ -146,17 +157,86 @@ def memory_report(model, optimizer=None, *, print_report: bool = True,
         optimizer: a plain optimizer, a ZeroRedundancyOptimizer, or None (no state counted).
         print_report: print the table on rank 0.
         process_group: the group to gather over (default: the DDP model's or the ZeRO
-            optimizer's user group, else the default group, else a world of one).
+            optimizer's user group, the fully sharded parameters' group, else the default
+            group, else a world of one).
+        gathered_peak: for a fully sharded model, the :class:`GatheredPeak` that watched a
+            step (without it the peak is "not measured").
 
     Returns:
         This rank's :class:`MemoryReport`, with every rank's numbers in ``ranks``.
     """
     pg = _group(model, optimizer, process_group)
-    report = _measure(model, optimizer, pg.rank(), pg.size())
+    report = _measure(model, optimizer, pg.rank(), pg.size(), gathered_peak)
     report.ranks = pg.allgather_object(report.to_dict())
     if print_report and pg.rank() == 0:
         print(report, flush=True)
     return report
+
+
+class GatheredPeak:
+    """Track the peak bytes of gathered (unsharded) parameters of a fully sharded model.
+
+    Samples ``FSDPModule.gathered_nbytes(recurse=True)`` of the outermost unit inside every
+    unit's forward (after its all-gather, before its reshard), through the modules' public
+    forward hooks; backward's re-gathers are not sampled. Use it around a training step and
+    pass it to :func:`memory_report`::
+
+        with GatheredPeak(model) as peak:
+            loss_fn(model(x), y).backward(); opt.step()
+        memory_report(model, opt, gathered_peak=peak)
+    """
+
+    def __init__(self, model):
+        self.root = _fsdp_root(model)
+        self.peak = 0
+        self._handles = []
+        if self.root is not None:
+            for m in self.root.modules():
+                if isinstance(m, FSDPModule):
+                    self._handles.append(m.register_forward_pre_hook(self._sample))
+                    self._handles.append(m.register_forward_hook(self._sample_after,
+                                                                 prepend=True))
+
+    def _sample(self, module, args) -> None:
+        self.peak = max(self.peak, self.root.gathered_nbytes(recurse=True))
+
+    def _sample_after(self, module, args, output) -> None:
+        self._sample(module, args)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> GatheredPeak:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _fsdp_root(model):
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    for m in module.modules():  # pre-order: the outermost unit first
+        if isinstance(m, FSDPModule):
+            return m
+    return None
+
+
+def _unit_bytes(root) -> list[int]:
+    """Whole-parameter bytes each unit gathers, the root's first (pre-order)."""
+    out = []
+    for unit in (m for m in root.modules() if isinstance(m, FSDPModule)):
+        seen, stack, total = set(), [unit], 0
+        while stack:
+            m = stack.pop()
+            for p in m.parameters(recurse=False):
+                if isinstance(p, ShardedParameter) and id(p) not in seen:
+                    seen.add(id(p))
+                    total += math.prod(p.shard_spec.global_shape) * p.array.itemsize
+            stack.extend(c for c in m.children() if not isinstance(c, FSDPModule))
+        out.append(total)
+    return out
 
 
 def _group(model, optimizer, process_group):
@@ -166,6 +246,9 @@ def _group(model, optimizer, process_group):
         return model.process_group
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         return optimizer.join_process_group
+    for p in model.parameters():
+        if isinstance(p, ShardedParameter):
+            return p.process_group
     return api.get_default_group() if api.is_initialized() else LocalProcessGroup()
 
 
@@ -195,16 +278,17 @@ def state_elements_per_param(optimizer_class: type, group: dict) -> float | None
     return None
 
 
-def _state_bytes(state: dict) -> int:
+def _state_bytes(state: dict, scalars: bool = False) -> int:
+    """Bytes of the per-element state tensors (or, ``scalars``, of the 0-d ones: ``step``)."""
     return sum(int(v.array.nbytes) for s in state.values() for v in s.values()
-               if isinstance(v, Tensor))
+               if isinstance(v, Tensor) and (v.array.ndim == 0) == scalars)
 
 
 def _k_label(k: float) -> str:
     return str(int(k)) if float(k).is_integer() else f"{k:g}"
 
 
-def _measure(model, optimizer, rank: int, world: int) -> MemoryReport:
+def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None) -> MemoryReport:
     module = model.module if isinstance(model, DistributedDataParallel) else model
     params = _distinct(p for p in module.parameters() if p.requires_grad)
     psi = sum(int(p.array.size) for p in params)
@@ -220,6 +304,42 @@ def _measure(model, optimizer, rank: int, world: int) -> MemoryReport:
     b = itemsize
 
     cats: list[Category] = []
+    root = _fsdp_root(model)
+    if root is not None:
+        strategy = "fully-sharded"
+        psi = sum(math.prod(p.shard_spec.global_shape) if isinstance(p, ShardedParameter)
+                  else int(p.array.size) for p in params)
+        local = [_predicted_rows(p, world, rank) for p in params]
+        own = b * sum(local)
+        cats.append(Category("parameters", sum(int(p.array.nbytes) for p in params), own,
+                             f"{b}Ψ/N", "this rank's dim-0 rows (torch.chunk)"))
+        grads = sum(int(p.grad.array.nbytes) for p in params if p.grad is not None)
+        cats.append(Category("gradients", grads, own, f"{b}Ψ/N",
+                             "" if grads else "no gradients held now"))
+        if optimizer is not None:
+            state_pred = None
+            if all(x is not None for x in ks):
+                state_pred = 0
+                for g, group in enumerate(optimizer.param_groups):
+                    ids = {id(p) for p in group["params"]}
+                    state_pred += int(ks[g] * b * sum(n for p, n in zip(params, local,
+                                                                         strict=True)
+                                                      if id(p) in ids))
+            cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
+                                 f"{_k_label(k * b)}Ψ/N" if k is not None else "",
+                                 "" if k is not None else "no formula for this optimizer"))
+        cats.append(Category("communication buffers", None, None, "",
+                             "fully_shard's reduce-scatter staging: no public accessor"))
+        units = _unit_bytes(root)
+        cats.append(Category("gathered parameters (now)", root.gathered_nbytes(recurse=True), 0,
+                             "0", "between steps every unit is resharded"))
+        cats.append(Category("gathered parameters (peak)", None if peak is None else peak.peak,
+                             units[0] + max(units[1:], default=0), "root + largest unit",
+                             "sampled in forward by GatheredPeak" if peak is not None
+                             else "pass gathered_peak=GatheredPeak(model) to measure"))
+        cats.append(Category("activations (peak)", None, None))
+        return _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
+                       optimizer)
     if zero is not None:
         mem = zero.memory_bytes()
         padded = sum(buf.padded for buf in zero.layout.buffers.values())
@@ -236,7 +356,7 @@ def _measure(model, optimizer, rank: int, world: int) -> MemoryReport:
         if all(x is not None for x in ks):
             state_pred = int(sum(ks[sp.group] * b * (sp.hi - sp.lo)
                                  for sp in zero.shard_params))
-        cats.append(Category("optimizer state", mem["state"], state_pred,
+        cats.append(Category("optimizer state", _state_bytes(zero.state), state_pred,
                              f"{_k_label(k * b)}Ψ/N" if k is not None else "",
                              "" if k is not None else "no formula for this optimizer"))
         comm = mem["comm"]
@@ -275,6 +395,25 @@ def _measure(model, optimizer, rank: int, world: int) -> MemoryReport:
         cats.append(Category("optimizer state", None, None, "", "no optimizer given"))
     cats.append(Category("gathered parameters (peak)", 0, 0, "0"))  # replicated: none
     cats.append(Category("activations (peak)", None, None))  # see the module docstring
+    return _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
+                       optimizer)
+
+
+def _predicted_rows(p, world: int, rank: int) -> int:
+    """Elements of rank ``rank``'s dim-0 rows of ``p`` by ``torch.chunk``'s rule."""
+    if not isinstance(p, ShardedParameter):
+        return int(p.array.size)
+    shape = tuple(p.shard_spec.global_shape)
+    rows = shape[0] if shape else 1
+    start, stop = row_range(rows, world, rank)
+    return (stop - start) * (math.prod(shape[1:]) if shape else 1)
+
+
+def _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
+            optimizer=None) -> MemoryReport:
+    if optimizer is not None:  # ZeRO's ``state`` is its wrapped optimizer's
+        cats.append(Category("optimizer scalars", _state_bytes(optimizer.state, True), None,
+                             "", "0-d state (Adam's step): outside the formulas"))
     buffers = sum(int(t.array.nbytes) for t in _distinct(module.buffers()))
     if buffers:
         cats.append(Category("module buffers", buffers, None, "", "running statistics etc."))
@@ -301,14 +440,17 @@ def format_table(mine: dict, ranks: list[dict]) -> str:
             f"{mine['optimizer'] or 'none'}"
             + (f" (k = {_k_label(mine['state_per_param'])} state elements per parameter)"
                if mine["state_per_param"] is not None else ""))
-    cols = ["category", "formula", "predicted"] + [f"rank {r['rank']}" for r in ranks]
+    cols = ["category", "formula", f"predicted (rank {mine['rank']})"]
+    cols += [f"rank {r['rank']}" for r in ranks]
     rows = []
     for i, c in enumerate(mine["categories"]):
         cells = [c["name"], c["formula"] or "—", _mib(c["predicted"])]
         for r in ranks:
             rc = r["categories"][i]
-            cells.append(("not measured" if rc["measured"] is None else _mib(rc["measured"]))
-                         + (" !" if rc["flagged"] else ""))
+            cell = "not measured" if rc["measured"] is None else _mib(rc["measured"])
+            if rc["predicted"] != c["predicted"]:  # this rank's rows differ from rank 0's
+                cell += f" (pred. {_mib(rc['predicted'])})"
+            cells.append(cell + (" !" if rc["flagged"] else ""))
         rows.append(cells)
     predicted = [c["predicted"] for c in mine["categories"] if c["measured"] is not None]
     rows.append(["total", "", "—" if None in predicted else _mib(sum(predicted))]

@@ -14,7 +14,8 @@ import pytest
 import ddp
 import ddp.distributed as dist
 from ddp import nn
-from ddp.distributed.memory_ledger import Category
+from ddp.distributed.fsdp import fully_shard
+from ddp.distributed.memory_ledger import Category, GatheredPeak
 from ddp.distributed.optim import ZeroRedundancyOptimizer
 from ddp.nn.parallel import DistributedDataParallel as DDP
 
@@ -41,7 +42,7 @@ def _bytes(report, name):
 def case_ddp(as_view: bool, optimizer: str):
     model = DDP(_model(), gradient_as_bucket_view=as_view)
     if optimizer == "adam":
-        opt, state = ddp.optim.Adam(model.parameters(), lr=1e-3), 8 * PSI + 4 * N_PARAMS
+        opt, state = ddp.optim.Adam(model.parameters(), lr=1e-3), 8 * PSI
     elif optimizer == "momentum":
         opt, state = ddp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4 * PSI
     else:
@@ -53,9 +54,10 @@ def case_ddp(as_view: bool, optimizer: str):
     assert _bytes(r, "parameters") == 4 * PSI
     assert _bytes(r, "gradients") == 4 * PSI
     assert _bytes(r, "optimizer state") == state
+    assert _bytes(r, "optimizer scalars") == (STEP_BYTES * N_PARAMS if optimizer == "adam" else 0)
     assert _bytes(r, "communication buffers") == (0 if as_view else 4 * PSI)
     assert r.category("activations (peak)").measured is None
-    assert r.flags == [], r.flags  # the 16 steps bytes of Adam are far below 5 %
+    assert r.flags == [], r.flags
     assert [d["rank"] for d in r.ranks] == list(range(n))
     assert all(d["total"] == r.total for d in r.ranks)
 
@@ -83,7 +85,8 @@ def case_zero(stage: int, wrap: bool):
     assert _bytes(r, "parameters") == 4 * padded
     assert _bytes(r, "gradients") == 4 * (padded if stage == 1 else shard)
     # one shard parameter per param group (one group here) on every rank: one step scalar
-    assert _bytes(r, "optimizer state") == 8 * shard + STEP_BYTES
+    assert _bytes(r, "optimizer state") == 8 * shard
+    assert _bytes(r, "optimizer scalars") == STEP_BYTES
     assert r.category("optimizer state").predicted == 8 * shard
     assert r.category("communication buffers").predicted is None
     assert r.flags == [], r.flags
@@ -137,3 +140,44 @@ def test_plain_model_one_process_prints_a_table(capsys):
     assert d["categories"][0] == {"name": "parameters", "measured": 4 * PSI,
                                   "predicted": 4 * PSI, "formula": "4Ψ", "note": "",
                                   "flagged": False}
+
+
+# ------------------------------------------------------------------------- fully sharded
+FSDP_SHAPES = [(5, 6), (5,), (3, 5), (3,), (7, 3), (7,)]  # Ψ = 81
+
+
+def _rows_elements(shape, n, r):
+    """Elements of rank r's torch.chunk rows: chunks of ceil(rows / n) rows."""
+    c = math.ceil(shape[0] / n)
+    rows = max(0, min(shape[0], (r + 1) * c) - min(shape[0], r * c))
+    return rows * math.prod(shape[1:])
+
+
+def case_fully_sharded():
+    n, rank = dist.get_world_size(), dist.get_rank()
+    ddp.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Linear(3, 7))
+    fully_shard(m[0])
+    fully_shard(m[2])
+    fully_shard(m)
+    opt = ddp.optim.Adam(m.parameters(), lr=1e-3)
+    with GatheredPeak(m) as peak:
+        m(ddp.randn(4, 6)).pow(2).mean().backward()
+        opt.step()
+    r = dist.memory_report(m, opt, gathered_peak=peak, print_report=False)
+    local = sum(_rows_elements(s, n, rank) for s in FSDP_SHAPES)
+    assert (r.strategy, r.psi) == ("fully-sharded", 81)
+    assert _bytes(r, "parameters") == 4 * local
+    assert _bytes(r, "gradients") == 4 * local
+    assert _bytes(r, "optimizer state") == 8 * local
+    assert sum(d["categories"][0]["measured"] for d in r.ranks) == 4 * 81  # exactly 4Ψ in all
+    assert _bytes(r, "gathered parameters (now)") == 0
+    # root (Linear(3, 7): 28 elements) + the largest other unit (Linear(6, 5): 35)
+    assert _bytes(r, "gathered parameters (peak)") == 4 * (28 + 35)
+    assert r.category("communication buffers").measured is None
+    assert r.flags == [], str(r)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_fully_sharded_bytes_equal_formula(world_size):
+    dist.spawn(case_fully_sharded, world_size)
