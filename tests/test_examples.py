@@ -145,6 +145,15 @@ def test_charlm_two_ranks_zero_stage2():
                   "--d-model", "32", "--n-layer", "1", "--zero-stage", "2")
     assert "zero stage 2" in out and "step     3  loss" in out
     assert "optimizer memory on rank 0" in out and "sample:\ndef " in out
+    assert "memory report: zero-2, N = 2" in out
+
+
+def test_charlm_two_ranks_fully_sharded():
+    out = _mpirun(2, "charlm.py", "--steps", "3", "--log-every", "1", "--sample-length", "12",
+                  "--d-model", "32", "--n-layer", "1", "--fsdp")
+    assert "fully sharded" in out and "step     3  loss" in out
+    assert out.count("memory report: fully-sharded, N = 2") == 1  # rank 0 prints the table
+    assert "FLAG" not in out and "sample:\ndef " in out
 
 
 # -------------------------------------------------------------------------------- timeline
