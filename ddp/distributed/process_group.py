@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 from typing import Any
 
-from ddp.distributed import watchdog
+from ddp.distributed import traffic, watchdog
 from ddp.distributed.reduce_op import ReduceOp, Work, as_reduce_op
 
 _UNWATCHED = contextlib.nullcontext()  # reusable: the watchdog is off or the text not needed
@@ -139,6 +139,7 @@ class ProcessGroup:
         op = self._check_allreduce(array, op)
         with self._watched(self._begin("allreduce", array, f"op={op.name}")):
             self._allreduce_impl(array, op)
+        self._count("allreduce", array.nbytes)
 
     def allreduce_async(self, array, op: ReduceOp = ReduceOp.SUM) -> Work:
         """Start :meth:`allreduce`; the result is in ``array`` after ``Work.wait()``.
@@ -148,6 +149,7 @@ class ProcessGroup:
         """
         op = self._check_allreduce(array, op)
         text = self._begin("allreduce", array, f"op={op.name}")
+        self._count("allreduce", array.nbytes)
         dog = watchdog.current()
         if text is None or dog is None:
             return self._allreduce_async_impl(array, op)
@@ -173,6 +175,7 @@ class ProcessGroup:
         _check_array(array, "broadcast")
         with self._watched(self._begin("broadcast", array, f"src={src}")):
             self._broadcast_impl(array, src)
+        self._count("broadcast", array.nbytes)
 
     def allgather(self, out_array, in_array) -> None:
         """Concatenate every rank's ``in_array`` into ``out_array`` in rank order."""
@@ -185,6 +188,7 @@ class ProcessGroup:
             )
         with self._watched(self._begin("allgather", in_array, "")):
             self._allgather_impl(out_array, in_array)
+        self._count("allgather", out_array.nbytes)
 
     def reduce_scatter(self, out_array, in_array, op: ReduceOp = ReduceOp.SUM) -> None:
         """Reduce ``in_array`` over ranks; rank r gets the r-th of ``size`` equal slices."""
@@ -200,6 +204,7 @@ class ProcessGroup:
             raise TypeError(f"reduce_scatter: AVG needs a floating array, got {in_array.dtype}")
         with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")):
             self._reduce_scatter_impl(out_array, in_array, op)
+        self._count("reduce_scatter", in_array.nbytes)
 
     def barrier(self) -> None:
         """Block until every rank of the group has called ``barrier``."""
@@ -276,6 +281,10 @@ class ProcessGroup:
     def _check_rank(self, rank: int, what: str) -> None:
         if not 0 <= rank < self._size:
             raise ValueError(f"{what} {rank} is out of range for a group of size {self._size}")
+
+    def _count(self, kind: str, nbytes: int) -> None:
+        """Report the bytes a collective moved to the active traffic counters (traffic.py)."""
+        traffic.record(self.global_ranks[self._rank], kind, int(nbytes), self._size)
 
     def _begin(self, kind: str, array, extra: str) -> str | None:
         """Count the next collective and check consensus when on; its text for the watchdog.
