@@ -17,8 +17,11 @@ import os
 
 import numpy as np
 
+import ddp
 import ddp.distributed as dist
+from ddp import nn
 from ddp.distributed import checkpoint
+from ddp.distributed.fsdp import fully_shard
 from ddp.distributed.fsdp.shard_layout import ShardSpec, row_range
 from ddp.distributed.fsdp.sharded_param import ShardedParameter
 from ddp.distributed.optim import ZeroRedundancyOptimizer
@@ -145,4 +148,70 @@ def case_rows_in_the_index(save_ranks: int) -> None:
         assert pieces == expected
         assert set(index["spaces"]) == {"params/float32", "state/exp_avg/float32",
                                         "state/exp_avg_sq/float32"}
+    world.barrier()
+
+
+# ------------------------------------------------------------- with fully_shard's own schedule
+MLP_ROWS = 12  # the global batch: every world size from 1 to 4 divides it
+
+
+def _mlp(pg=None):
+    ddp.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 7), nn.Tanh(),
+                          nn.Linear(7, 3))
+    if pg is not None:
+        for layer in (model[0], model[2], model[4]):
+            fully_shard(layer, mesh=pg)
+        fully_shard(model, mesh=pg)
+    return model, ddp.optim.AdamW(model.parameters(), lr=0.02, weight_decay=0.1)
+
+
+def _mlp_step(model, opt, step_index: int, rank: int, world: int) -> None:
+    """This rank's slice of the global batch; fully_shard averages the gradients."""
+    rng = np.random.default_rng(500 + step_index)
+    x = rng.standard_normal((MLP_ROWS, 6)).astype(np.float32)
+    y = rng.standard_normal((MLP_ROWS, 3)).astype(np.float32)
+    per = MLP_ROWS // world
+    lo, hi = rank * per, (rank + 1) * per
+    opt.zero_grad()
+    ((model(ddp.tensor(x[lo:hi])) - ddp.tensor(y[lo:hi])) ** 2).mean().backward()
+    opt.step()
+
+
+def case_fully_shard_resume(save_ranks: int, load_ranks: int) -> None:
+    """Train 2 steps with fully_shard on ``save_ranks`` ranks, save; load into fully_shard on
+    ``load_ranks`` ranks and into one plain process: the parameters come back bit-equal, and
+    2 more steps agree between the two to float32 summation-order rounding (the reduce-scatter
+    averages over a different number of ranks than one process's mean)."""
+    world = dist.get_default_group()
+    directory = shared_tmpdir(world)
+    save_pg = world.new_subgroup(list(range(save_ranks)))
+    saved = None
+    if save_pg is not None:
+        model, opt = _mlp(save_pg)
+        for s in range(2):
+            _mlp_step(model, opt, s, save_pg.rank(), save_ranks)
+        saved = [p.full_tensor().numpy().copy() for p in model.parameters()]
+        checkpoint.save(directory, model=model, optimizer=opt, process_group=save_pg, step=2)
+    saved = world.broadcast_object(saved, 0)
+    load_pg = world.new_subgroup(list(range(load_ranks)))
+    sharded = None
+    if load_pg is not None:
+        model, opt = _mlp(load_pg)
+        checkpoint.load(directory, model=model, optimizer=opt, process_group=load_pg)
+        for p, ref in zip(model.parameters(), saved, strict=True):
+            np.testing.assert_array_equal(p.full_tensor().numpy(), ref)
+        for s in range(2, 4):
+            _mlp_step(model, opt, s, load_pg.rank(), load_ranks)
+        sharded = [p.full_tensor().numpy().copy() for p in model.parameters()]
+    single = world.new_subgroup([0])  # rank 0 alone: the one-process model
+    if single is not None:
+        model, opt = _mlp()
+        checkpoint.load(directory, model=model, optimizer=opt, process_group=single)
+        for p, ref in zip(model.parameters(), saved, strict=True):
+            np.testing.assert_array_equal(p.detach().numpy(), ref)
+        for s in range(2, 4):
+            _mlp_step(model, opt, s, 0, 1)
+        for p, other in zip(model.parameters(), sharded, strict=True):
+            np.testing.assert_allclose(p.detach().numpy(), other, rtol=1e-5, atol=1e-6)
     world.barrier()

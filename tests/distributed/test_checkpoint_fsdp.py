@@ -37,3 +37,9 @@ def test_fsdp_model_without_optimizer(save_ranks, load_kind, load_ranks):
 @pytest.mark.parametrize("world_size", [3, 4])
 def test_each_rank_writes_its_rows(world_size):
     dist.spawn(cases.case_rows_in_the_index, world_size, args=(world_size,))
+
+
+@pytest.mark.parametrize(("save_ranks", "load_ranks"), [(3, 2), (2, 3)])
+def test_fully_shard_training_resumes(save_ranks, load_ranks):
+    dist.spawn(cases.case_fully_shard_resume, max(save_ranks, load_ranks),
+               args=(save_ranks, load_ranks))
