@@ -215,3 +215,20 @@ def case_fully_shard_resume(save_ranks: int, load_ranks: int) -> None:
         for p, other in zip(model.parameters(), sharded, strict=True):
             np.testing.assert_allclose(p.detach().numpy(), other, rtol=1e-5, atol=1e-6)
     world.barrier()
+
+
+def case_sharded_param_outside_the_optimizer() -> None:
+    """A fully sharded parameter the optimizer does not hold cannot be saved row by row: every
+    rank raises the same ValueError naming it, and nothing is published."""
+    world = dist.get_default_group()
+    directory = shared_tmpdir(world)
+    net = shard_rows(Net(0), world)
+    opt = OPTIMIZERS["adamw"][0]([net.a, net.w], lr=0.1)
+    try:
+        checkpoint.save(directory, model=net, optimizer=opt)
+    except ValueError as exc:
+        assert "fully sharded parameter 'b' is not in the optimizer" in str(exc)
+    else:
+        raise AssertionError("save did not refuse")
+    assert not os.path.exists(os.path.join(directory, "latest"))
+    world.barrier()

@@ -43,3 +43,7 @@ def test_each_rank_writes_its_rows(world_size):
 def test_fully_shard_training_resumes(save_ranks, load_ranks):
     dist.spawn(cases.case_fully_shard_resume, max(save_ranks, load_ranks),
                args=(save_ranks, load_ranks))
+
+
+def test_sharded_parameter_outside_the_optimizer_is_refused():
+    dist.spawn(cases.case_sharded_param_outside_the_optimizer, 3)

@@ -72,9 +72,13 @@ def _describe(module, optimizer, rank: int, world: int, metas: list,
                                             _names(module), rank, metas)
     if module is not None:
         used: set[str] = set()
-        for key, t in module.state_dict().items():
+        for key, t in module.state_dict(keep_vars=True).items():
             if key in body["params"]:
                 body["model"][key] = {"param": key}
+            elif sharded_rows.rows_of(t) is not None:
+                raise ValueError(f"fully sharded parameter {key!r} is not in the optimizer: "
+                                 "checkpoint.save writes the rows of fully sharded parameters "
+                                 "through their optimizer (or save the model without one)")
             else:
                 name = _model_file(key, used)
                 body["model"][key] = {"file": name}
