@@ -20,16 +20,24 @@ sync. Per unit and training step:
 * **end of backward**: every unit is resharded (the root too), so ``model.parameters()`` is the
   sharded parameters again whenever no forward or backward runs.
 
+**Prefetch**: after a unit's own all-gather, the next unit's (registration order) is queued in
+forward, the previous one's in backward, on the root's gather thread (which issues every
+all-gather of the model, in order), so it overlaps the current unit's compute; ``unshard``
+waits for it. A prefetched unit that does not run stays gathered until the end of backward.
+
 Under ``no_grad`` every unit (root included) reshards right after its forward. All of this runs
 in the same order on every rank, so the collectives match.
 """
 
 from __future__ import annotations
 
+import weakref
+
 from ddp import dtypes
 from ddp.autograd import engine
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.distributed.fsdp.reduce_scatter import FullyShardedGrads
+from ddp.distributed.grad_sync.comm_thread import CommThread
 from ddp.distributed.grad_sync.scheduler import GradSyncScheduler
 from ddp.tensor import Tensor
 
@@ -59,9 +67,12 @@ class FSDPRoot:
         self.units = units
         group = root_unit.process_group
         self.gather_group = group.dup(description="fully_shard all-gather")
+        self.gather_thread = CommThread(f"fsdp-gather-rank{group.rank()}")
+        weakref.finalize(self, self.gather_thread.close)
         for unit in units:
             unit.root = self
             unit.gather_group = self.gather_group
+        self._positions = {id(u): k for k, u in enumerate(units)}
         root_unit.reshard_after_forward = False  # torch's heuristic for the root
         self.strategy = FullyShardedGrads(units, self._unit_done)
         self.scheduler = None
@@ -82,6 +93,7 @@ class FSDPRoot:
             if sync == {True}:
                 self.scheduler.expect_backward()
         unit.unshard()
+        self._prefetch(unit, +1)
         mp = unit.mp_policy
         if mp.param_dtype is not None and mp.cast_forward_inputs:
             args, kwargs = _cast_floats((args, kwargs), mp.param_dtype)
@@ -94,7 +106,10 @@ class FSDPRoot:
             for tensor in _tensors(output):
                 if tensor.requires_grad and tensor.grad_fn is not None:
                     tensor.register_hook(lambda grad, u=unit: self._pre_backward(u))
-        if unit.reshard_after_forward or not is_grad_enabled():
+        if not is_grad_enabled() and unit is self.root_unit:
+            for other in self.units:  # prefetched units the forward did not use, too
+                other.reshard()
+        elif unit.reshard_after_forward or not is_grad_enabled():
             unit.reshard()
         return output
 
@@ -105,6 +120,14 @@ class FSDPRoot:
             self._task = task
             task.queue_callback(self._end_of_backward)
         unit.unshard()
+        self._prefetch(unit, -1)
+
+    def _prefetch(self, unit, step: int) -> None:
+        """Start the all-gather of the unit ``step`` places away in registration order (the
+        next one in forward, the previous one in backward) while ``unit`` computes."""
+        position = self._positions[id(unit)] + step
+        if 0 < position < len(self.units):  # the root (0) stays gathered through backward
+            self.units[position].prefetch(self.gather_thread)
 
     def _unit_done(self, unit) -> None:
         # A frozen parameter may still be read by a later node (the gradient of the input

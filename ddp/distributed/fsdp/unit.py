@@ -57,6 +57,7 @@ class FSDPUnit:
         self.mp_policy = mp_policy
         self.requires_gradient_sync = True
         self.gathered = False
+        self.pending = False  # a prefetch all-gather is queued or running
         self.root = None  # the FSDPRoot that schedules this unit (set at the first forward)
         self.gather_group = None  # set by the root: a group for parameter all-gathers
         self.groups: list[ShardGroup] = []
@@ -101,25 +102,50 @@ class FSDPUnit:
 
     # ------------------------------------------------------------------- gather / reshard
     def unshard(self) -> None:
-        """Collective on the unit's group: all-gather the parameters (no-op when gathered)."""
+        """Collective on the unit's group: all-gather the parameters (no-op when gathered).
+
+        Under a root the all-gather runs on the root's gather thread (where prefetches run
+        too, so the group is driven by one thread); this waits for it.
+        """
         if self.gathered:
             return
-        group = self.gather_group or self.process_group
+        if self.root is None:
+            self._gather(self.process_group)
+        else:
+            if not self.pending:
+                self.prefetch(self.root.gather_thread)
+            self.root.gather_thread.wait()
+        self.pending = False
         for g, sg in enumerate(self.groups):
+            for i, q in enumerate(sg.unsharded):
+                q.array = sg.layout.full_view(sg.storage.array, i)
+            self._register(g, sg.unsharded)
+        self.gathered = True
+
+    def prefetch(self, thread) -> None:
+        """Start this unit's all-gather on ``thread`` (a ``CommThread``); ``unshard`` waits
+        for it. No-op when gathered or already started."""
+        if self.gathered or self.pending:
+            return
+        self.pending = True
+        thread.submit(f"all-gather {type(self.module).__name__}",
+                      lambda: self._gather(self.gather_group))
+
+    def _gather(self, group) -> None:
+        for sg in self.groups:
             xp = get_array_module(sg.sharded[0].array)
             section = xp.empty(sg.layout.section, dtype=sg.param_dtype)
             sg.layout.copy_in(section, [p.array for p in sg.sharded])
             gathered = xp.empty(sg.layout.section * self.world, dtype=sg.param_dtype)
             group.allgather(gathered, section)
-            storage = sg.storage.materialize()
-            sg.layout.copy_out(gathered, storage)
-            for i, q in enumerate(sg.unsharded):
-                q.array = sg.layout.full_view(storage, i)
-            self._register(g, sg.unsharded)
-        self.gathered = True
+            sg.layout.copy_out(gathered, sg.storage.materialize())
 
     def reshard(self) -> None:
         """Register the sharded parameters back and release the gathered storage."""
+        if self.pending:  # a prefetch that no forward used: let it land, then drop it
+            self.root.gather_thread.wait()
+            self.pending = False
+            self.gathered = True
         if not self.gathered:
             return
         for g, sg in enumerate(self.groups):

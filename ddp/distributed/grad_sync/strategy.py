@@ -7,7 +7,8 @@ method is called by the scheduler only, from the thread the docstring names; the
 to use is passed in (the scheduler owns the private channel).
 
 Strategies today: ``AllReduceBuckets`` (DDP, ``allreduce.py``), ``ShardedGrads`` stage 1 and 2
-(ZeRO, ``ddp/distributed/optim/sharded_grads.py``).
+(ZeRO, ``ddp/distributed/optim/sharded_grads.py``), ``FullyShardedGrads`` (``fully_shard``,
+``ddp/distributed/fsdp/reduce_scatter.py``).
 """
 
 from __future__ import annotations
