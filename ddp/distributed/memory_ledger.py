@@ -29,9 +29,12 @@ buckets); ZeRO's reduce-scatter scratch and staging pool depend on the buckets i
 have no formula. Fully sharded (``fully_shard``): Ψ_r is the elements of rank r's dim-0 rows
 (``torch.chunk``: ``ceil(rows / N)`` rows per rank, the last ranks fewer), about Ψ/N; the
 gathered parameters' peak is predicted as the root unit's whole parameters plus the largest
-other unit's (``reshard_after_forward=True``: one unit gathered at a time beside the root, which
-stays gathered through forward), measured by :class:`GatheredPeak` at the units' forward hooks
-(the backward's re-gathers are not sampled), in the sharded parameters' dtype (a
+two neighbouring units' (``reshard_after_forward=True``: the running unit and the next one,
+whose all-gather is prefetched, beside the root, which stays gathered through forward), and
+measured by :class:`GatheredPeak` at the units' forward hooks, where the prefetched unit
+counts only if its all-gather already finished; so the prediction is the range from root +
+largest unit to root + largest pair (backward's re-gathers are not sampled), in the sharded
+parameters' dtype (a
 ``MixedPrecisionPolicy`` with another ``param_dtype`` gathers smaller and is flagged). The
 reduce-scatter staging of ``fully_shard`` has no public accessor: not measured.
 The paper's mixed-precision variants (fp16 parameters and gradients plus an
@@ -67,7 +70,9 @@ class Category:
     """One line of the ledger: bytes measured on this rank beside the formula's prediction.
 
     ``measured`` is None when it cannot be measured; ``predicted`` is None when no formula
-    applies. ``formula`` is the formula in Ψ/N (empty without one).
+    applies. ``formula`` is the formula in Ψ/N (empty without one). ``predicted_min``, when
+    set, makes the prediction a range ``[predicted_min, predicted]`` (a sampled peak that may
+    or may not see a concurrent all-gather).
     """
 
     name: str
@@ -75,13 +80,17 @@ class Category:
     predicted: int | None
     formula: str = ""
     note: str = ""
+    predicted_min: int | None = None
 
     @property
     def flagged(self) -> bool:
-        """The measurement differs from the prediction by more than 5 % (of the prediction)."""
+        """The measurement differs from the prediction (or leaves its range) by more than 5 %
+        of the prediction."""
         if self.measured is None or self.predicted is None:
             return False
-        return abs(self.measured - self.predicted) > TOLERANCE * max(self.predicted, 1)
+        lo = self.predicted if self.predicted_min is None else self.predicted_min
+        slack = TOLERANCE * max(self.predicted, 1)
+        return self.measured < lo - slack or self.measured > self.predicted + slack
 
 
 @dataclass
@@ -331,12 +340,17 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
         cats.append(Category("communication buffers", None, None, "",
                              "fully_shard's reduce-scatter staging: no public accessor"))
         units = _unit_bytes(root)
+        others = units[1:]
+        pairs = [a + b for a, b in zip(others, others[1:], strict=False)]
         cats.append(Category("gathered parameters (now)", root.gathered_nbytes(recurse=True), 0,
                              "0", "between steps every unit is resharded"))
-        cats.append(Category("gathered parameters (peak)", None if peak is None else peak.peak,
-                             units[0] + max(units[1:], default=0), "root + largest unit",
-                             "sampled in forward by GatheredPeak" if peak is not None
-                             else "pass gathered_peak=GatheredPeak(model) to measure"))
+        cats.append(Category(
+            "gathered parameters (peak)", None if peak is None else peak.peak,
+            units[0] + max(pairs or others or [0]), "root + largest 2 neighbours",
+            ("sampled in forward by GatheredPeak; the prefetched neighbour counts when its "
+             "all-gather finished before the sample") if peak is not None
+            else "pass gathered_peak=GatheredPeak(model) to measure",
+            predicted_min=units[0] + max(others, default=0)))
         cats.append(Category("activations (peak)", None, None))
         return _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
                        optimizer)
@@ -444,7 +458,8 @@ def format_table(mine: dict, ranks: list[dict]) -> str:
     cols += [f"rank {r['rank']}" for r in ranks]
     rows = []
     for i, c in enumerate(mine["categories"]):
-        cells = [c["name"], c["formula"] or "—", _mib(c["predicted"])]
+        cells = [c["name"], c["formula"] or "—", _mib(c["predicted"]) if c["predicted_min"]
+                 is None else f"{_mib(c['predicted_min'])}..{_mib(c['predicted'])}"]
         for r in ranks:
             rc = r["categories"][i]
             cell = "not measured" if rc["measured"] is None else _mib(rc["measured"])
