@@ -55,8 +55,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ddp.distributed import api
-from ddp.distributed.fsdp import FSDPModule, ShardedParameter, row_range
+from ddp.distributed.fsdp import ShardedParameter
+from ddp.distributed.gathered_peak import GatheredPeak, fsdp_root, predicted_rows, unit_bytes
 from ddp.distributed.local_backend import LocalProcessGroup
+from ddp.distributed.memory_table import format_table, k_label, mib
 from ddp.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
 from ddp.nn.parallel import DistributedDataParallel
 from ddp.optim import SGD, Adadelta, Adagrad, Adam, RMSprop
@@ -139,7 +141,7 @@ class MemoryReport:
     def summary(self) -> str:
         """One line: this rank's measured categories, their total in Ψ units beside the
         formulas' total, and the flags of every rank."""
-        parts = [f"{c.name} {_mib(c.measured)}" for c in self.categories
+        parts = [f"{c.name} {mib(c.measured)}" for c in self.categories
                  if c.measured and c.name != "gathered parameters (peak)"]
         unit = max(self.psi, 1)
         predicted = [c.predicted for c in self.categories if c.measured is not None]
@@ -180,72 +182,6 @@ def memory_report(model, optimizer=None, *, print_report: bool = True,
     if print_report and pg.rank() == 0:
         print(report, flush=True)
     return report
-
-
-class GatheredPeak:
-    """Track the peak bytes of gathered (unsharded) parameters of a fully sharded model.
-
-    Samples ``FSDPModule.gathered_nbytes(recurse=True)`` of the outermost unit inside every
-    unit's forward (after its all-gather, before its reshard), through the modules' public
-    forward hooks; backward's re-gathers are not sampled. Use it around a training step and
-    pass it to :func:`memory_report`::
-
-        with GatheredPeak(model) as peak:
-            loss_fn(model(x), y).backward(); opt.step()
-        memory_report(model, opt, gathered_peak=peak)
-    """
-
-    def __init__(self, model):
-        self.root = _fsdp_root(model)
-        self.peak = 0
-        self._handles = []
-        if self.root is not None:
-            for m in self.root.modules():
-                if isinstance(m, FSDPModule):
-                    self._handles.append(m.register_forward_pre_hook(self._sample))
-                    self._handles.append(m.register_forward_hook(self._sample_after,
-                                                                 prepend=True))
-
-    def _sample(self, module, args) -> None:
-        self.peak = max(self.peak, self.root.gathered_nbytes(recurse=True))
-
-    def _sample_after(self, module, args, output) -> None:
-        self._sample(module, args)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self) -> GatheredPeak:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def _fsdp_root(model):
-    module = model.module if isinstance(model, DistributedDataParallel) else model
-    for m in module.modules():  # pre-order: the outermost unit first
-        if isinstance(m, FSDPModule):
-            return m
-    return None
-
-
-def _unit_bytes(root) -> list[int]:
-    """Whole-parameter bytes each unit gathers, the root's first (pre-order)."""
-    out = []
-    for unit in (m for m in root.modules() if isinstance(m, FSDPModule)):
-        seen, stack, total = set(), [unit], 0
-        while stack:
-            m = stack.pop()
-            for p in m.parameters(recurse=False):
-                if isinstance(p, ShardedParameter) and id(p) not in seen:
-                    seen.add(id(p))
-                    total += math.prod(p.shard_spec.global_shape) * p.array.itemsize
-            stack.extend(c for c in m.children() if not isinstance(c, FSDPModule))
-        out.append(total)
-    return out
 
 
 def _group(model, optimizer, process_group):
@@ -293,10 +229,6 @@ def _state_bytes(state: dict, scalars: bool = False) -> int:
                if isinstance(v, Tensor) and (v.array.ndim == 0) == scalars)
 
 
-def _k_label(k: float) -> str:
-    return str(int(k)) if float(k).is_integer() else f"{k:g}"
-
-
 def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None) -> MemoryReport:
     module = model.module if isinstance(model, DistributedDataParallel) else model
     params = _distinct(p for p in module.parameters() if p.requires_grad)
@@ -313,12 +245,12 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
     b = itemsize
 
     cats: list[Category] = []
-    root = _fsdp_root(model)
+    root = fsdp_root(model)
     if root is not None:
         strategy = "fully-sharded"
         psi = sum(math.prod(p.shard_spec.global_shape) if isinstance(p, ShardedParameter)
                   else int(p.array.size) for p in params)
-        local = [_predicted_rows(p, world, rank) for p in params]
+        local = [predicted_rows(p, world, rank) for p in params]
         own = b * sum(local)
         cats.append(Category("parameters", sum(int(p.array.nbytes) for p in params), own,
                              f"{b}Ψ/N", "this rank's dim-0 rows (torch.chunk)"))
@@ -335,11 +267,11 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
                                                                          strict=True)
                                                       if id(p) in ids))
             cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
-                                 f"{_k_label(k * b)}Ψ/N" if k is not None else "",
+                                 f"{k_label(k * b)}Ψ/N" if k is not None else "",
                                  "" if k is not None else "no formula for this optimizer"))
         cats.append(Category("communication buffers", None, None, "",
                              "fully_shard's reduce-scatter staging: no public accessor"))
-        units = _unit_bytes(root)
+        units = unit_bytes(root)
         others = units[1:]
         pairs = [a + b for a, b in zip(others, others[1:], strict=False)]
         cats.append(Category("gathered parameters (now)", root.gathered_nbytes(recurse=True), 0,
@@ -371,7 +303,7 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
             state_pred = int(sum(ks[sp.group] * b * (sp.hi - sp.lo)
                                  for sp in zero.shard_params))
         cats.append(Category("optimizer state", _state_bytes(zero.state), state_pred,
-                             f"{_k_label(k * b)}Ψ/N" if k is not None else "",
+                             f"{k_label(k * b)}Ψ/N" if k is not None else "",
                              "" if k is not None else "no formula for this optimizer"))
         comm = mem["comm"]
         if isinstance(model, DistributedDataParallel):
@@ -394,7 +326,7 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
                     state_pred += int(ks[g] * b * sum(p.array.size for p in params
                                                       if id(p) in ids))
             cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
-                                 f"{_k_label(k * b)}Ψ" if k is not None else "",
+                                 f"{k_label(k * b)}Ψ" if k is not None else "",
                                  "" if k is not None else "no formula for this optimizer"))
         if isinstance(model, DistributedDataParallel):
             mem = model.memory_bytes()
@@ -413,16 +345,6 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
                        optimizer)
 
 
-def _predicted_rows(p, world: int, rank: int) -> int:
-    """Elements of rank ``rank``'s dim-0 rows of ``p`` by ``torch.chunk``'s rule."""
-    if not isinstance(p, ShardedParameter):
-        return int(p.array.size)
-    shape = tuple(p.shard_spec.global_shape)
-    rows = shape[0] if shape else 1
-    start, stop = row_range(rows, world, rank)
-    return (stop - start) * (math.prod(shape[1:]) if shape else 1)
-
-
 def _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
             optimizer=None) -> MemoryReport:
     if optimizer is not None:  # ZeRO's ``state`` is its wrapped optimizer's
@@ -435,57 +357,4 @@ def _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
                         None if opt_class is None else opt_class.__name__, k, cats)
 
 
-# ---------------------------------------------------------------------------- formatting
-def _mib(nbytes: int | None) -> str:
-    """Bytes in binary units, 4 significant digits (exact bytes are in ``to_dict()``)."""
-    if nbytes is None:
-        return "—"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.4g} {unit}"
-    return f"{nbytes} B"
-
-
-def format_table(mine: dict, ranks: list[dict]) -> str:
-    """The table rank 0 prints: one row per category, the prediction, one column per rank
-    (``!`` marks a category more than 5 % off its prediction on that rank)."""
-    head = (f"memory report: {mine['strategy']}, N = {mine['world_size']}, "
-            f"Ψ = {mine['psi']:,} {mine['dtype']} parameters, optimizer "
-            f"{mine['optimizer'] or 'none'}"
-            + (f" (k = {_k_label(mine['state_per_param'])} state elements per parameter)"
-               if mine["state_per_param"] is not None else ""))
-    cols = ["category", "formula", f"predicted (rank {mine['rank']})"]
-    cols += [f"rank {r['rank']}" for r in ranks]
-    rows = []
-    for i, c in enumerate(mine["categories"]):
-        cells = [c["name"], c["formula"] or "—", _mib(c["predicted"]) if c["predicted_min"]
-                 is None else f"{_mib(c['predicted_min'])}..{_mib(c['predicted'])}"]
-        for r in ranks:
-            rc = r["categories"][i]
-            cell = "not measured" if rc["measured"] is None else _mib(rc["measured"])
-            if rc["predicted"] != c["predicted"]:  # this rank's rows differ from rank 0's
-                cell += f" (pred. {_mib(rc['predicted'])})"
-            cells.append(cell + (" !" if rc["flagged"] else ""))
-        rows.append(cells)
-    predicted = [c["predicted"] for c in mine["categories"] if c["measured"] is not None]
-    rows.append(["total", "", "—" if None in predicted else _mib(sum(predicted))]
-                + [_mib(r["total"]) for r in ranks])
-    widths = [max(len(row[j]) for row in [cols] + rows) for j in range(len(cols))]
-    lines = [head, "  ".join(h.ljust(w) for h, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
-    notes = [f"{c['name']}: {c['note']}" for c in mine["categories"] if c["note"]]
-    flags = [f"rank {r['rank']}: {c['name']} measured {c['measured']} B, predicted "
-             f"{c['predicted']} B ({_pct(c)})" for r in ranks for c in r["categories"]
-             if c["flagged"]]
-    lines += [f"  note: {x}" for x in notes]
-    lines += [f"  FLAG (>5 % off the formula) {x}" for x in flags]
-    return "\n".join(lines)
-
-
-def _pct(c: dict) -> str:
-    if not c["predicted"]:
-        return "prediction 0"
-    return f"{(c['measured'] - c['predicted']) / c['predicted']:+.1%}"
-
-
-__all__ = ["Category", "MemoryReport", "memory_report", "state_elements_per_param"]
+__all__ = ["Category", "GatheredPeak", "MemoryReport", "memory_report", "state_elements_per_param"]
