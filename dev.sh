@@ -91,6 +91,7 @@ run_tests() {
         DDP_FAKE_CUPY=1 DDP_TEST_DEFAULT_DEVICE=cuda run_pytest timeout 600 \
             "$VENV/bin/mpiexec" -n 2 "$PY" -m pytest -q --with-mpi -m mpi -p no:cacheprovider \
             tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py \
+            tests/distributed/test_fsdp_mpi.py \
             tests/gpu/test_nccl_backend.py
     fi
 }

@@ -271,6 +271,22 @@ def case_misuse() -> None:
         assert "already managed" in str(err) and "bottom-up" in str(err)
     else:
         raise AssertionError("fully_shard below a unit must raise")
+    tied = make("reused")
+    fully_shard(tied.emb)  # the head shares emb.weight but lies outside the unit
+    try:
+        fully_shard(tied)
+    except ValueError as err:
+        assert "head.weight" in str(err) and "within one unit" in str(err)
+    else:
+        raise AssertionError("a parameter tied across units must raise")
+    mixed = shard(make("mlp"), "mlp")
+    mixed.l1.set_requires_gradient_sync(False, recurse=False)
+    try:
+        mixed(batch("mlp", 0, PER_RANK)[0])
+    except NotImplementedError as err:
+        assert "set_requires_gradient_sync" in str(err)
+    else:
+        raise AssertionError("per-unit gradient sync settings must raise")
     for bad, error in (({"mesh": "world"}, TypeError), ({"reshard_after_forward": 2},
                                                          NotImplementedError)):
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
+from functools import partial
 
 from ddp.backend import is_cupy_array
 from ddp.distributed import api
@@ -17,6 +19,8 @@ from ddp.nn.modules.module import Module
 
 _classes: dict[type, type] = {}
 _classes_lock = threading.Lock()
+# Parameters a unit replaced by sharded ones, by id (weakref equality would compare tensors).
+_replaced: dict[int, weakref.ref] = {}
 _offload_noted = False
 _NO_MIXED_PRECISION = MixedPrecisionPolicy()  # frozen: safe to share as the default
 _NO_OFFLOAD = OffloadPolicy()
@@ -79,11 +83,19 @@ def fully_shard(module: Module, *, mesh=None, reshard_after_forward: bool = True
     if isinstance(offload_policy, CPUOffloadPolicy):
         _check_offload([p for _, _, p in managed])
     unit = FSDPUnit(module, managed, group, reshard_after_forward, mp_policy)
+    with _classes_lock:
+        for _, _, p in managed:
+            _replaced[id(p)] = weakref.ref(p, partial(_forget, id(p)))
     module.__class__ = _fsdp_class(type(module))
     object.__setattr__(module, "_fsdp_unit", unit)
     module.register_forward_pre_hook(_pre_forward, prepend=True, with_kwargs=True)
     module.register_forward_hook(_post_forward)
     return module
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    if _replaced.get(key) is ref:  # not a newer parameter that got the same id
+        del _replaced[key]
 
 
 def _process_group(mesh, process_group) -> ProcessGroup:
@@ -108,6 +120,15 @@ def _managed_params(module: Module) -> list:
     while stack:
         prefix, m = stack.pop()
         for attr, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            with _classes_lock:
+                ref = _replaced.get(id(p))
+                replaced = ref is not None and ref() is p
+            if replaced:
+                raise ValueError(
+                    f"fully_shard: parameter '{prefix + attr}' is shared with a fully_shard "
+                    f"unit below this {type(module).__name__} that already sharded it; tie "
+                    f"shared parameters within one unit (apply fully_shard to a common "
+                    f"ancestor only), as torch FSDP2 requires")
             if isinstance(p, ShardedParameter):
                 raise ValueError(
                     f"fully_shard: parameter '{prefix + attr}' is already managed by a "
