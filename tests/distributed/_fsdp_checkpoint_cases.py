@@ -20,6 +20,7 @@ import numpy as np
 import ddp
 import ddp.distributed as dist
 from ddp import nn
+from ddp.backend import get_array_module
 from ddp.distributed import checkpoint
 from ddp.distributed.fsdp import fully_shard
 from ddp.distributed.fsdp.shard_layout import ShardSpec, row_range
@@ -63,7 +64,7 @@ def build(kind: str, pg, seed: int):
 def full_params(module: Net) -> list[np.ndarray]:
     """Host copies of the whole parameters (a collective for sharded ones)."""
     if isinstance(module.a, ShardedParameter):
-        return [p.full_tensor().numpy().copy() for p in module.parameters()]
+        return [p.full_tensor().cpu().numpy().copy() for p in module.parameters()]
     return params_of(module)
 
 
@@ -72,7 +73,7 @@ def step(module: Net, opt, step_index: int) -> None:
     opt.zero_grad()
     twin = Net(0)
     for mine, value in zip(twin.parameters(), full_params(module), strict=True):
-        mine.array = value
+        mine.array = get_array_module(mine.array).asarray(value)  # on the default device
     loss_of(twin, step_index, ROWS).backward()
     for mine, theirs in zip(twin.parameters(), module.parameters(), strict=True):
         g = mine.grad.array
@@ -191,7 +192,7 @@ def case_fully_shard_resume(save_ranks: int, load_ranks: int) -> None:
         model, opt = _mlp(save_pg)
         for s in range(2):
             _mlp_step(model, opt, s, save_pg.rank(), save_ranks)
-        saved = [p.full_tensor().numpy().copy() for p in model.parameters()]
+        saved = [p.full_tensor().cpu().numpy().copy() for p in model.parameters()]
         checkpoint.save(directory, model=model, optimizer=opt, process_group=save_pg, step=2)
     saved = world.broadcast_object(saved, 0)
     load_pg = world.new_subgroup(list(range(load_ranks)))
@@ -200,20 +201,20 @@ def case_fully_shard_resume(save_ranks: int, load_ranks: int) -> None:
         model, opt = _mlp(load_pg)
         checkpoint.load(directory, model=model, optimizer=opt, process_group=load_pg)
         for p, ref in zip(model.parameters(), saved, strict=True):
-            np.testing.assert_array_equal(p.full_tensor().numpy(), ref)
+            np.testing.assert_array_equal(p.full_tensor().cpu().numpy(), ref)
         for s in range(2, 4):
             _mlp_step(model, opt, s, load_pg.rank(), load_ranks)
-        sharded = [p.full_tensor().numpy().copy() for p in model.parameters()]
+        sharded = [p.full_tensor().cpu().numpy().copy() for p in model.parameters()]
     single = world.new_subgroup([0])  # rank 0 alone: the one-process model
     if single is not None:
         model, opt = _mlp()
         checkpoint.load(directory, model=model, optimizer=opt, process_group=single)
         for p, ref in zip(model.parameters(), saved, strict=True):
-            np.testing.assert_array_equal(p.detach().numpy(), ref)
+            np.testing.assert_array_equal(p.detach().cpu().numpy(), ref)
         for s in range(2, 4):
             _mlp_step(model, opt, s, 0, 1)
         for p, other in zip(model.parameters(), sharded, strict=True):
-            np.testing.assert_allclose(p.detach().numpy(), other, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(p.detach().cpu().numpy(), other, rtol=1e-5, atol=1e-6)
     world.barrier()
 
 
