@@ -130,15 +130,110 @@ def time_sync(reps: int, ddp_kwargs: dict) -> dict:
             "transport": transport_times}
 
 
+def _sync_model(lib, mib: float):
+    """Four square Linear layers holding ``mib`` MiB of float32 parameters in all."""
+    width = int(round((mib * 2**20 / 4 / 4) ** 0.5))
+    return lib.nn.Sequential(*[lib.nn.Linear(width, width) for _ in range(4)])
+
+
+def _span(comm, start: float, end: float) -> float:
+    """From the last rank's ``start`` to the last rank's ``end`` (one machine: one clock), so
+    a rank that finished backward early and waits for the other is not counted as sync time."""
+    starts, ends = zip(*comm.allgather((start, end)), strict=True)
+    return max(ends) - max(starts)
+
+
+def time_sync_sizes(reps: int, sizes: list[float]) -> dict:
+    """End-to-end gradient sync of ``sizes`` MiB of gradients against raw ``Allreduce``.
+
+    For each size and each ``gradient_as_bucket_view`` setting, one DDP model with
+    ``comm_mode="sync"`` (every all-reduce after backward, none overlapped). Timed, each from the
+    last rank's start to the last rank's end (``_span``):
+
+    * ``e2e_<view|copy>``: ``zero_grad(set_to_none=True)``, a forward on 4 rows, a backward; from
+      the end of backward (its last node run) to every ``.grad`` holding the average (the
+      scheduler's ``last_timeline``: the all-reduce of the flat buffer, averaging, write-back;
+      the copy into the buckets or, for views, the in-place division ran in backward's hooks).
+    * ``raw_after``: its baseline: the same forward and backward on the unwrapped module (no
+      sync), then mpi4py ``Allreduce(IN_PLACE)`` of a flat float32 array of the same bytes:
+      both start the same way, straight out of a backward.
+    * ``sync_now_<view|copy>``: ``GradSyncScheduler.sync_now()`` on the gradients already in
+      ``.grad`` (division or copy into the buckets, all-reduce, write-back) after a barrier,
+      against ``raw``: the same raw ``Allreduce`` after a barrier.
+
+    Variants alternate within every repetition, so machine noise hits them alike.
+    """
+    from mpi4py import MPI
+
+    import ddp
+
+    comm = MPI.COMM_WORLD.Dup()
+    rng = np.random.default_rng(comm.rank)
+    out: dict = {}
+    for mib in sizes:
+        models_ = {}
+        for as_view in (True, False):
+            ddp.manual_seed(0)
+            models_[as_view] = ddp.nn.parallel.DistributedDataParallel(
+                _sync_model(ddp, mib), comm_mode="sync", gradient_as_bucket_view=as_view)
+        params = list(models_[True].parameters())
+        numel = sum(p.numel() for p in params)
+        x = ddp.from_numpy(rng.standard_normal((4, params[0].shape[1]), dtype=np.float32))
+        flat = rng.standard_normal(numel, dtype=np.float32)
+        times: dict = {name: [] for name in ("e2e_view", "e2e_copy", "raw_after",
+                                             "sync_now_view", "sync_now_copy", "raw")}
+
+        def raw_allreduce(flat=flat):
+            start = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+            end = time.perf_counter()
+            flat[...] *= 0.5
+            return _span(comm, start, end)
+
+        for rep in range(reps + 2):
+            sample: dict = {name: [] for name in times}
+            for as_view in ((True, False) if rep % 2 == 0 else (False, True)):
+                model = models_[as_view]
+                name = "view" if as_view else "copy"
+                for module in (model, model.module):  # synchronised, then the baseline
+                    for p in model.parameters():
+                        p.grad = None
+                    loss = module(x).sum()
+                    comm.Barrier()
+                    loss.backward()
+                    if module is model:
+                        timeline = model.reducer.last_timeline
+                        sample[f"e2e_{name}"].append(
+                            _span(comm, timeline["backward_end"], timeline["end"]))
+                    else:
+                        sample["raw_after"].append(raw_allreduce())
+                comm.Barrier()
+                start = time.perf_counter()
+                model.reducer.sync_now()
+                sample[f"sync_now_{name}"].append(_span(comm, start, time.perf_counter()))
+                comm.Barrier()
+                sample["raw"].append(raw_allreduce())
+            if rep >= 2:
+                for key, values in sample.items():
+                    times[key] += values
+        out[str(mib)] = {"bytes": 4 * numel, **times}
+        for model in models_.values():
+            model.reducer.close()
+    comm.Free()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lib", choices=["ddp", "torch"], required=True)
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "gpt"])
+    parser.add_argument("--models", nargs="*", default=["mlp", "cnn", "gpt"])
     parser.add_argument("--steps", type=json.loads, default={"mlp": 20, "cnn": 10, "gpt": 4})
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ddp-kwargs", type=json.loads, default={})
     parser.add_argument("--sync", type=int, default=0, help="repetitions of the sync timing")
+    parser.add_argument("--sync-sizes", type=float, nargs="*", default=[],
+                        help="MiB of gradients for the end-to-end sync timing (time_sync_sizes)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -151,6 +246,8 @@ def main() -> None:
                                            args.ddp_kwargs)
     if args.sync and args.lib == "ddp" and args.world > 1:
         result["sync"] = time_sync(args.sync, args.ddp_kwargs)
+    if args.sync and args.sync_sizes and args.lib == "ddp" and args.world > 1:
+        result["sync_sizes"] = time_sync_sizes(args.sync, args.sync_sizes)
     if rank == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)

@@ -9,13 +9,18 @@ CNN 64 Adam, GPT 16 AdamW). Each round launches, one after the other:
 * ddp, 2 ranks: ``mpiexec -n 2 python _dist_worker.py --lib ddp`` (DistributedDataParallel);
 * torch, 2 ranks: two processes with RANK/WORLD_SIZE/MASTER_ADDR=127.0.0.1 and a free port,
   ``torch.nn.parallel.DistributedDataParallel`` over gloo on loopback;
-* ddp and torch alone: one plain process each, the undistributed model (the scaling baseline).
+* ddp and torch alone: one plain process each, the undistributed model (the scaling baseline);
+* with ``--extra-worlds 3 4``: ddp at those world sizes too (a weak-scaling table).
 
 Rounds interleave the four so machine noise hits all alike; the table shows median step times
 over all rounds, the ratio ddp/torch at 2 ranks, and weak-scaling efficiency (step time alone /
 step time at 2 ranks, same per-rank batch, each framework against itself). The last line times
 DDP's gradient synchronisation of the MLP's gradients (``GradSyncScheduler.sync_now``: buckets,
-all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes.
+all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes, and
+the table after it the end-to-end sync of ``--sync-sizes`` MiB of gradients (backward finished
+to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) against raw
+``Allreduce`` of the same bytes started the same way (``_dist_worker.time_sync_sizes``).
+``--sync-only`` runs just those timings.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ def run_worker(lib: str, world: int, args, out: str, sync: int = 0) -> dict:
     common = [WORKER, "--lib", lib, "--world", str(world), "--models", *args.models,
               "--steps", json.dumps(args.steps), "--warmup", str(args.warmup),
               "--ddp-kwargs", json.dumps(args.ddp_kwargs), "--sync", str(sync), "--out", out]
+    if sync and args.sync_sizes:
+        common[-2:-2] = ["--sync-sizes", *map(str, args.sync_sizes)]
     env = single_thread_env()
     if lib == "ddp" and world > 1:
         procs = [subprocess.Popen([os.path.join(BIN, "mpiexec"), "-n", str(world),
@@ -92,15 +99,26 @@ def main() -> None:
     parser.add_argument("--sync-reps", type=int, default=20)
     parser.add_argument("--ddp-kwargs", type=json.loads, default={},
                         help="extra DistributedDataParallel arguments for ddp, JSON")
+    parser.add_argument("--sync-sizes", type=float, nargs="*", default=[1, 4, 16],
+                        help="MiB of gradients for the end-to-end sync table (none: skip it)")
+    parser.add_argument("--sync-only", action="store_true",
+                        help="only the gradient-sync timings (no model steps)")
     parser.add_argument("--no-single", action="store_true", help="skip the world-1 runs")
+    parser.add_argument("--extra-worlds", type=int, nargs="*", default=[],
+                        help="also run ddp alone at these world sizes (weak scaling; more "
+                             "ranks than cores oversubscribes them)")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
 
-    configs = [("ddp", 2), ("torch", 2)]
+    if args.sync_only:
+        args.models, args.no_single = [], True
+    configs = [("ddp", 2)] if args.sync_only else [("ddp", 2), ("torch", 2)]
     if not args.no_single:
         configs += [("ddp", 1), ("torch", 1)]
+    configs += [("ddp", w) for w in args.extra_worlds if w not in (1, 2)]
     times: dict = {(lib, world, m): [] for lib, world in configs for m in args.models}
     sync: dict = {"ddp": [], "raw": [], "transport": []}
+    sizes: dict = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
@@ -115,14 +133,20 @@ def main() -> None:
                     sync["raw"] += result["sync"]["raw"]
                     sync["transport"] += result["sync"]["transport"]
                     sync["bytes"] = result["sync"]["bytes"]
+                for mib, entry in result.get("sync_sizes", {}).items():
+                    into = sizes.setdefault(mib, {"bytes": entry["bytes"]})
+                    for key, values in entry.items():
+                        if key != "bytes":
+                            into[key] = into.get(key, []) + values
 
     print(f"2 ranks, 1 BLAS thread each; {args.rounds} interleaved rounds, median step times "
           f"(spread = interquartile range / median); ddp kwargs {args.ddp_kwargs or 'default'}; "
           f"{time.perf_counter() - started:.0f} s")
     header = (f"{'model':5} {'batch':>5} | {'ddp x2 ms':>9} {'torch x2 ms':>11} {'ratio':>5} | "
               f"{'ddp x1 ms':>9} {'torch x1 ms':>11} | {'ddp eff':>7} {'torch eff':>9} | spread")
-    print(header)
-    print("-" * len(header))
+    if args.models:
+        print(header)
+        print("-" * len(header))
     for m in args.models:
         d2, t2 = median_ms(times[("ddp", 2, m)]), median_ms(times[("torch", 2, m)])
         row = f"{m:5} {models_batch(m):5d} | {d2:9.1f} {t2:11.1f} {d2 / t2:5.2f} | "
@@ -131,8 +155,18 @@ def main() -> None:
         else:
             d1, t1 = median_ms(times[("ddp", 1, m)]), median_ms(times[("torch", 1, m)])
             row += f"{d1:9.1f} {t1:11.1f} | {d1 / d2:7.2f} {t1 / t2:9.2f} | "
-        row += " ".join(spread(times[(lib, w, m)]) for lib, w in configs)
+        row += " ".join(spread(times[(lib, w, m)]) for lib, w in configs if w <= 2)
         print(row)
+    extra = [w for lib, w in configs if w > 2]
+    if extra and args.models and not args.no_single:
+        cores = os.cpu_count() or 1
+        print(f"ddp weak scaling (same per-rank batch; efficiency = step alone / step at N "
+              f"ranks; {cores} cores, so N > {cores} is oversubscribed)")
+        for m in args.models:
+            d1 = median_ms(times[("ddp", 1, m)])
+            cells = [f"x{w} {median_ms(times[('ddp', w, m)]):8.1f} ms eff "
+                     f"{d1 / median_ms(times[('ddp', w, m)]):.2f}" for w in [2, *extra]]
+            print(f"  {m:5} x1 {d1:8.1f} ms | " + " | ".join(cells))
     if sync["ddp"]:
         nbytes = sync["bytes"]
         d, r = median_ms(sync["ddp"]), median_ms(sync["raw"])
@@ -144,6 +178,26 @@ def main() -> None:
         print(f"  of which transport (DDP's process group on its flat buffers): {t:.2f} ms; "
               f"transport/raw bandwidth {r / t:.2f}; the rest is copying into buckets, "
               f"averaging and writing back .grad")
+    if sizes:
+        print_sync_sizes(sizes)
+
+
+def print_sync_sizes(sizes: dict) -> None:
+    """The end-to-end sync table (``_dist_worker.time_sync_sizes`` says what each column is)."""
+    print("end-to-end gradient sync, 2 ranks, comm_mode='sync' (all-reduce after backward); "
+          "medians; bandwidth ratio = raw time / DDP time")
+    print(f"{'MiB':>6} | {'raw after bwd':>13} {'e2e view':>13} {'e2e copy':>13} | "
+          f"{'raw':>6} {'sync_now view':>13} {'sync_now copy':>13}")
+    for entry in sizes.values():
+        med = {k: median_ms(v) for k, v in entry.items() if k != "bytes"}
+
+        def cell(key: str, base: str, med=med) -> str:
+            return f"{med[key]:6.2f} ({med[base] / med[key]:.2f})"
+
+        print(f"{entry['bytes'] / 2**20:6.2f} | {med['raw_after']:10.2f} ms "
+              f"{cell('e2e_view', 'raw_after')} {cell('e2e_copy', 'raw_after')} | "
+              f"{med['raw']:6.2f} {cell('sync_now_view', 'raw')} "
+              f"{cell('sync_now_copy', 'raw')}")
 
 
 def models_batch(name: str) -> int:

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_GRACE_S = 5.0  # after a forwarded signal, how long mpiexec may take to stop the ranks
+# After a rank of this host failed (see _failed), how long mpiexec may take to end the job
+# before ddprun kills it: MPICH's Hydra ends it within 1-3 s, even on a loaded machine.
+END_GRACE_S = 10.0
 
 
 def run_mpi(cmd: list[str], nproc: int) -> int:
@@ -169,27 +172,46 @@ def run_mpi(cmd: list[str], nproc: int) -> int:
 
         previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
         try:
-            code = _wait(proc, watcher, signals, tree)
+            code, ender = _wait(proc, watcher, signals, tree)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             kill({**tree, **watcher.alive()})  # nothing of this job outlives ddprun
             watcher.close()
-        return _report(code, watcher, signals)
+        return _report(code, ender, watcher, signals)
 
 
 def _wait(proc: subprocess.Popen, watcher: RankWatcher, signals: list[int],
-          tree: dict[int, str | None]) -> int:
-    """Wait for mpiexec, watching the ranks; kill its ``tree`` if it outlasts a signal."""
+          tree: dict[int, str | None]) -> tuple[int, str]:
+    """Wait for mpiexec, watching the ranks; kill the job if mpiexec outlasts a signal or the
+    failure of a rank (see :data:`END_GRACE_S`). Returns the job's exit status (a signal that
+    ended mpiexec as 128 + its number) and who ended the job: "mpiexec" or "ddprun"."""
     deadline = None
+    ender = "mpiexec"
     while proc.poll() is None:
         watcher.poll(_ended_fds(watcher, 0.1))
         if signals and deadline is None:
             deadline = time.monotonic() + STOP_GRACE_S
+        if deadline is None and _failed(watcher):
+            deadline = time.monotonic() + END_GRACE_S
         if deadline is not None and time.monotonic() > deadline:
+            if not signals:
+                ender = "ddprun"
+                print(f"ddprun: mpiexec had not ended the job {END_GRACE_S:.0f} s after a "
+                      f"rank failed; ddprun killed it", file=sys.stderr, flush=True)
+            tree.update(_descendants(proc.pid))
             kill({**tree, proc.pid: start_time(proc.pid), **watcher.alive()})
+            deadline = float("inf")  # once: proc.poll() sees mpiexec gone
     watcher.poll(_ended_fds(watcher, 0))
-    return proc.wait()
+    code = proc.wait()
+    return (128 - code if code < 0 else code), ender
+
+
+def _failed(watcher: RankWatcher) -> bool:
+    """Whether a rank of this host ended in a way that must end the whole job: without ddp
+    saying why, or after ddp aborted the job (mpiexec then kills the others)."""
+    return bool(watcher.unexplained_end()) or (
+        bool(watcher.ended) and any(watcher.marked(r, "abort") for r in watcher.pids))
 
 
 def _ended_fds(watcher: RankWatcher, timeout: float) -> list[int]:
@@ -201,14 +223,14 @@ def _ended_fds(watcher: RankWatcher, timeout: float) -> list[int]:
     return select.select(fds, [], [], timeout)[0]
 
 
-def _report(code: int, watcher: RankWatcher, signals: list[int]) -> int:
+def _report(code: int, ender: str, watcher: RankWatcher, signals: list[int]) -> int:
     first = watcher.unexplained_end()
     if first:
         others = sorted(r for r in watcher.pids if r not in first)
         who = (f"rank {first[0]} (pid {watcher.pids[first[0]]})" if len(first) == 1
                else f"one of ranks {first}")
         print(f"ddprun: {who} ended first without ddp saying why (os._exit, a signal, or a "
-              f"crash in native code) while ranks {others} still ran; mpiexec ended the job "
+              f"crash in native code) while ranks {others} still ran; {ender} ended the job "
               f"(status {code})", file=sys.stderr, flush=True)
         return code if code != 0 else 1
     if signals and code == 0:

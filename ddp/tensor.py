@@ -38,6 +38,7 @@ class Tensor(TensorOps):
     _accumulator = None  # weakref to this leaf's AccumulateGrad node
     _grad_hooks = _NO_HOOKS  # id -> hook(grad); a dict of its own once one is registered
     _post_accumulate_hooks = _NO_HOOKS
+    _grad_storage_hooks = _NO_HOOKS  # id -> hook(leaf) -> array | None (the next .grad's memory)
     _retains_grad = False
 
     def __init__(self, data=None, *, requires_grad: bool = False):
@@ -364,6 +365,30 @@ class Tensor(TensorOps):
             self._post_accumulate_hooks = {}
         handle = RemovableHandle(self._post_accumulate_hooks)
         self._post_accumulate_hooks[handle.id] = hook
+        return handle
+
+    def register_grad_storage_hook(self, hook) -> RemovableHandle:
+        """Let ``hook(self)`` supply the memory of this leaf's ``.grad`` (a ddp extension).
+
+        When backward is about to give this leaf a gradient while ``.grad`` is None, it asks
+        the most recently registered hook first; the first array returned (this tensor's shape,
+        dtype and array type) receives the gradient and becomes ``.grad``'s memory instead of a
+        fresh array, so later backwards accumulate into it in place. A hook returning None
+        leaves the choice to the next one, and finally to backward (a fresh array). Torch has no
+        public equivalent: its DDP reducer does this internally for ``gradient_as_bucket_view``,
+        and so does ddp's (the array is the parameter's slot of a communication bucket).
+
+        Raises:
+            RuntimeError: on a non-leaf tensor or one that does not require grad.
+        """
+        if self.grad_fn is not None:
+            raise RuntimeError("grad storage hooks cannot be registered on non-leaf tensors")
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self._grad_storage_hooks is _NO_HOOKS:
+            self._grad_storage_hooks = {}
+        handle = RemovableHandle(self._grad_storage_hooks)
+        self._grad_storage_hooks[handle.id] = hook
         return handle
 
     def retain_grad(self) -> None:

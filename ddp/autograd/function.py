@@ -94,6 +94,10 @@ class AccumulateGrad(Node):
     def accumulate(self, grad, owned: bool) -> None:
         """Add ``grad`` (an array) into ``variable.grad``; ``owned`` says it may be kept as is.
 
+        A leaf whose ``.grad`` is None gets a new one: the memory a grad storage hook supplies
+        (``Tensor.register_grad_storage_hook``: DDP's bucket slot), else ``grad`` itself when
+        owned, else a copy. A leaf that has one accumulates into it in place.
+
         ``grad`` None means the leaf was reachable but received no gradient in this backward:
         ``.grad`` stays as it is, and the post-accumulate hooks still fire, so that code waiting
         for every reachable leaf (DDP's buckets) is not left waiting.
@@ -118,11 +122,34 @@ class AccumulateGrad(Node):
         if grad.dtype != var.array.dtype:
             grad, owned = grad.astype(var.array.dtype), True
         if var.grad is None:
-            var.grad = tensor_class(grad if owned else grad.copy())
+            storage = _provided_storage(var) if var._grad_storage_hooks else None
+            if storage is None:
+                var.grad = tensor_class(grad if owned else grad.copy())
+            else:
+                storage[...] = grad
+                var.grad = tensor_class(storage)
         else:
             var.grad.array += grad
         for hook in tuple(var._post_accumulate_hooks.values()):
             hook(var)
+
+
+def _provided_storage(var):
+    """The array a grad storage hook of leaf ``var`` supplies for its new ``.grad``, or None
+    (``Tensor.register_grad_storage_hook``: the most recently registered hook is asked first)."""
+    for hook in reversed(tuple(var._grad_storage_hooks.values())):
+        storage = hook(var)
+        if storage is None:
+            continue
+        array = var.array
+        if (type(storage) is not type(array) or storage.shape != array.shape
+                or storage.dtype != array.dtype):
+            raise RuntimeError(
+                f"a grad storage hook returned a {type(storage).__name__} of shape "
+                f"{tuple(storage.shape)} and dtype {storage.dtype} for a leaf of shape "
+                f"{tuple(array.shape)} and dtype {array.dtype} ({type(array).__name__})")
+        return storage
+    return None
 
 
 class Function(Node):

@@ -8,6 +8,7 @@ exit status, that it ended within a generous bound (hang tests: 30 s, against th
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -176,13 +177,14 @@ def test_ddprun_names_a_rank_that_vanished(tmp_path, nproc, how, status):
     out = proc.stdout + proc.stderr
     # mpiexec's status is the rank's (os._exit(3): 3; a signal: its number), or that of a
     # rank it killed (9). os._exit(0): mpiexec says 0 although the others were killed
-    # mid-job; ddprun says 1.
-    assert proc.returncode in (status, 9), out
+    # mid-job; ddprun says 1. Should mpiexec miss the death, ddprun ends the job: 137.
+    ender = "ddprun" if "ddprun killed it" in out else "mpiexec"
+    assert proc.returncode in ((status, 9) if ender == "mpiexec" else (137,)), out
     assert elapsed < BOUND_S, f"took {elapsed:.1f} s:\n{out}"
-    # The launcher sees ends through pidfds, normally rank 1's alone before mpiexec kills the
+    # The launcher sees ends through FIFOs, normally rank 1's alone before mpiexec kills the
     # others; if it woke only after several had ended it says so instead of guessing.
     others = [r for r in range(nproc) if r != 1]
-    named = "ddprun: rank 1 (pid " in out and "still ran; mpiexec ended" in out
+    named = "ddprun: rank 1 (pid " in out and f"still ran; {ender} ended" in out
     together = re.search(r"ddprun: one of ranks \[[0-9, ]*1[0-9, ]*\] ended first", out)
     assert named or together, out
     assert "ended first without ddp saying why (os._exit, a signal, or a crash in native " \
@@ -228,3 +230,27 @@ def test_watchdog_names_the_rank_that_is_behind(tmp_path, nproc):
             "of group 'WORLD' from job.py:7 in <module> (") in out, out
     assert "Behind or elsewhere: rank 1." in out
     assert "past the timeout of 3 s" in out
+
+
+def _hydra(mpiexec: str) -> bool:
+    return "HYDRA" in subprocess.run([mpiexec, "--version"], capture_output=True,
+                                     text=True).stdout.upper()
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_ddprun_ends_the_job_when_mpiexec_does_not(tmp_path, nproc):
+    # Hydra's -disable-auto-cleanup keeps the other ranks running after one died: they wait in
+    # their collective for a peer that is gone, as if mpiexec had missed the death. ddprun
+    # ends the job itself END_GRACE_S after it saw the rank vanish.
+    from ddp.launcher import END_GRACE_S, find_mpiexec
+    if not _hydra(find_mpiexec()):
+        pytest.skip("needs MPICH's Hydra mpiexec (-disable-auto-cleanup)")
+    proc, elapsed = run_job(tmp_path, HARD_EXIT, nproc, "os._exit3", launcher="ddprun",
+                            launcher_args=("--mpi-arg=-disable-auto-cleanup",))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 128 + 9, out
+    assert elapsed < BOUND_S, f"took {elapsed:.1f} s:\n{out}"
+    assert f"ddprun: mpiexec had not ended the job {END_GRACE_S:.0f} s after a rank failed; " \
+           "ddprun killed it" in out, out
+    assert "ddprun: rank 1 (pid " in out and "ddprun ended the job (status 137)" in out, out
+    assert "unreachable" not in out

@@ -1,12 +1,22 @@
 """``AllReduceBuckets``: DDP's strategy: average every gradient with one all-reduce per bucket.
 
-A parameter's gradient is copied into its slot of a flat bucket buffer (divided by the world
-size on the way when that is exact, see ``__init__``); a bucket is all-reduced (SUM) as soon as
-its last slot is filled; after backward the averages are written back into ``.grad`` (or
-``.grad`` becomes a view of its slot, ``gradient_as_bucket_view``). The buckets of one dtype and
-device are consecutive slices of one flat buffer, so overlap ``"sync"`` all-reduces them all
-with a single collective. With ``find_unused_parameters`` a usage bitmap is all-reduced after
-the buckets, so a parameter no rank used keeps ``.grad`` None.
+Every parameter has a slot in a flat bucket buffer; a bucket is all-reduced (SUM) in place as
+soon as its last slot is filled, and divided by the world size (before the all-reduce when that
+is exact, see ``__init__``). The buckets of one dtype and device are consecutive slices of one
+flat buffer, so overlap ``"sync"`` all-reduces them all with a single collective. With
+``find_unused_parameters`` a usage bitmap is all-reduced after the buckets, so a parameter no
+rank used keeps ``.grad`` None.
+
+How a gradient gets into its slot (``gradient_as_bucket_view``, torch's argument):
+
+* True: ``p.grad`` *is* the slot. Each parameter carries a grad storage hook
+  (``Tensor.register_grad_storage_hook``), so when backward creates ``.grad`` (it was None,
+  e.g. after ``zero_grad(set_to_none=True)``) it writes it straight into the slot, and later
+  backwards (``no_sync``) accumulate there in place. Synchronising is then the in-place
+  all-reduce alone: no copy in, no copy back. A ``.grad`` the user assigned (not the slot) is
+  copied in and ``p.grad`` is pointed back at the slot after the average, as in torch.
+* False: ``.grad`` is separate memory; it is copied into the slot (scaled on the way) and the
+  average is copied back after the all-reduce (torch's default).
 
 A communication hook (``set_comm_hook``, torch's ``register_comm_hook`` contract) replaces the
 averaging all-reduce: each full bucket is handed to ``hook(state, GradBucket)``, which returns
@@ -15,6 +25,7 @@ a ``Future`` of the reduced buffer; DDP neither pre-scales nor divides (the hook
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import partial
 
@@ -81,8 +92,8 @@ class AllReduceBuckets(SyncStrategy):
         find_unused_parameters: all-reduce a usage bitmap every synchronised backward so that a
             parameter unused on every rank keeps ``.grad`` None. When False, a parameter unused
             on this rank contributes zeros and ends with the averaged (possibly zero) gradient.
-        gradient_as_bucket_view: after a synchronised backward, ``p.grad`` is a view into its
-            bucket buffer (no copy back; the next backward accumulates directly into it).
+        gradient_as_bucket_view: ``p.grad`` is a view of its bucket slot: backward writes
+            into it and the all-reduce averages it in place (module docstring).
     """
 
     owner = "DistributedDataParallel"
@@ -138,6 +149,12 @@ class AllReduceBuckets(SyncStrategy):
                 offset += size
             self.buckets.append(Bucket(b, buffer, indices))
         self._used = np.zeros(len(arrays), dtype=np.int32)
+        self._storage_handles: list = []
+        if gradient_as_bucket_view:
+            ref = weakref.ref(self)
+            self._storage_handles = [p.register_grad_storage_hook(partial(_slot_of, ref, i))
+                                     for i, p in enumerate(self._params)]
+            weakref.finalize(self, _remove_all, self._storage_handles)
 
     def set_comm_hook(self, state, hook) -> None:
         """Reduce each bucket with ``hook(state, bucket)`` instead of the averaging all-reduce
@@ -157,6 +174,10 @@ class AllReduceBuckets(SyncStrategy):
     def begin(self) -> None:
         self._used[:] = 0
 
+    def slot(self, index: int):
+        """The bucket memory of parameter ``index``'s gradient (None once released)."""
+        return self._slots[index]
+
     def fill(self, index: int, hooked: bool) -> None:
         view = self._slots[index]
         grad = self._params[index].grad
@@ -164,7 +185,7 @@ class AllReduceBuckets(SyncStrategy):
             view[...] = 0
             return
         self._used[index] = 1
-        if grad.array is view:  # gradient_as_bucket_view: it already is the slot
+        if grad.array is view:  # gradient_as_bucket_view: backward wrote into the slot
             if self._prescale is not None:
                 view *= self._prescale
         elif self._prescale is not None:
@@ -270,10 +291,22 @@ class AllReduceBuckets(SyncStrategy):
                 "grads_in_comm": int(viewed)}
 
     def release(self) -> None:
+        _remove_all(self._storage_handles)  # backward allocates .grad again
         for bucket in self.buckets:
             bucket.buffer = bucket.buffer[:0]
         self.flat_buffers = []
         self._slots = [None] * len(self._slots)
+
+
+def _slot_of(ref: weakref.ref, index: int, _param):
+    """A parameter's grad storage hook: its bucket slot (None once the strategy is gone)."""
+    strategy = ref()
+    return None if strategy is None else strategy.slot(index)
+
+
+def _remove_all(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 class _HookWork(Work):

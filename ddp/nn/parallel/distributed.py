@@ -56,8 +56,16 @@ class DistributedDataParallel(Module, Joinable):
             it would without DDP). When False (default, no extra collective), a parameter
             unused on this rank contributes zeros and always ends with a ``.grad`` (the average,
             zero when no rank used it). Either way an unused parameter never causes a hang.
-        gradient_as_bucket_view: after a synchronised backward each ``.grad`` is a view into
-            its bucket buffer, saving one copy per step and the memory of separate grads.
+        gradient_as_bucket_view: each ``.grad`` is a view of its slot in a communication
+            bucket: backward writes the gradient into the slot and the all-reduce averages it
+            there in place, saving two copies per step and the memory of separate grads.
+            **ddp's default is True; torch's is False.** Torch's documented consequences hold:
+            ``.grad`` shares memory with the bucket (a reference to it kept across steps sees
+            later steps' values), ``zero_grad(set_to_none=True)`` drops it and the next
+            backward writes into the slot again, a ``.grad`` assigned by hand is copied into
+            the slot and ``.grad`` points at the slot again after the average. ``False``
+            keeps ``.grad`` separate and copies it into the bucket and back, as torch's
+            default does.
         comm_mode: how buckets are all-reduced (an extension; torch has no such argument):
             ``"thread"`` (a communication thread overlapping backward), ``"nonblocking"``
             (``MPI_Iallreduce`` started from backward and progressed at every gradient hook)
@@ -80,7 +88,7 @@ class DistributedDataParallel(Module, Joinable):
 
     def __init__(self, module: Module, device_ids=None, output_device=None,
                  broadcast_buffers: bool = True, process_group=None, bucket_cap_mb: float = 25,
-                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = False,
+                 find_unused_parameters: bool = False, gradient_as_bucket_view: bool = True,
                  comm_mode: str | None = None):
         super().__init__()
         if not isinstance(module, Module):

@@ -1,0 +1,44 @@
+"""``gradient_as_bucket_view`` under MPI, one process per rank: the cases of
+test_bucket_view.py. Run with ``mpiexec -n 2`` and ``-n 3`` (see test_ddp_mpi.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import _bucket_view_cases as cases
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("comm_mode", ["thread", "nonblocking", "sync"])
+def test_matches_single_process(mpi_world, set_to_none, comm_mode):
+    cases.case_matches_single_process(set_to_none, comm_mode)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_copies_without_views(mpi_world):
+    cases.case_copies_without_views()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_no_sync_accumulation(mpi_world, set_to_none):
+    cases.case_no_sync_accumulation(set_to_none)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_user_assigned_grad(mpi_world):
+    cases.case_user_assigned_grad()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("find_unused_parameters", [False, True])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_unused_parameters(mpi_world, find_unused_parameters, set_to_none):
+    cases.case_unused_parameters(find_unused_parameters, set_to_none)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("hook_name", ["allreduce_hook", "fp16_compress_hook"])
+def test_comm_hook(mpi_world, hook_name):
+    cases.case_comm_hook(hook_name)
