@@ -139,17 +139,20 @@ class MemoryReport:
         return format_table(self.to_dict(), self.ranks or [self.to_dict()])
 
     def summary(self) -> str:
-        """One line: this rank's measured categories, their total in Ψ units beside the
-        formulas' total, and the flags of every rank."""
-        parts = [f"{c.name} {mib(c.measured)}" for c in self.categories
-                 if c.measured and c.name != "gathered parameters (peak)"]
+        """One line: this rank's categories that have a formula, their total in Ψ units beside
+        the formulas' total (the rest apart), and the flags of every rank."""
         unit = max(self.psi, 1)
-        predicted = [c.predicted for c in self.categories if c.measured is not None]
-        formula = "no formula" if None in predicted else f"formula {sum(predicted) / unit:.2f}Ψ"
+        both = [c for c in self.categories if c.measured is not None and c.predicted is not None
+                and c.predicted_min is None]
+        rest = [c for c in self.categories if c.measured and c not in both]
+        parts = ", ".join(f"{c.name} {mib(c.measured)}" for c in both if c.measured)
+        measured = sum(c.measured for c in both) / unit
+        predicted = sum(c.predicted for c in both) / unit
+        extra = "".join(f", {c.name} {mib(c.measured)}" for c in rest)
         flagged = [f"rank {r['rank']} {name}" for r in self.ranks or [self.to_dict()]
                    for name in r["flags"]]
         return (f"memory per rank ({self.strategy}, N = {self.world_size}, Ψ = {self.psi:,}): "
-                + ", ".join(parts) + f" = {self.total / unit:.2f}Ψ ({formula}); "
+                f"{parts} = {measured:.2f}Ψ (formula {predicted:.2f}Ψ){extra}; "
                 + ("FLAGGED >5 % off: " + ", ".join(flagged) if flagged
                    else "every category within 5 % of its formula"))
 
