@@ -92,6 +92,7 @@ run_tests() {
             "$VENV/bin/mpiexec" -n 2 "$PY" -m pytest -q --with-mpi -m mpi -p no:cacheprovider \
             tests/distributed/test_ddp_mpi.py tests/distributed/test_zero_mpi.py \
             tests/distributed/test_fsdp_mpi.py \
+            tests/distributed/test_checkpoint_fsdp_mpi.py tests/distributed/test_memory_ledger_mpi.py \
             tests/gpu/test_nccl_backend.py
     fi
 }

@@ -10,7 +10,7 @@ Not meant to be run by hand; ``bench_distributed.py`` launches it as::
                                                                         # model (scaling baseline)
 
 With ``--comm-hook fp16|powersgdR`` (ddp, world > 1) DDP reduces through that communication
-hook; the bytes each step hands to the process group's collectives (``count_bytes()``) are
+hook; the bytes each step hands to the process group's collectives (``count_traffic``'s payload) are
 recorded beside the times.
 
 Every rank runs the same steps on its own batch (seeded by rank); rank 0 writes the per-step
@@ -92,7 +92,7 @@ def time_model(lib, lib_name: str, name: str, rank: int, world: int, steps: int,
     model = wrap(lib, lib_name, models.BUILDERS[name](lib), world, ddp_kwargs)
     counting = lib_name == "ddp" and world > 1
     if counting:
-        from ddp.distributed.process_group import count_bytes
+        from ddp.distributed.traffic import count_traffic
 
         register_hook(model, hook, warmup)
     x_np, y_np = models.batch(name, models.DEFAULT_BATCH[name], seed=rank)
@@ -102,7 +102,7 @@ def time_model(lib, lib_name: str, name: str, rank: int, world: int, steps: int,
     barrier()
     for step in range(warmup + steps):
         timed = step >= warmup
-        count = count_bytes() if counting and timed else contextlib.nullcontext()
+        count = count_traffic(rank) if counting and timed else contextlib.nullcontext()
         start = time.perf_counter()
         with count as bytes_sent:
             opt.zero_grad()
@@ -112,7 +112,7 @@ def time_model(lib, lib_name: str, name: str, rank: int, world: int, steps: int,
         if timed:
             times.append(time.perf_counter() - start)
             if counting:
-                sent.append(bytes_sent.sent(rank))
+                sent.append(bytes_sent.payload(rank))
     barrier()
     return times, sent
 

@@ -25,7 +25,7 @@ to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) again
 
 ``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16,
 PowerSGD of rank 1, 2, 4, compressing from the first timed step): the bytes per step handed to
-the process group's collectives (exact, ``ddp.distributed.process_group.count_bytes``) and the
+the process group's collectives (exact, ``ddp.distributed.traffic.count_traffic``, payload) and the
 median step time, each beside plain DDP.
 """
 
@@ -217,8 +217,8 @@ def print_sync_sizes(sizes: dict) -> None:
 
 def compare_hooks(args, hooks: list[str]) -> None:
     """ddp on 2 ranks with each hook, interleaved rounds: bytes per step (exact: the payload
-    rank 0 handed to the process group's collectives, ``count_bytes()``) and median step time,
-    both beside plain DDP."""
+    rank 0 handed to the process group's collectives, ``count_traffic``) and median step
+    time, both beside plain DDP."""
     times = {(h, m): [] for h in hooks for m in args.models}
     sent: dict = {}
     started = time.perf_counter()

@@ -1,29 +1,33 @@
-"""ZeRO against DDP: per-rank memory, bytes sent per step, step time.
+"""ZeRO and fully sharded against DDP: per-rank memory, bytes sent per step, step time.
 
     # memory and communication at N = 2, 3, 4 (threads backend; bytes do not need MPI)
     .venv/bin/python benchmarks/bench_zero.py
     # step time, one process per rank
     OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 2 .venv/bin/python benchmarks/bench_zero.py --time
 
-Memory is measured with ``nbytes`` right after ``opt.step()`` (before ``zero_grad``), when all
-three kinds of memory are live: parameters (the arrays the model holds; ZeRO: its flat padded
-buffers), gradients (DDP: the ``.grad`` arrays; stage 1: ZeRO's flat gradient buffer; stage 2:
-the reduce-scattered slices), optimizer state (every state tensor). They are compared with the
-fp32 Adam formulas in bytes, Psi = parameter count: DDP 16 Psi, stage 1 8 Psi + 8 Psi / N, stage 2
-4 Psi + 12 Psi / N. Communication buffers are listed apart: DDP's buckets
-(``gradient_as_bucket_view=True`` makes the grads of the DDP run *be* the buckets), ZeRO's
-reduce-scatter scratch and (stage 2) its pool of bucket staging buffers (ZeRO releases DDP's).
+Memory is ``ddp.distributed.memory_report`` right after ``opt.step()`` (before ``zero_grad``),
+when all three kinds of training memory are live: parameters (the arrays the model holds; ZeRO:
+its flat padded buffers; fully sharded: this rank's dim-0 rows), gradients (DDP: the ``.grad``
+arrays; stage 1: ZeRO's flat gradient buffer; stage 2: the reduce-scattered slices; fully
+sharded: the rows' gradients), optimizer state (every per-element state tensor). They are
+compared with the fp32 Adam formulas in bytes, Psi = parameter count: DDP 16 Psi, stage 1
+8 Psi + 8 Psi / N, stage 2 4 Psi + 12 Psi / N, fully sharded 16 Psi / N. Communication buffers
+are listed apart: DDP's buckets (``gradient_as_bucket_view=True`` makes the grads of the DDP
+run *be* the buckets, so 0 beyond them), ZeRO's reduce-scatter scratch and (stage 2) its pool
+of bucket staging buffers (ZeRO releases DDP's); fully sharded: the peak of gathered
+parameters (``GatheredPeak``, one unit at a time; its staging buffers have no accessor).
 
-Bytes sent per rank and step count what each collective moves under the bandwidth-optimal ring
-algorithms: all-reduce ``2 (N-1)/N B``, reduce-scatter ``(N-1)/N B_in``, all-gather
-``(N-1)/N B_out``, broadcast ``B`` (upper bound), where B is the buffer size in bytes.
+Bytes sent per rank and step are counted by ``ddp.distributed.traffic.count_traffic`` (every
+collective of every group, ring costs: all-reduce ``2 (N-1)/N B``, reduce-scatter
+``(N-1)/N B_in``, all-gather ``(N-1)/N B_out``, broadcast ``(N-1)/N B``). Fully sharded with
+``reshard_after_forward=True`` sends 1.5x DDP's: two all-gathers (forward, backward) and one
+reduce-scatter per unit, against one all-reduce (= reduce-scatter + all-gather).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 
 import numpy as np
@@ -31,14 +35,17 @@ import numpy as np
 import ddp
 import ddp.distributed as dist
 from ddp import nn
+from ddp.distributed.fsdp import fully_shard
+from ddp.distributed.memory_ledger import GatheredPeak
 from ddp.distributed.optim import ZeroRedundancyOptimizer
-from ddp.distributed.process_group import ProcessGroup
+from ddp.distributed.traffic import count_traffic
 from ddp.nn.parallel import DistributedDataParallel as DDP
 
 WIDTH = 512
 BATCH = 16
-CONFIGS = ("ddp", "zero1", "zero2")
-FORMULAS = {"ddp": lambda n: 16.0, "zero1": lambda n: 8 + 8 / n, "zero2": lambda n: 4 + 12 / n}
+CONFIGS = ("ddp", "zero1", "zero2", "fsdp")
+FORMULAS = {"ddp": lambda n: 16.0, "zero1": lambda n: 8 + 8 / n, "zero2": lambda n: 4 + 12 / n,
+            "fsdp": lambda n: 16 / n}
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -48,6 +55,13 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def build(config: str):
+    if config == "fsdp":  # one unit per Linear; the root holds no parameter of its own
+        model = make_model()
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        return model, ddp.optim.Adam(model.parameters(), lr=1e-3)
     model = DDP(make_model(), gradient_as_bucket_view=True)
     if config == "ddp":
         opt = ddp.optim.Adam(model.parameters(), lr=1e-3)
@@ -66,80 +80,33 @@ def train_step(model, opt, step: int) -> None:
     opt.step()
 
 
-# ------------------------------------------------------------------------ communication count
-_sent: dict[int, float] = {}
-_lock = threading.Lock()
-
-
-def _count(pg: ProcessGroup, nbytes: float) -> None:
-    with _lock:
-        key = pg.global_ranks[pg.rank()]
-        _sent[key] = _sent.get(key, 0.0) + nbytes
-
-
-def install_counters() -> None:
-    """Wrap the array-level collectives of every ProcessGroup to count bytes sent per rank."""
-    originals = {name: getattr(ProcessGroup, name)
-                 for name in ("allreduce", "allgather", "reduce_scatter", "broadcast")}
-
-    def allreduce(self, array, *args, **kw):
-        _count(self, 2 * (self.size() - 1) / self.size() * array.nbytes)
-        return originals["allreduce"](self, array, *args, **kw)
-
-    def allgather(self, out, inp):
-        _count(self, (self.size() - 1) / self.size() * out.nbytes)
-        return originals["allgather"](self, out, inp)
-
-    def reduce_scatter(self, out, inp, *args, **kw):
-        _count(self, (self.size() - 1) / self.size() * inp.nbytes)
-        return originals["reduce_scatter"](self, out, inp, *args, **kw)
-
-    def broadcast(self, array, src):
-        _count(self, array.nbytes if self.size() > 1 else 0)
-        return originals["broadcast"](self, array, src)
-
-    ProcessGroup.allreduce = allreduce
-    ProcessGroup.allgather = allgather
-    ProcessGroup.reduce_scatter = reduce_scatter
-    ProcessGroup.broadcast = broadcast
-
-
 # ------------------------------------------------------------------------------- measurement
 def measure(config: str) -> dict:
     model, opt = build(config)
     train_step(model, opt, 0)  # state exists from here on
     dist.get_default_group().barrier()
-    rank = dist.get_rank()
-    with _lock:
-        _sent.pop(rank, None)
-    train_step(model, opt, 1)
-    params = list(model.parameters())
-    psi = sum(p.array.size for p in params)
-    if config == "ddp":
-        param_bytes = sum(p.array.nbytes for p in params)
-        grad_bytes = sum(p.grad.array.nbytes for p in params)
-        state = opt.state
-    else:
-        mem = opt.memory_bytes()
-        param_bytes, grad_bytes = mem["params"], mem["grads"]
-        state = opt.optim.state
-    state_bytes = sum(v.array.nbytes for s in state.values() for v in s.values()
-                      if isinstance(v, ddp.Tensor))
-    buckets = sum(b.buffer.nbytes for b in model.reducer.buckets)
-    if config != "ddp":
-        buckets += opt.memory_bytes()["comm"]
-    dist.get_default_group().barrier()
-    with _lock:
-        sent = _sent.get(rank, 0.0)
-    return {"psi": psi, "params": param_bytes, "grads": grad_bytes, "state": state_bytes,
-            "buckets": buckets, "sent": sent}
+    with GatheredPeak(model) as peak, count_traffic(dist.get_rank()) as sent:
+        train_step(model, opt, 1)
+    report = dist.memory_report(model, opt, print_report=False,
+                                gathered_peak=peak if config == "fsdp" else None)
+
+    def got(name):
+        return report.category(name).measured
+
+    return {"psi": report.psi, "params": got("parameters"), "grads": got("gradients"),
+            "state": got("optimizer state"), "buckets": got("communication buffers"),
+            "gathered": got("gathered parameters (peak)"), "flags": report.flags,
+            "sent": sent.total, "by_kind": dict(sent.by_kind)}
+
+
+def _psi(nbytes, psi: int) -> str:
+    return "not measured" if nbytes is None else f"{nbytes / psi:.3f} Ψ"
 
 
 def memory_tables(worlds=(2, 3, 4)) -> None:
-    install_counters()
     print("| N | config | params | grads | Adam state | total | formula | total/formula "
-          "| comm buffers | bytes sent/step | sent / DDP's |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| comm buffers | gathered peak | bytes sent/step | sent / DDP's |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in worlds:
         rows = {c: dist.spawn(measure, n, args=(c,))[0] for c in CONFIGS}
         psi = rows["ddp"]["psi"]
@@ -149,8 +116,13 @@ def memory_tables(worlds=(2, 3, 4)) -> None:
             formula = FORMULAS[c](n) * psi
             print(f"| {n} | {c} | {r['params'] / psi:.3f} Ψ | {r['grads'] / psi:.3f} Ψ | "
                   f"{r['state'] / psi:.3f} Ψ | {total / psi:.3f} Ψ | {formula / psi:.3f} Ψ | "
-                  f"{total / formula:.4f} | {r['buckets'] / psi:.3f} Ψ | "
+                  f"{total / formula:.4f} | {_psi(r['buckets'], psi)} | "
+                  f"{r['gathered'] / psi:.3f} Ψ | "
                   f"{r['sent'] / 2**20:.2f} MiB | {r['sent'] / rows['ddp']['sent']:.3f} |")
+            if r["flags"]:
+                print(f"|   | {c}: ledger flags {r['flags']} |")
+        kinds = ", ".join(f"{k} {v / 2**20:.3f} MiB" for k, v in rows["fsdp"]["by_kind"].items())
+        print(f"|   | fsdp bytes by collective at N = {n}: {kinds} |")
     print(f"\nΨ = {psi} parameters (fp32), batch {BATCH} per rank")
 
 

@@ -3,10 +3,13 @@
 The text is ``pydoc_data.topics`` (about 460 kB of the Python reference that ships with every
 CPython), so nothing is downloaded. Each rank draws its own random windows; DDP averages the
 gradients; with ``--zero-stage 1`` or ``2`` a ZeroRedundancyOptimizer shards the AdamW state
-(and with stage 2 the gradients) over the ranks. At the end rank 0 prints a sample.
+(and with stage 2 the gradients) over the ranks; with ``--fsdp`` the model is fully sharded
+instead (``fully_shard`` on every block, then on the root: parameters, gradients and AdamW
+state are 1/N per rank). At the end rank 0 prints the memory ledger and a sample.
 
     python examples/charlm.py --steps 300
     .venv/bin/mpiexec -n 2 .venv/bin/python examples/charlm.py --zero-stage 2
+    .venv/bin/mpiexec -n 3 .venv/bin/python examples/charlm.py --fsdp
     ddprun --threads -n 2 examples/charlm.py --steps 20
 """
 
@@ -24,6 +27,8 @@ import ddp.nn as nn
 import ddp.nn.functional as F
 from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
+from ddp.distributed.fsdp import fully_shard
+from ddp.distributed.memory_ledger import GatheredPeak
 from ddp.nn.parallel import DistributedDataParallel
 from ddp.optim.lr_scheduler import LambdaLR
 
@@ -180,6 +185,8 @@ def main(argv=None) -> float:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2), default=0,
                         help="0: plain AdamW; 1/2: ZeroRedundancyOptimizer stage 1/2")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="fully shard the model (fully_shard per block, then the root)")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
                         help="DDP bucket size; small values show overlap in a timeline")
     parser.add_argument("--comm-hook", choices=["fp16", "powersgd"], default=None,
@@ -195,6 +202,11 @@ def main(argv=None) -> float:
     if args.comm_hook and args.zero_stage:
         parser.error("--comm-hook needs --zero-stage 0: ZeRO reduce-scatters the gradients "
                      "itself, so DDP's communication hook would never run")
+    if args.fsdp and args.zero_stage:
+        parser.error("--fsdp shards the optimizer state itself: leave --zero-stage at 0")
+    if args.fsdp and args.comm_hook:
+        parser.error("--comm-hook is a DDP communication hook; --fsdp reduce-scatters the "
+                     "gradients itself")
 
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -208,9 +220,15 @@ def main(argv=None) -> float:
     train_data, val_data = data[:split], data[split:]
 
     model = GPT(len(itos), args.block_size, args.d_model, args.n_layer, args.n_head)
-    ddp_model = DistributedDataParallel(model, bucket_cap_mb=args.bucket_cap_mb)
-    register_comm_hook(ddp_model, args.comm_hook, args.powersgd_rank, args.powersgd_start)
+    if args.fsdp:  # same seed, same weights on every rank: fully_shard needs no broadcast
+        for block in model.blocks:
+            fully_shard(block)
+        ddp_model = fully_shard(model)
+    else:
+        ddp_model = DistributedDataParallel(model, bucket_cap_mb=args.bucket_cap_mb)
+        register_comm_hook(ddp_model, args.comm_hook, args.powersgd_rank, args.powersgd_start)
     optimizer = make_optimizer(ddp_model.parameters(), args)
+    peak = GatheredPeak(model) if args.fsdp else None
     warmup = max(1, args.steps // 20)
     scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
@@ -221,7 +239,8 @@ def main(argv=None) -> float:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{n_params} parameters, vocabulary {len(itos)}, {len(data)} characters, "
               f"{world} rank(s) x {per_rank} windows of {args.block_size}, "
-              f"zero stage {args.zero_stage}, comm hook {args.comm_hook or 'none'}", flush=True)
+              f"{'fully sharded' if args.fsdp else f'zero stage {args.zero_stage}'}, "
+              f"comm hook {args.comm_hook or 'none'}", flush=True)
 
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -236,8 +255,15 @@ def main(argv=None) -> float:
                   f"({(time.perf_counter() - started) / step * 1e3:.0f} ms/step)", flush=True)
     elapsed = time.perf_counter() - started
 
+    # Collective, right after the last step: every kind of training memory is live.
+    dist.memory_report(ddp_model, optimizer, gathered_peak=peak)
+    if peak is not None:
+        peak.remove()
     val_loss = evaluate(model, val_data, args.block_size, per_rank, args.seed)
     memory = optimizer.memory_bytes() if hasattr(optimizer, "memory_bytes") else None
+    # A fully sharded forward all-gathers, so every rank samples (rank 0 prints).
+    text = sample(model, stoi, itos, "def ", args.sample_length, args.seed) \
+        if args.fsdp or rank == 0 else None
     if rank == 0:
         print(f"validation loss {val_loss:.4f} (uniform guess: {math.log(len(itos)):.4f}) "
               f"after {args.steps} steps in {elapsed:.1f} s")
@@ -245,7 +271,7 @@ def main(argv=None) -> float:
             print("optimizer memory on rank 0: " +
                   ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in memory.items()))
         print("sample:")
-        print(sample(model, stoi, itos, "def ", args.sample_length, args.seed))
+        print(text)
     dist.destroy_process_group()
     return val_loss
 

@@ -162,6 +162,8 @@ def main(argv=None) -> float:
                         help="PowerSGD's matrix_approximation_rank")
     parser.add_argument("--powersgd-start", type=int, default=10,
                         help="PowerSGD's start_powerSGD_iter: plain averaging before it")
+    parser.add_argument("--memory-report", action="store_true",
+                        help="print the full per-rank memory table at the end (default: one line)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: each rank uses GPU local_rank %% device_count (needs CuPy)")
     args = parser.parse_args(argv)
@@ -248,7 +250,11 @@ def main(argv=None) -> float:
             break
     if progress is not None:
         progress.close()
+    # Collective; after the last step every kind of training memory is still live.
+    memory = dist.memory_report(model, optimizer, print_report=args.memory_report)
     if rank == 0:
+        if not args.memory_report:
+            print(memory.summary())
         plot_path = os.path.join(args.out, "curves.png")
         plot_curves(history, plot_path)
         hook = args.comm_hook or "none"

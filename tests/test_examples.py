@@ -117,6 +117,8 @@ def test_train_two_ranks_with_timeline(tmp_path):
                   "--out", str(tmp_path / "run"), env={"DDP_TIMELINE": str(trace_dir)})
     assert "epoch   1  train loss" in out and "on 2 rank(s)" in out
     assert out.count("final test accuracy") == 1  # rank 0 prints, rank 1 does not
+    assert out.count("memory per rank (ddp, N = 2, Ψ = 50,826)") == 1
+    assert "every category within 5 % of its formula" in out
     assert (tmp_path / "run" / "curves.png").exists()
     for rank in (0, 1):
         events = json.loads((trace_dir / f"timeline-rank{rank}.json").read_text())["traceEvents"]
@@ -153,6 +155,15 @@ def test_charlm_two_ranks_zero_stage2():
                   "--d-model", "32", "--n-layer", "1", "--zero-stage", "2")
     assert "zero stage 2" in out and "step     3  loss" in out
     assert "optimizer memory on rank 0" in out and "sample:\ndef " in out
+    assert "memory report: zero-2, N = 2" in out
+
+
+def test_charlm_two_ranks_fully_sharded():
+    out = _mpirun(2, "charlm.py", "--steps", "3", "--log-every", "1", "--sample-length", "12",
+                  "--d-model", "32", "--n-layer", "1", "--fsdp")
+    assert "fully sharded" in out and "step     3  loss" in out
+    assert out.count("memory report: fully-sharded, N = 2") == 1  # rank 0 prints the table
+    assert "FLAG" not in out and "sample:\ndef " in out
 
 
 def test_charlm_two_ranks_powersgd_and_fp16_hooks():

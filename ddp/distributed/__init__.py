@@ -38,9 +38,14 @@ from ddp.distributed.process_group import ProcessGroup
 from ddp.distributed.reduce_op import ReduceOp, Work
 from ddp.distributed.spawn import SpawnError, spawn
 
+# isort: split
+# The ledger reads DDP and ZeRO objects (upper layers of this package): bound last.
+from ddp.distributed.memory_ledger import MemoryReport, memory_report
+
 __all__ = [
     "GradBucket",
     "GroupMember",
+    "MemoryReport",
     "ProcessGroup",
     "ReduceOp",
     "SpawnError",
@@ -65,6 +70,7 @@ __all__ = [
     "is_available",
     "is_initialized",
     "is_mpi_available",
+    "memory_report",
     "new_group",
     "reduce_scatter_tensor",
     "spawn",

@@ -11,9 +11,9 @@ number, kind, dtype, element count, op or root) through ``_verify`` (one ``Allre
 ``[h, -h]`` with MAX on MPI), so ranks that disagree raise a ``RuntimeError`` on every rank
 naming what each rank issued instead of hanging or summing unrelated buffers.
 
-Bytes: ``count_bytes()`` counts the payload every rank hands to the array collectives while
-it is open (for benchmarks and tests of communication hooks); it costs nothing when no count is
-open.
+Bytes: every array collective reports its payload and the bytes it sends to the counters of
+``ddp.distributed.traffic.count_traffic`` (for benchmarks, the memory ledger and tests of
+communication hooks); it costs nothing when no counter is open.
 
 Every method is a collective: all ranks of the group must call it, in the same order. A group
 object may be used from any thread, but by one thread at a time; use :meth:`dup` for an
@@ -24,95 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
-from ddp.distributed import watchdog
+from ddp.distributed import traffic, watchdog
 from ddp.distributed.reduce_op import ReduceOp, Work, as_reduce_op
 
 _UNWATCHED = contextlib.nullcontext()  # reusable: the watchdog is off or the text not needed
-_open_counts: list[CollectiveBytes] = []  # per process: collectives of every thread add to them
-
-
-class CollectiveBytes:
-    """Payload bytes handed to array collectives, by world rank and by collective kind.
-
-    What is counted is the input each rank passes: ``allreduce`` and ``broadcast`` the array,
-    ``allgather`` the rank's piece, ``reduce_scatter`` the full input; not the bytes a
-    transport puts on the wire (a ring all-reduce sends ``2(n-1)/n`` times its payload), nor the
-    few bytes of the consensus checks, nor the pickled ``*_object`` collectives. Counting runs in
-    every thread of the process (communication threads included), so under the ``threads``
-    backend one count holds every simulated rank, each under its own world rank.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.by_rank: dict[int, int] = {}
-        self.by_kind: dict[str, int] = {}
-        self.calls = 0
-
-    def add(self, rank: int, kind: str, nbytes: int) -> None:
-        with self._lock:
-            self.by_rank[rank] = self.by_rank.get(rank, 0) + nbytes
-            self.by_kind[kind] = self.by_kind.get(kind, 0) + nbytes
-            self.calls += 1
-
-    def sent(self, rank: int | None = None) -> int:
-        """Bytes handed to collectives by world rank ``rank``; all counted ranks when None
-        (under MPI: this process's rank only)."""
-        if rank is None:
-            return sum(self.by_rank.values())
-        return self.by_rank.get(rank, 0)
-
-
-_nesting = threading.local()  # a collective forwarded to another group's (NCCL's host path)
-
-
-class _CountScope:
-    """Adds one collective's payload to every open count, unless it runs inside another
-    counted collective of this thread (a group forwarding to another group counts once)."""
-
-    def __init__(self, group: ProcessGroup, kind: str, array):
-        self.group, self.kind, self.array = group, kind, array
-
-    def __enter__(self):
-        depth = getattr(_nesting, "depth", 0)
-        if depth == 0:
-            rank = self.group.global_ranks[self.group.rank()]
-            for count in tuple(_open_counts):
-                count.add(rank, self.kind, int(self.array.nbytes))
-        _nesting.depth = depth + 1
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        _nesting.depth -= 1
-        return False
-
-
-def _counted(group: ProcessGroup, kind: str, array):
-    """The counting scope of one collective; a shared no-op while no count is open."""
-    return _UNWATCHED if not _open_counts else _CountScope(group, kind, array)
-
-
-@contextlib.contextmanager
-def count_bytes() -> Iterator[CollectiveBytes]:
-    """Count the payload bytes of every array collective issued while open (any thread).
-
-    Example::
-
-        with count_bytes() as sent:
-            loss.backward()          # DDP's all-reduces (or a comm hook's) run here
-        print(sent.sent(rank), sent.by_kind)
-    """
-    count = CollectiveBytes()
-    _open_counts.append(count)
-    try:
-        yield count
-    finally:
-        _open_counts.remove(count)
-
-
 def fingerprint(description: str) -> int:
     """A rank-independent 62-bit hash of ``description`` (``hash()`` is salted per process)."""
     digest = hashlib.blake2b(description.encode(), digest_size=8).digest()
@@ -223,7 +140,7 @@ class ProcessGroup:
         """Reduce ``array`` over all ranks, in place; every rank gets the result."""
         op = self._check_allreduce(array, op)
         with self._watched(self._begin("allreduce", array, f"op={op.name}")), \
-                _counted(self, "allreduce", array):
+                self._counted("allreduce", array, array):
             self._allreduce_impl(array, op)
 
     def allreduce_async(self, array, op: ReduceOp = ReduceOp.SUM) -> Work:
@@ -236,12 +153,12 @@ class ProcessGroup:
         text = self._begin("allreduce", array, f"op={op.name}")
         dog = watchdog.current()
         if text is None or dog is None:
-            with _counted(self, "allreduce", array):
+            with self._counted("allreduce", array, array):
                 return self._allreduce_async_impl(array, op)
         token = dog.begin(self._watch_label(text, " (started asynchronously)"),
                           ranks=self.global_ranks, blocked=False)
         try:
-            with _counted(self, "allreduce", array):
+            with self._counted("allreduce", array, array):
                 work = self._allreduce_async_impl(array, op)
         except BaseException:
             dog.end(token)
@@ -260,7 +177,7 @@ class ProcessGroup:
         self._check_rank(src, "broadcast src")
         _check_array(array, "broadcast")
         with self._watched(self._begin("broadcast", array, f"src={src}")), \
-                _counted(self, "broadcast", array):
+                self._counted("broadcast", array, array):
             self._broadcast_impl(array, src)
 
     def allgather(self, out_array, in_array) -> None:
@@ -273,7 +190,7 @@ class ProcessGroup:
                 f"size * in.size = {self._size} * {in_array.size} of {in_array.dtype}"
             )
         with self._watched(self._begin("allgather", in_array, "")), \
-                _counted(self, "allgather", in_array):
+                self._counted("allgather", in_array, out_array):
             self._allgather_impl(out_array, in_array)
 
     def reduce_scatter(self, out_array, in_array, op: ReduceOp = ReduceOp.SUM) -> None:
@@ -289,7 +206,7 @@ class ProcessGroup:
         if op is ReduceOp.AVG and in_array.dtype.kind not in "fc":
             raise TypeError(f"reduce_scatter: AVG needs a floating array, got {in_array.dtype}")
         with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")), \
-                _counted(self, "reduce_scatter", in_array):
+                self._counted("reduce_scatter", in_array, in_array):
             self._reduce_scatter_impl(out_array, in_array, op)
 
     def barrier(self) -> None:
@@ -364,9 +281,15 @@ class ProcessGroup:
         self._destroy_impl()
 
     # ------------------------------------------------------------------------------- helpers
+    def _counted(self, kind: str, payload, buffer):
+        """The traffic-counting scope of one collective (``ddp.distributed.traffic``)."""
+        return traffic.counted(self.global_ranks[self._rank], kind, int(payload.nbytes),
+                               int(buffer.nbytes), self._size)
+
     def _check_rank(self, rank: int, what: str) -> None:
         if not 0 <= rank < self._size:
             raise ValueError(f"{what} {rank} is out of range for a group of size {self._size}")
+
 
     def _begin(self, kind: str, array, extra: str) -> str | None:
         """Count the next collective and check consensus when on; its text for the watchdog.

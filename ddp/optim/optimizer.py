@@ -290,10 +290,13 @@ def _cast_state(param: Tensor, name: str, value: Any, saved_id: Any) -> Any:
     if not isinstance(value, Tensor):
         return copy.deepcopy(value)
     array = value.array
-    if array.ndim and tuple(array.shape) != tuple(param.shape):
+    # The parameter's array, not its shape: a fully sharded parameter's state has the shape
+    # of its local rows, while its ``shape`` is the global one.
+    if array.ndim and tuple(array.shape) != tuple(param.array.shape):
         raise ValueError(
             f"loaded optimizer state {name!r} of parameter {saved_id} has shape "
-            f"{tuple(array.shape)}, but the parameter it maps to has shape {tuple(param.shape)} "
+            f"{tuple(array.shape)}, but the parameter it maps to has shape "
+            f"{tuple(param.array.shape)} "
             "(was the state dict saved from an optimizer over different parameters?)"
         )
     if name != "step":

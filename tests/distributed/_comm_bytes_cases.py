@@ -15,7 +15,7 @@ import ddp.distributed as dist
 from ddp import nn
 from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
 from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
-from ddp.distributed.process_group import count_bytes
+from ddp.distributed.traffic import count_traffic
 from ddp.nn.parallel import DistributedDataParallel
 
 WEIGHTS = [(24, 32), (16, 24)]
@@ -43,10 +43,10 @@ def _step_bytes(hook_name: str, rank: int = 1, steps: int = START + 2) -> list[i
     for _ in range(steps):
         x = ddp.tensor(rng.standard_normal((4, 32), dtype=np.float32))
         model.zero_grad()
-        with count_bytes() as count:
+        with count_traffic() as count:
             y = model(x)
             (y * y).sum().backward()
-        sent.append(count.sent(me))  # the default group: world rank = group rank
+        sent.append(count.payload(me))  # the default group: world rank = group rank
     return sent
 
 

@@ -136,14 +136,14 @@ def test_nccl_group_over_mpi(fake_nccl):
     pg.destroy()
 
 
-def test_count_bytes_counts_a_host_array_forwarded_to_mpi_once(fake_nccl):
+def test_count_traffic_counts_a_host_array_forwarded_to_mpi_once(fake_nccl):
     from mpi4py import MPI
 
-    from ddp.distributed.process_group import count_bytes
+    from ddp.distributed.traffic import count_traffic
 
     pg = _nccl_group(MPI.COMM_SELF.Dup())
-    with count_bytes() as count:
+    with count_traffic() as count:
         pg.allreduce(np.ones(8, dtype=np.float32))  # host array: NCCL's group hands it to MPI
         pg.allreduce(fake_nccl.ones(4, dtype=fake_nccl.float32))  # device array: NCCL itself
-    assert count.by_kind == {"allreduce": 32 + 16} and count.calls == 2
+    assert count.payload_by_kind == {"allreduce": 32 + 16} and count.calls == 2
     pg.destroy()

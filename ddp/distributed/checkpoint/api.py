@@ -19,9 +19,10 @@ from typing import Any
 
 from ddp.backend import get_array_module
 from ddp.distributed import api
-from ddp.distributed.checkpoint import agree, files, index, optimizer_state, storage
+from ddp.distributed.checkpoint import agree, files, index, optimizer_state, sharded_rows, storage
 from ddp.distributed.checkpoint.reader import Reader
 from ddp.distributed.local_backend import LocalProcessGroup
+from ddp.distributed.optim.flat_layout import Entry
 from ddp.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
 from ddp.nn.parallel import DistributedDataParallel
 from ddp.tensor import Tensor
@@ -66,11 +67,18 @@ def _describe(module, optimizer, rank: int, world: int, metas: list,
     jobs: list[tuple[str, Any]] = []
     if optimizer is not None:
         optimizer_state.describe(body, jobs, optimizer, _names(module), rank, world, metas)
+    elif module is not None and metas[rank] is not None:  # fully sharded, no optimizer
+        optimizer_state.describe_model_rows(body, jobs, list(module.parameters()),
+                                            _names(module), rank, metas)
     if module is not None:
         used: set[str] = set()
-        for key, t in module.state_dict().items():
+        for key, t in module.state_dict(keep_vars=True).items():
             if key in body["params"]:
                 body["model"][key] = {"param": key}
+            elif sharded_rows.rows_of(t) is not None:
+                raise ValueError(f"fully sharded parameter {key!r} is not in the optimizer: "
+                                 "checkpoint.save writes the rows of fully sharded parameters "
+                                 "through their optimizer (or save the model without one)")
             else:
                 name = _model_file(key, used)
                 body["model"][key] = {"file": name}
@@ -116,7 +124,8 @@ def save(directory: str, model=None, optimizer=None, *, process_group=None,
     def check() -> tuple | None:
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 0:
             raise ValueError(f"keep_last must be an int >= 0, got {keep_last!r}")
-        return optimizer_state.local_meta(optimizer)
+        return optimizer_state.local_meta(
+            optimizer, module.parameters() if module is not None else ())
 
     metas = agree.gather(pg, what, check)
     directory = os.fspath(directory)
@@ -234,11 +243,17 @@ def _plan_model(reader: Reader, module, loaded: set[int]):
             # Same element count is not enough: (2, 3) read into (3, 2) scrambles it.
             raise ValueError(f"checkpoint {path!r} entry {key!r} has shape {saved_shape}, "
                              f"the model's tensor has shape {tuple(t.shape)}")
+        rows = sharded_rows.rows_of(t)  # a fully sharded parameter reads only its rows
         if p is not None:
-            stop = p["offset"] + index.numel(p["shape"])
-            host = reader.read(p["space"], p["offset"], stop).reshape(saved_shape)
+            start = p["offset"]
+            lo, hi = (start, start + index.numel(p["shape"])) if rows is None else \
+                sharded_rows.element_range(_entry(p, key), rows)
+            host = reader.read(p["space"], lo, hi).reshape(t.array.shape)
         else:
             host = reader.file(info["file"])
+            if rows is not None:
+                host = host.reshape(saved_shape[:1] + (-1,) if saved_shape else (1, -1))[
+                    rows[0]:rows[1]].reshape(t.array.shape)
         values.append((t, host))
 
     def install() -> None:
@@ -246,6 +261,12 @@ def _plan_model(reader: Reader, module, loaded: set[int]):
             _assign(t, host)
 
     return install
+
+
+def _entry(info: dict, name: str):
+    shape = tuple(info["shape"])
+    return Entry(0, name, info["group"], "", shape, info["offset"],
+                                 index.numel(info["shape"]))
 
 
 def _assign(t: Tensor, host) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ddp.backend import get_array_module
-from ddp.distributed.checkpoint import files
+from ddp.distributed.checkpoint import files, sharded_rows
 from ddp.distributed.checkpoint.reader import Reader
 from ddp.distributed.optim.flat_layout import FlatLayout
 from ddp.distributed.optim.shard_state import merge_meta
@@ -79,11 +79,21 @@ def _owned_data(buf, rank: int, world: int, shard_array):
     return parts[0] if len(parts) == 1 else get_array_module(parts[0]).concatenate(parts)
 
 
-def local_meta(optimizer) -> tuple | None:
-    """What a ZeRO rank must tell the others before any can describe the state (no
-    communication): its state keys with dtypes, sharded keys per group, scalars."""
+def local_meta(optimizer, model_params=()) -> tuple | dict | None:
+    """What a rank must tell the others before any can describe the state (no
+    communication). ZeRO: its state keys with dtypes, sharded keys per group, scalars. Fully
+    sharded parameters (the optimizer's, or ``model_params`` without one): ``{"rows": this
+    rank's rows of each parameter, "keys": its state keys}``. Otherwise None."""
     if not isinstance(optimizer, ZeroRedundancyOptimizer):
-        return None
+        params = list(model_params) if optimizer is None else \
+            [p for g in optimizer.param_groups for p in g["params"]]
+        if not sharded_rows.any_sharded(params):
+            return None
+        keys = set() if optimizer is None else {
+            (str(p.array.dtype), key, str(v.array.dtype))
+            for p in params for key, v in optimizer.state.get(p, {}).items()
+            if isinstance(v, Tensor) and v.array.ndim > 0 and v.array.shape == p.array.shape}
+        return {"rows": [sharded_rows.rows_of(p) for p in params], "keys": sorted(keys)}
     local = optimizer.local_state()
     return ({k: str(a.dtype) for k, a in local.slices.items()}, local.group_keys,
             local.scalars)
@@ -97,10 +107,18 @@ def describe(body: dict, jobs: list, optimizer, names: dict, rank: int, world: i
         metas: every rank's :func:`local_meta`, in rank order.
     """
     zero = isinstance(optimizer, ZeroRedundancyOptimizer)
-    layout = FlatLayout.of_groups(optimizer.param_groups, names, world if zero else 1)
     if zero:  # the optimizer's own buckets decide which pieces a rank owns
+        layout = FlatLayout.of_groups(optimizer.param_groups, names, world)
         layout.buffers = optimizer.layout.buffers
+    else:
+        layout = sharded_rows.global_layout(optimizer.param_groups, names)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    rows = None  # fully sharded: every rank's rows of every parameter
+    if not zero and metas[rank] is not None:
+        rows = [m["rows"] for m in metas]
+        if any(m["keys"] != metas[0]["keys"] for m in metas):
+            raise ValueError("fully sharded optimizer: the ranks hold different state keys: "
+                             + "; ".join(f"rank {r}: {m['keys']}" for r, m in enumerate(metas)))
     for e in layout.entries:
         body["params"][e.name] = {"space": f"params/{e.dtype}", "offset": e.offset,
                                   "shape": list(e.shape), "group": e.group}
@@ -141,6 +159,10 @@ def describe(body: dict, jobs: list, optimizer, names: dict, rank: int, world: i
                     scalars.setdefault(e.group, {}).setdefault(key, value)
         for d, buf in layout.buffers.items():
             space = f"params/{d}"
+            if rows is not None:
+                describe_rows(body, jobs, space, d, buf, rows, rank,
+                              [p.array for p in params])
+                continue
             body["spaces"][space] = _spaces_for(1, space, d, buf.total)
             if rank == 0:
                 flat = np.concatenate([files.to_host(params[e.index].array).reshape(-1)
@@ -150,6 +172,12 @@ def describe(body: dict, jobs: list, optimizer, names: dict, rank: int, world: i
             buf = layout.buffers[d]
             space = f"state/{key}/{d}"
             sdtype = str(items[0][1].dtype)
+            if rows is not None:
+                arrays = [None] * len(params)
+                for e, array in items:
+                    arrays[e.index] = array
+                describe_rows(body, jobs, space, sdtype, buf, rows, rank, arrays)
+                continue
             body["spaces"][space] = _spaces_for(1, space, sdtype, buf.total)
             if rank == 0:
                 flat = np.zeros(buf.total, dtype=sdtype)
@@ -176,6 +204,28 @@ def describe(body: dict, jobs: list, optimizer, names: dict, rank: int, world: i
         ],
         "state": state,
     }
+
+
+def describe_rows(body: dict, jobs: list, space: str, dtype: str, buf, rows: list, rank: int,
+                  arrays: list) -> None:
+    """A space of fully sharded parameters: every rank's rows (``sharded_rows``)."""
+    body["spaces"][space] = sharded_rows.space_entry(space, dtype, buf, rows, space_file)
+    data = sharded_rows.local_data(buf, rows[rank], rank, arrays, dtype)
+    if data is not None:
+        jobs.append((space_file(space, rank), data))
+
+
+def describe_model_rows(body: dict, jobs: list, params: list, names: dict, rank: int,
+                        metas: list) -> None:
+    """A model saved without its optimizer whose parameters are fully sharded: the
+    parameters go into ``params`` spaces (one group) as an optimizer's would, row by row."""
+    layout = sharded_rows.global_layout([{"params": params}], names)
+    rows = [m["rows"] for m in metas]
+    for e in layout.entries:
+        body["params"][e.name] = {"space": f"params/{e.dtype}", "offset": e.offset,
+                                  "shape": list(e.shape), "group": 0}
+    for d, buf in layout.buffers.items():
+        describe_rows(body, jobs, f"params/{d}", d, buf, rows, rank, [p.array for p in params])
 
 
 def _check_layout(reader: Reader, saved_opt: dict, optimizer, layout: FlatLayout) -> None:
@@ -226,7 +276,8 @@ def plan(reader: Reader, optimizer, names: dict, rank: int, world: int,
     if saved_opt is None:
         raise ValueError(f"checkpoint {reader.path!r} holds no optimizer state")
     zero = isinstance(optimizer, ZeroRedundancyOptimizer)
-    layout = FlatLayout.of_groups(optimizer.param_groups, names, world if zero else 1)
+    layout = FlatLayout.of_groups(optimizer.param_groups, names, world) if zero else \
+        sharded_rows.global_layout(optimizer.param_groups, names)
     _check_layout(reader, saved_opt, optimizer, layout)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     saved_state = saved_opt["state"]
@@ -288,13 +339,15 @@ def _plan_zero(reader: Reader, optimizer, layout: FlatLayout, group_keys: dict, 
 def _plan_plain(reader: Reader, optimizer, layout: FlatLayout, params: list,
                 saved_state: dict) -> Callable[[], None]:
     values, state = [], {}
-    for e in layout.entries:
-        values.append(reader.read(f"params/{e.dtype}", e.offset, e.stop).reshape(e.shape))
+    for e in layout.entries:  # a fully sharded parameter reads only its rows
+        rows, shape = sharded_rows.rows_of(params[e.index]), params[e.index].array.shape
+        values.append(sharded_rows.read_rows(reader, f"params/{e.dtype}", e, rows)
+                      .reshape(shape))
         entry = {}
         for key, info in saved_state.get(e.name, {}).items():
             if "space" in info:
-                entry[key] = Tensor(reader.read(info["space"], e.offset, e.stop)
-                                    .reshape(e.shape))
+                entry[key] = Tensor(sharded_rows.read_rows(reader, info["space"], e, rows)
+                                    .reshape(shape))
             else:
                 value = _scalar_value(info)
                 entry[key] = Tensor(value) if isinstance(value, np.ndarray) else value

@@ -284,6 +284,12 @@ class AllReduceBuckets(SyncStrategy):
             else:
                 grad.array[...] = view
 
+    def memory_bytes(self) -> dict[str, int]:
+        viewed = sum(p.grad.array.nbytes for p, slot in zip(self._params, self._slots, strict=True)
+                     if slot is not None and p.grad is not None and p.grad.array is slot)
+        return {"comm": sum(int(flat.nbytes) for flat in self.flat_buffers),
+                "grads_in_comm": int(viewed)}
+
     def release(self) -> None:
         _remove_all(self._storage_handles)  # backward allocates .grad again
         for bucket in self.buckets:

@@ -83,3 +83,9 @@ class SyncStrategy:
 
     def release(self) -> None:
         """The gradient sync was handed over for good: free the buffers."""
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of the strategy's own buffers now (any thread, between backwards):
+        ``comm`` (bucket buffers) and ``grads_in_comm`` (the part of them that parameters'
+        ``.grad`` tensors view, so a ledger counts those bytes once). Default: none."""
+        return {"comm": 0, "grads_in_comm": 0}

@@ -191,6 +191,12 @@ class DistributedDataParallel(Module, Joinable):
             self.reducer.use_overlap("nonblocking")
 
     # ------------------------------------------------------------------------------- join
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of DDP's bucket buffers on this rank (no communication): ``comm`` (0 once a
+        ZeroRedundancyOptimizer took the gradient sync over) and ``grads_in_comm``, the part
+        of them that ``.grad`` tensors view (``gradient_as_bucket_view``)."""
+        return self.reducer.strategy.memory_bytes()
+
     def join(self, divide_by_initial_world_size: bool = True, enable: bool = True,
              throw_on_early_termination: bool = False) -> Join:
         """Context manager for uneven inputs: ``with model.join(): for batch in my_batches:``.
