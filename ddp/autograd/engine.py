@@ -262,7 +262,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
                         grad = _array_of(result, "a tensor hook")
             if node._had_saved and node._saved is None:
                 raise RuntimeError(_FREED_MESSAGE)
-            grads = node.backward(node, grad)
+            grads = node.run_backward(grad)
             if type(grads) is not tuple:
                 grads = (grads,)
             edges = node.next_edges

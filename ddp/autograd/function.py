@@ -23,6 +23,11 @@ An op is a ``Function`` subclass with two static methods side by side::
 input requires grad, returns a tensor whose ``grad_fn`` is the ``ctx`` itself: the context object
 *is* the graph node. Backward may return views or the incoming gradient itself; the engine copies
 only when it must (see ``engine.py``).
+
+bfloat16 (``ml_dtypes``) has no BLAS and NumPy accumulates its sums in bfloat16 itself, so an op
+given bfloat16 arrays runs its forward and backward on float32 copies and rounds each bfloat16
+result back, as torch's CPU kernels do; only ops marked ``storage_only`` (views, copies, casts:
+no arithmetic either way) see the bfloat16 arrays themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import itertools
 
 import numpy as np
 
+from ddp import dtypes
 from ddp.autograd import tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 
@@ -76,6 +82,10 @@ class Node:
     def edge_pair(self) -> tuple:
         """``(node, input_nr)`` of an edge that ends here (a node with one output: nr 0)."""
         return (self, 0)
+
+    def run_backward(self, grad):
+        """What the engine calls: this node's ``backward`` on the output gradient ``grad``."""
+        return self.backward(self, grad)
 
 
 class AccumulateGrad(Node):
@@ -137,6 +147,8 @@ class Function(Node):
     _had_saved = False
     needs_input_grad: tuple = ()
     backward_name: str | None = None  # torch's node name when it differs from <Class>Backward0
+    storage_only = False  # True: moves elements without arithmetic, so runs on bfloat16 as is
+    _widened: tuple | None = None  # per input: True where a bfloat16 array was widened
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -205,8 +217,26 @@ class Function(Node):
         if needs is not None:
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
-        out = cls.forward(ctx, *arrays, **kwargs)
+        if first is not None and not cls.storage_only and any(
+                type(a) is np.ndarray and a.dtype == _BF16 for a in arrays):
+            widened = tuple(type(a) is np.ndarray and a.dtype == _BF16 for a in arrays)
+            ctx._widened = widened
+            arrays = [a.astype(np.float32) if w else a for a, w in zip(arrays, widened,
+                                                                       strict=True)]
+            out = _narrow(cls.forward(ctx, *arrays, **kwargs))
+        else:
+            out = cls.forward(ctx, *arrays, **kwargs)
         return tensor_class._from_op(out, None if needs is None else ctx)
+
+    def run_backward(self, grad):
+        if self._widened is None:
+            return self.backward(self, grad)
+        if grad.dtype == _BF16:
+            grad = grad.astype(np.float32)
+        grads = self.backward(self, grad)
+        if type(grads) is not tuple:
+            return _narrow(grads) if self._widened[0] else grads
+        return tuple(_narrow(g) if w else g for g, w in zip(grads, self._widened, strict=False))
 
 
 class FunctionCtx:
@@ -251,6 +281,16 @@ def once_differentiable(fn):
             return fn(ctx, *args)
 
     return wrapper
+
+
+_BF16 = dtypes.BFLOAT16
+
+
+def _narrow(array):
+    """A float32 result of a widened bfloat16 op, rounded to bfloat16 (others pass)."""
+    if array is not None and getattr(array, "dtype", None) == np.float32:
+        return np.asarray(array).astype(_BF16)
+    return array
 
 
 def _array_of(value, what: str):
