@@ -5,13 +5,13 @@ hook on every module records the dtype of its output. Under ``autocast("cpu")`` 
 dtypes must be equal module by module, the losses close and the parameter gradients float32 and
 close.
 
-Tolerances come from bfloat16's 8-bit significand: one rounding has relative error at most
-u = 2**-9, and a value rounded in one framework may land one bfloat16 step (2**-8) away from the
-other's when their float32 accumulations differ in the last bits (summation order). The loss (a
-mean of log-softmax terms, Lipschitz in the logits) and each gradient, relative to its largest
-entry, are compared at 4 steps, 4 * 2**-8 = 1.6%: measured differences are 0 (MLP), 0.6% (CNN,
-GPT gradients) and 4e-5 (GPT loss), while a float16 or float32 slip in one layer changes the
-dtype check itself.
+Tolerances come from bfloat16's 8 significant bits (eps = 2**-7): one rounding has relative
+error at most u = 2**-8, and a value rounded in one framework may land one bfloat16 step (2u)
+away from the other's when their float32 accumulations differ in the last bits (summation
+order). The loss (a mean of log-softmax terms, Lipschitz in the logits) and each gradient,
+relative to its largest entry, are compared at 4u = 2**-6 (1.6%, two bfloat16 steps): measured
+differences are 0 (MLP), 0.6% (CNN and GPT gradients) and 4e-5 (GPT loss), while a float16 or
+float32 slip in one layer changes the dtype check itself.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import warnings
 
-from ddp import dtypes
+from ddp import backend, dtypes
 from ddp.autograd import autocast_mode as _mode
 
 
@@ -51,6 +51,10 @@ class autocast:  # noqa: N801 - torch's name
                 f"Disabling autocast.\n{device_type.upper()} Autocast only supports dtypes of "
                 f"{names} currently.", stacklevel=2)
             self._enabled = False
+        if (self._enabled and device_type == "cuda" and self.fast_dtype == dtypes.bfloat16
+                and backend.cupy_bfloat16_problem() is not None):
+            raise RuntimeError(f"autocast('cuda', dtype=bfloat16): "
+                               f"{backend.cupy_bfloat16_problem()}; use dtype=float16")
         self._tokens: list = []
 
     def __enter__(self):
