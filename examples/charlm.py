@@ -3,7 +3,9 @@
 The text is ``pydoc_data.topics`` (about 460 kB of the Python reference that ships with every
 CPython), so nothing is downloaded. Each rank draws its own random windows; DDP averages the
 gradients; with ``--zero-stage 1`` or ``2`` a ZeroRedundancyOptimizer shards the AdamW state
-(and with stage 2 the gradients) over the ranks. At the end rank 0 prints a sample.
+(and with stage 2 the gradients) over the ranks. ``--amp bf16`` runs the forward under
+``ddp.autocast`` in bfloat16, ``--amp fp16`` in float16 with a ``GradScaler``
+(docs/mixed_precision.md). At the end rank 0 prints a sample.
 
     python examples/charlm.py --steps 300
     .venv/bin/mpiexec -n 2 .venv/bin/python examples/charlm.py --zero-stage 2
@@ -167,6 +169,8 @@ def main(argv=None) -> float:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--sample-length", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--amp", choices=["fp16", "bf16"], default=None,
+                        help="mixed precision: autocast to float16 (with GradScaler) or bfloat16")
     args = parser.parse_args(argv)
 
     dist.init_process_group()
@@ -187,6 +191,9 @@ def main(argv=None) -> float:
     scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     per_rank = max(1, args.batch_size // world)
+    amp = ddp.autocast("cpu", dtype=ddp.float16 if args.amp == "fp16" else ddp.bfloat16,
+                       enabled=args.amp is not None)  # re-enterable: one object serves all steps
+    scaler = ddp.amp.GradScaler("cpu", enabled=args.amp == "fp16")  # bfloat16 needs none
     stream = batches(train_data, args.block_size, per_rank,
                      np.random.default_rng([args.seed, rank]))  # each rank its own windows
     if rank == 0:
@@ -198,10 +205,12 @@ def main(argv=None) -> float:
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         x, y = next(stream)
-        loss = lm_loss(ddp_model, x, y)
+        with amp:
+            loss = lm_loss(ddp_model, x, y)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if rank == 0 and (step % args.log_every == 0 or step == 1 or step == args.steps):
             print(f"step {step:5d}  loss {loss.item():.4f}  "

@@ -24,10 +24,11 @@ input requires grad, returns a tensor whose ``grad_fn`` is the ``ctx`` itself: t
 *is* the graph node. Backward may return views or the incoming gradient itself; the engine copies
 only when it must (see ``engine.py``).
 
-bfloat16 (``ml_dtypes``) has no BLAS and NumPy accumulates its sums in bfloat16 itself, so an op
-given bfloat16 arrays runs its forward and backward on float32 copies and rounds each bfloat16
-result back, as torch's CPU kernels do; only ops marked ``storage_only`` (views, copies, casts:
-no arithmetic either way) see the bfloat16 arrays themselves.
+NumPy has no BLAS for 16-bit floats (float16, and ``ml_dtypes``' bfloat16) and accumulates their
+sums in 16 bits, so an op given such NumPy arrays runs its forward and backward on float32 copies
+and rounds each result back to the input's dtype, as torch's CPU kernels do; only ops marked
+``storage_only`` (views, copies, casts: no arithmetic either way) see the 16-bit arrays
+themselves. CuPy computes in float16 natively and is left alone.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class Function(Node):
     needs_input_grad: tuple = ()
     backward_name: str | None = None  # torch's node name when it differs from <Class>Backward0
     storage_only = False  # True: moves elements without arithmetic, so runs on bfloat16 as is
-    _widened: tuple | None = None  # per input: True where a bfloat16 array was widened
+    _widened: tuple | None = None  # per input: the 16-bit dtype widened to float32, or None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -218,12 +219,14 @@ class Function(Node):
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
         if first is not None and not cls.storage_only and any(
-                type(a) is np.ndarray and a.dtype == _BF16 for a in arrays):
-            widened = tuple(type(a) is np.ndarray and a.dtype == _BF16 for a in arrays)
+                type(a) is np.ndarray and a.dtype in _NARROW for a in arrays):
+            widened = tuple(a.dtype if type(a) is np.ndarray and a.dtype in _NARROW else None
+                            for a in arrays)
             ctx._widened = widened
-            arrays = [a.astype(np.float32) if w else a for a, w in zip(arrays, widened,
-                                                                       strict=True)]
-            out = _narrow(cls.forward(ctx, *arrays, **kwargs))
+            arrays = [a if w is None else a.astype(np.float32)
+                      for a, w in zip(arrays, widened, strict=True)]
+            out = _narrow(cls.forward(ctx, *arrays, **kwargs),
+                          next(w for w in widened if w is not None))
         else:
             out = cls.forward(ctx, *arrays, **kwargs)
         return tensor_class._from_op(out, None if needs is None else ctx)
@@ -231,12 +234,12 @@ class Function(Node):
     def run_backward(self, grad):
         if self._widened is None:
             return self.backward(self, grad)
-        if grad.dtype == _BF16:
+        if grad.dtype in _NARROW:
             grad = grad.astype(np.float32)
         grads = self.backward(self, grad)
         if type(grads) is not tuple:
-            return _narrow(grads) if self._widened[0] else grads
-        return tuple(_narrow(g) if w else g for g, w in zip(grads, self._widened, strict=False))
+            return _narrow(grads, self._widened[0])
+        return tuple(_narrow(g, w) for g, w in zip(grads, self._widened, strict=False))
 
 
 class FunctionCtx:
@@ -283,13 +286,15 @@ def once_differentiable(fn):
     return wrapper
 
 
-_BF16 = dtypes.BFLOAT16
+# 16-bit floats of NumPy arrays: NumPy has no BLAS for them and sums them in their own
+# precision, so ops compute on float32 copies and round the results back (CuPy's are native).
+_NARROW = frozenset({dtypes.BFLOAT16, np.dtype(np.float16)})
 
 
-def _narrow(array):
-    """A float32 result of a widened bfloat16 op, rounded to bfloat16 (others pass)."""
-    if array is not None and getattr(array, "dtype", None) == np.float32:
-        return np.asarray(array).astype(_BF16)
+def _narrow(array, dtype):
+    """A float32 result of a widened op, rounded to ``dtype`` (None, or others, pass)."""
+    if dtype is not None and array is not None and getattr(array, "dtype", None) == np.float32:
+        return np.asarray(array).astype(dtype)
     return array
 
 
