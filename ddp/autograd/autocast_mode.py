@@ -100,6 +100,7 @@ class _State(threading.local):
         self.dtype = dict(DEFAULT_DTYPES)
         self.cache_enabled = True
         self.depth = 0  # nesting of autocast regions in this thread (enabled or not)
+        self.active = False  # enabled for some device type: the one test on every op's path
         self.cache: dict = {}
 
 
@@ -128,6 +129,7 @@ def enter(device_type: str, enabled: bool, dtype, cache_enabled: bool) -> tuple:
     _state.dtype[device_type] = dtype
     _state.cache_enabled = cache_enabled
     _state.depth += 1
+    _state.active = any(_state.enabled.values())
     return previous
 
 
@@ -138,6 +140,7 @@ def exit(token: tuple) -> None:  # noqa: A001 - pairs with enter
     _state.dtype[device_type] = dtype
     _state.cache_enabled = cache_enabled
     _state.depth -= 1
+    _state.active = any(_state.enabled.values())
     if _state.depth == 0:
         _state.cache.clear()
 
@@ -154,8 +157,7 @@ def autocast_op(op: str):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            enabled = _state.enabled
-            if not (enabled["cpu"] or enabled["cuda"]):
+            if not _state.active:
                 return fn(*args, **kwargs)
             cast = _cast_all(op, (*args, *kwargs.values()))
             return fn(*cast[:len(args)], **dict(zip(kwargs, cast[len(args):], strict=True)))

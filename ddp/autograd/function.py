@@ -199,9 +199,12 @@ class Function(Node):
         arrays = []
         needs = edges = None
         first = None
+        narrow = False
         for i, arg in enumerate(args):
             if isinstance(arg, tensor_class):
                 array = arg.array
+                if array.itemsize == 2 and type(array) is np.ndarray and array.dtype in _NARROW:
+                    narrow = True
                 if first is None:
                     first = array
                 elif type(array) is not type(first) or (
@@ -218,8 +221,7 @@ class Function(Node):
         if needs is not None:
             ctx.needs_input_grad = tuple(needs)
             ctx.next_edges = tuple(edges)
-        if first is not None and not cls.storage_only and any(
-                type(a) is np.ndarray and a.dtype in _NARROW for a in arrays):
+        if narrow and not cls.storage_only:
             widened = tuple(a.dtype if type(a) is np.ndarray and a.dtype in _NARROW else None
                             for a in arrays)
             ctx._widened = widened
