@@ -68,6 +68,9 @@ _CUDA_FP32 = frozenset({
     # fp32_set_opt_dtype
     "prod", "softmax", "log_softmax", "cumprod", "cumsum", "linalg_vector_norm",
     "linalg_matrix_norm", "sum",
+    # not in torch's list: torch's cross_entropy is log_softmax + nll_loss, both float32 here;
+    # ddp's is one fused node, so it is listed to give the same float32 result
+    "cross_entropy_loss",
 })
 _CUDA_PROMOTE = frozenset({
     "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler",
