@@ -9,7 +9,7 @@ Not meant to be run by hand; ``bench_distributed.py`` launches it as::
     python _dist_worker.py --lib ddp --world 1 ...                      # a plain, undistributed
                                                                         # model (scaling baseline)
 
-With ``--comm-hook fp16|powersgdR`` (ddp, world > 1) DDP reduces through that communication
+With ``--comm-hook fp16|bf16|powersgdR`` (ddp, world > 1) DDP reduces through that communication
 hook; the bytes each step hands to the process group's collectives (``count_traffic``'s payload) are
 recorded beside the times.
 
@@ -75,8 +75,9 @@ def register_hook(model, hook: str, warmup: int) -> None:
     from ddp.distributed.algorithms.ddp_comm_hooks import default_hooks
     from ddp.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
 
-    if hook == "fp16":
-        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    if hook in ("fp16", "bf16"):
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook if hook == "fp16"
+                                 else default_hooks.bf16_compress_hook)
     elif hook.startswith("powersgd"):
         state = powerSGD.PowerSGDState(None, matrix_approximation_rank=int(hook[8:]),
                                        start_powerSGD_iter=max(2, warmup))
@@ -266,7 +267,7 @@ def main() -> None:
     parser.add_argument("--sync", type=int, default=0, help="repetitions of the sync timing")
     parser.add_argument("--sync-sizes", type=float, nargs="*", default=[],
                         help="MiB of gradients for the end-to-end sync timing (time_sync_sizes)")
-    parser.add_argument("--comm-hook", default="plain", help="plain, fp16, powersgd1, ...")
+    parser.add_argument("--comm-hook", default="plain", help="plain, fp16, bf16, powersgd1, ...")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 

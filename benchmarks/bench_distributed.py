@@ -23,7 +23,7 @@ to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) again
 ``Allreduce`` of the same bytes started the same way (``_dist_worker.time_sync_sizes``).
 ``--sync-only`` runs just those timings.
 
-``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16,
+``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16, bf16,
 PowerSGD of rank 1, 2, 4, compressing from the first timed step): the bytes per step handed to
 the process group's collectives (exact, ``ddp.distributed.traffic.count_traffic``, payload) and the
 median step time, each beside plain DDP.
@@ -121,7 +121,7 @@ def main() -> None:
                              "and step time per step")
     args = parser.parse_args()
     if args.comm_hooks is not None:
-        compare_hooks(args, args.comm_hooks or ["plain", "fp16", "powersgd1", "powersgd2",
+        compare_hooks(args, args.comm_hooks or ["plain", "fp16", "bf16", "powersgd1", "powersgd2",
                                                 "powersgd4"])
         return
 

@@ -45,11 +45,10 @@ from ddp.creation import (
 )
 from ddp.device import device, get_default_device, set_default_device
 from ddp.dtypes import (
-    bool_ as bool,  # noqa: A004 - torch.bool
-)
-from ddp.dtypes import (
+    bfloat16,
     double,
     dtype,
+    finfo,
     float16,
     float32,
     float64,
@@ -60,6 +59,9 @@ from ddp.dtypes import (
     int64,
     long,
     uint8,
+)
+from ddp.dtypes import (
+    bool_ as bool,  # noqa: A004 - torch.bool
 )
 from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
 from ddp.dtypes import int_ as int  # noqa: A004 - torch.int
@@ -195,6 +197,10 @@ from ddp import onnx as onnx  # noqa: E402 - export raises: ddp records no trace
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline
 from ddp import utils as utils  # noqa: E402
+from ddp.amp import autocast as autocast  # noqa: E402 - torch.autocast
+from ddp.amp import clear_autocast_cache as clear_autocast_cache  # noqa: E402
+from ddp.amp import get_autocast_dtype as get_autocast_dtype  # noqa: E402
+from ddp.amp import is_autocast_enabled as is_autocast_enabled  # noqa: E402
 from ddp.distributed.exit_protocol import install_launch_hooks as _launch_hooks  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402

@@ -12,6 +12,8 @@ from types import ModuleType
 
 import numpy as np
 
+from ddp import dtypes
+
 
 @functools.cache
 def cupy_module() -> ModuleType | None:
@@ -39,6 +41,22 @@ def cupy_unavailable_reason() -> str:
     except Exception as exc:
         return f"CuPy found no usable CUDA device ({type(exc).__name__}: {exc})"
     return "" if count > 0 else "CuPy found 0 CUDA devices"
+
+
+@functools.cache
+def cupy_bfloat16_problem() -> str | None:
+    """None when CuPy holds ``ml_dtypes.bfloat16`` arrays (ddp's bfloat16); else why not."""
+    cp = cupy_module()
+    if cp is None:
+        return cupy_unavailable_reason()
+    try:
+        probe = cp.asarray(np.ones(2, dtype=dtypes.BFLOAT16))
+        if probe.dtype != dtypes.BFLOAT16 or float((probe + probe).sum()) != 4.0:
+            return f"CuPy {cp.__version__} holds bfloat16 as {probe.dtype}"
+    except Exception as exc:  # CuPy refuses the NumPy extension dtype (TypeError, ValueError)
+        return (f"CuPy {getattr(cp, '__version__', '?')} has no bfloat16 dtype "
+                f"({type(exc).__name__}: {exc})")
+    return None
 
 
 def get_array_module(array) -> ModuleType:

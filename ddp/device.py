@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from ddp import backend
+from ddp import backend, dtypes
 
 
 class device:  # noqa: N801 - torch spells it in lower case
@@ -143,6 +143,11 @@ def move_array(array, target: device):
     cp = backend.cupy_module()
     if cp is None:
         raise RuntimeError(f"cannot move a tensor to {target}: {backend.cupy_unavailable_reason()}")
+    if array.dtype == dtypes.BFLOAT16 and backend.cupy_bfloat16_problem() is not None:
+        raise RuntimeError(
+            f"cannot move a bfloat16 tensor to {target}: {backend.cupy_bfloat16_problem()}. "
+            f"ddp's bfloat16 is ml_dtypes' NumPy type and runs on the CPU only; on the GPU use "
+            f"float16 (autocast('cuda') defaults to it)")
     index = int(cp.cuda.runtime.getDevice()) if target.index is None else target.index
     if backend.is_cupy_array(array) and array.device.id == index:
         return array

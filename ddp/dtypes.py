@@ -1,7 +1,13 @@
-"""Tensor dtypes with torch's names (``ddp.float32`` ...), each backed by a NumPy dtype."""
+"""Tensor dtypes with torch's names (``ddp.float32`` ...), each backed by a NumPy dtype.
+
+``bfloat16`` is backed by the ``ml_dtypes`` package's NumPy extension type (8 exponent bits,
+8 significand bits). NumPy marks extension types with kind ``"V"``, not ``"f"``: ask
+:func:`is_floating` whether an array dtype is floating, never ``dtype.kind == "f"``.
+"""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 
@@ -22,6 +28,7 @@ class dtype:  # noqa: N801 - torch spells it in lower case
 
 
 float16 = dtype("float16", np.float16, True, 2)
+bfloat16 = dtype("bfloat16", ml_dtypes.bfloat16, True, 2)
 float32 = dtype("float32", np.float32, True, 4)
 float64 = dtype("float64", np.float64, True, 8)
 int8 = dtype("int8", np.int8, False, 1)
@@ -37,11 +44,22 @@ double = float64
 long = int64
 int_ = int32  # torch.int
 
-_ALL = (float16, float32, float64, int8, uint8, int16, int32, int64, bool_)
+_ALL = (float16, bfloat16, float32, float64, int8, uint8, int16, int32, int64, bool_)
 _BY_NUMPY = {d.np_dtype: d for d in _ALL}
 _BY_NAME = {d.name: d for d in _ALL}
 
 default_float = float32
+BFLOAT16 = bfloat16.np_dtype  # the NumPy dtype of bfloat16 arrays
+
+
+def is_floating(np_dtype) -> bool:
+    """True for a floating NumPy dtype, ``ml_dtypes.bfloat16`` included."""
+    return np_dtype.kind == "f" or np_dtype == BFLOAT16
+
+
+def is_inexact(np_dtype) -> bool:
+    """True for floating and complex NumPy dtypes (bfloat16 included)."""
+    return np_dtype.kind in "fc" or np_dtype == BFLOAT16
 
 
 def get_dtype(name: str) -> dtype:
@@ -80,3 +98,32 @@ import builtins as _builtins  # noqa: E402
 builtins_float = _builtins.float
 builtins_int = _builtins.int
 builtins_bool = _builtins.bool
+
+
+class finfo:  # noqa: N801 - torch spells it in lower case
+    """Machine limits of a floating dtype, with torch's field names (``ddp.finfo(ddp.bfloat16)``).
+
+    Raises:
+        TypeError: ``type`` is not a floating dtype.
+    """
+
+    def __init__(self, type=None):  # noqa: A002 - torch's argument name
+        d = default_float if type is None else type
+        if not isinstance(d, dtype):
+            d = from_numpy(to_numpy_dtype(d))
+        if not d.is_floating_point:
+            raise TypeError(f"torch.finfo() requires a floating point input type. Use "
+                            f"torch.iinfo to handle '{d!r}'")
+        info = ml_dtypes.finfo(d.np_dtype) if d is bfloat16 else np.finfo(d.np_dtype)
+        self.dtype = d.name
+        self.bits = d.itemsize * 8
+        self.eps = float(info.eps)
+        self.max = float(info.max)
+        self.min = float(info.min)
+        self.tiny = self.smallest_normal = float(info.smallest_normal)
+        self.resolution = 10.0 ** -int(info.precision)
+
+    def __repr__(self) -> str:
+        return (f"finfo(resolution={self.resolution:g}, min={self.min:g}, max={self.max:g}, "
+                f"eps={self.eps:g}, smallest_normal={self.smallest_normal:g}, "
+                f"tiny={self.tiny:g}, dtype={self.dtype})")

@@ -13,7 +13,8 @@ numbers (``nan``/``inf`` included), strings, bytes, bools, None, ``ddp.dtype`` a
 included) and scheduler state dicts. Loaded tensors are leaves: the autograd graph is not saved.
 
 Arrays are stored with one of the dtypes in :data:`ARRAY_DTYPES` (bool, signed and unsigned
-integers of 8 to 64 bits, float16/32/64, complex64/128); tensors only with a ddp dtype.
+integers of 8 to 64 bits, float16/32/64, complex64/128; bfloat16 as its uint16 bits, the
+manifest node tagged ``"bits_of": "bfloat16"``); tensors only with a ddp dtype.
 
 Writes to a path are atomic: the archive goes to a temporary file in the same directory,
 which is flushed, fsync'ed and then renamed over the target, so a crash or an exception in the
@@ -107,6 +108,8 @@ class _Encoder:
         self._open: set[int] = set()  # containers being encoded, to catch cycles
 
     def _add_array(self, array: np.ndarray, where: str) -> str:
+        if array.dtype == dtypes.BFLOAT16:  # .npy cannot name it: its bits, tagged by caller
+            array = array.view(np.uint16)
         if not _storable(array.dtype):
             raise TypeError(f"ddp.save cannot store a NumPy array of dtype {array.dtype} "
                             f"(at {where}); it stores {_DTYPE_NAMES}")
@@ -118,7 +121,8 @@ class _Encoder:
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, np.generic):  # before int/float: np.float64 subclasses float
-            return {"$": "npscalar", "data": self._add_array(np.asarray(obj), where)}
+            return {"$": "npscalar", "data": self._add_array(np.asarray(obj), where),
+                    **_bits_tag(obj.dtype)}
         if isinstance(obj, int):
             return int(obj)
         if isinstance(obj, float):
@@ -126,7 +130,7 @@ class _Encoder:
         if isinstance(obj, Tensor):
             return self._encode_tensor(obj, where)
         if isinstance(obj, np.ndarray):
-            return {"$": "ndarray", "data": self._add_array(obj, where)}
+            return {"$": "ndarray", "data": self._add_array(obj, where), **_bits_tag(obj.dtype)}
         if isinstance(obj, dtypes.dtype):
             return {"$": "dtype", "v": obj.name}
         if isinstance(obj, device):
@@ -166,7 +170,24 @@ class _Encoder:
             self._tensors[id(t)] = name
             self._keep.append(t)
         return {"$": "tensor", "data": name, "device": str(t.device),
-                "requires_grad": bool(t.requires_grad), "parameter": _is_parameter(t)}
+                "requires_grad": bool(t.requires_grad), "parameter": _is_parameter(t),
+                **_bits_tag(t.array.dtype)}
+
+
+def _bits_tag(dt: np.dtype) -> dict:
+    """bfloat16 arrays are stored as their uint16 bits; the manifest node says so."""
+    return {"bits_of": "bfloat16"} if dt == dtypes.BFLOAT16 else {}
+
+
+def _from_bits(node: dict, array: np.ndarray, entry: str) -> np.ndarray:
+    """Undo :func:`_bits_tag`: a tagged uint16 member read back as bfloat16."""
+    tag = node.get("bits_of")
+    if tag is None:
+        return array
+    if tag != "bfloat16" or array.dtype != np.uint16:
+        raise ValueError(f"member {entry!r} is tagged as the bits of {tag!r} but holds "
+                         f"{array.dtype}; ddp.save tags only uint16 bits of bfloat16")
+    return array.view(dtypes.BFLOAT16)
 
 
 def _storable(dt: np.dtype) -> bool:
@@ -378,9 +399,11 @@ class _Decoder:
         if tag == "tensor":
             return self._tensor(node)
         if tag == "ndarray":
-            return self._array(_field(node, "data", str))
+            entry = _field(node, "data", str)
+            return _from_bits(node, self._array(entry), entry)
         if tag == "npscalar":
-            array = self._array(_field(node, "data", str))
+            entry = _field(node, "data", str)
+            array = _from_bits(node, self._array(entry), entry)
             if array.ndim != 0:
                 raise ValueError(f"a saved NumPy scalar has shape {array.shape}")
             return array[()]
@@ -418,7 +441,7 @@ class _Decoder:
         entry = _field(node, "data", str)
         if entry in self._tensors:
             return self._tensors[entry]
-        array = self._array(entry)
+        array = _from_bits(node, self._array(entry), entry)
         try:
             dt = dtypes.from_numpy(array.dtype)
         except TypeError:

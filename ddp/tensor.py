@@ -298,6 +298,9 @@ class Tensor(TensorOps):
     def half(self) -> Tensor:
         return self.to(dtypes.float16)
 
+    def bfloat16(self) -> Tensor:
+        return self.to(dtypes.bfloat16)
+
     def long(self) -> Tensor:
         return self.to(dtypes.int64)
 
@@ -631,7 +634,8 @@ class Size(tuple):
 
 
 _TYPE_NAMES = {
-    "float16": "HalfTensor", "float32": "FloatTensor", "float64": "DoubleTensor",
+    "float16": "HalfTensor", "bfloat16": "BFloat16Tensor", "float32": "FloatTensor",
+    "float64": "DoubleTensor",
     "int8": "CharTensor", "uint8": "ByteTensor", "int16": "ShortTensor", "int32": "IntTensor",
     "int64": "LongTensor", "bool": "BoolTensor",
 }

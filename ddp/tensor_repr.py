@@ -24,7 +24,7 @@ class _Formatter:
     """Chooses integer/fixed/scientific notation and a common width from the values shown."""
 
     def __init__(self, values: np.ndarray):
-        self.floating = values.dtype.kind == "f"
+        self.floating = dtypes.is_floating(values.dtype)
         self.int_mode = True
         self.sci_mode = False
         self.max_width = 1

@@ -5,7 +5,9 @@ CPython), so nothing is downloaded. Each rank draws its own random windows; DDP 
 gradients; with ``--zero-stage 1`` or ``2`` a ZeroRedundancyOptimizer shards the AdamW state
 (and with stage 2 the gradients) over the ranks; with ``--fsdp`` the model is fully sharded
 instead (``fully_shard`` on every block, then on the root: parameters, gradients and AdamW
-state are 1/N per rank). At the end rank 0 prints the memory ledger and a sample.
+state are 1/N per rank). ``--amp bf16`` runs the forward under ``ddp.autocast`` in bfloat16,
+``--amp fp16`` in float16 with a ``GradScaler`` (docs/mixed_precision.md). At the end rank 0
+prints the memory ledger and a sample.
 
     python examples/charlm.py --steps 300
     .venv/bin/mpiexec -n 2 .venv/bin/python examples/charlm.py --zero-stage 2
@@ -160,12 +162,14 @@ def make_optimizer(params, args):
 
 def register_comm_hook(model: DistributedDataParallel, name: str | None, powersgd_rank: int,
                        powersgd_start: int):
-    """Compress DDP's gradient all-reduce: ``fp16`` (half the bytes) or ``powersgd`` (rank-r
-    factors of every matrix); None keeps plain averaging. Returns the hook's state."""
+    """Compress DDP's gradient all-reduce: ``fp16`` or ``bf16`` (half the bytes) or
+    ``powersgd`` (rank-r factors of every matrix); None keeps plain averaging. Returns the
+    hook's state."""
     if name is None:
         return None
-    if name == "fp16":
-        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    if name in ("fp16", "bf16"):
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook if name == "fp16"
+                                 else default_hooks.bf16_compress_hook)
         return None
     state = powerSGD.PowerSGDState(None, matrix_approximation_rank=powersgd_rank,
                                    start_powerSGD_iter=powersgd_start)
@@ -189,7 +193,7 @@ def main(argv=None) -> float:
                         help="fully shard the model (fully_shard per block, then the root)")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
                         help="DDP bucket size; small values show overlap in a timeline")
-    parser.add_argument("--comm-hook", choices=["fp16", "powersgd"], default=None,
+    parser.add_argument("--comm-hook", choices=["fp16", "bf16", "powersgd"], default=None,
                         help="compress the gradient all-reduce (DDP communication hook)")
     parser.add_argument("--powersgd-rank", type=int, default=1,
                         help="PowerSGD's matrix_approximation_rank")
@@ -198,6 +202,8 @@ def main(argv=None) -> float:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--sample-length", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--amp", choices=["fp16", "bf16"], default=None,
+                        help="mixed precision: autocast to float16 (with GradScaler) or bfloat16")
     args = parser.parse_args(argv)
     if args.comm_hook and args.zero_stage:
         parser.error("--comm-hook needs --zero-stage 0: ZeRO reduce-scatters the gradients "
@@ -233,6 +239,9 @@ def main(argv=None) -> float:
     scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     per_rank = max(1, args.batch_size // world)
+    amp = ddp.autocast("cpu", dtype=ddp.float16 if args.amp == "fp16" else ddp.bfloat16,
+                       enabled=args.amp is not None)  # re-enterable: one object serves all steps
+    scaler = ddp.amp.GradScaler("cpu", enabled=args.amp == "fp16")  # bfloat16 needs none
     stream = batches(train_data, args.block_size, per_rank,
                      np.random.default_rng([args.seed, rank]))  # each rank its own windows
     if rank == 0:
@@ -245,10 +254,12 @@ def main(argv=None) -> float:
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         x, y = next(stream)
-        loss = lm_loss(ddp_model, x, y)
+        with amp:
+            loss = lm_loss(ddp_model, x, y)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if rank == 0 and (step % args.log_every == 0 or step == 1 or step == args.steps):
             print(f"step {step:5d}  loss {loss.item():.4f}  "

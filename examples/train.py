@@ -9,7 +9,9 @@ Run it on four MPI ranks, on one process, or on simulated ranks:
 Each rank trains on its shard (DistributedSampler); DistributedDataParallel averages gradients
 across ranks during backward, so ``optimizer.step()`` is the plain single-machine call. Test
 accuracy is summed over ranks each epoch; rank 0 writes a checkpoint each epoch and a plot of
-the curves at the end. ``--resume`` continues from the last checkpoint.
+the curves at the end. ``--resume`` continues from the last checkpoint. ``--amp bf16`` runs the
+forward under ``ddp.autocast`` in bfloat16; ``--amp fp16`` in float16 with a ``GradScaler``
+(docs/mixed_precision.md).
 """
 
 from __future__ import annotations
@@ -81,11 +83,12 @@ class Classifier(nn.Module):
         return self.net(x)
 
 
-def evaluate(model, loader, device="cpu") -> tuple[float, float]:
-    """Loss and accuracy over the whole test set, summed across ranks (call on all ranks)."""
+def evaluate(model, loader, device="cpu", amp_dtype=None) -> tuple[float, float]:
+    """Loss and accuracy over the whole test set, summed across ranks (call on all ranks);
+    under autocast to ``amp_dtype`` when given, as in training."""
     model.eval()
     totals = ddp.zeros(3, dtype=ddp.float64)  # loss sum, correct, count
-    with ddp.no_grad():
+    with ddp.no_grad(), ddp.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             logits = model(x)
@@ -132,12 +135,14 @@ def plot_curves(history: dict, path: str) -> None:
 
 def register_comm_hook(model: DistributedDataParallel, name: str | None, powersgd_rank: int,
                        powersgd_start: int):
-    """Compress DDP's gradient all-reduce: ``fp16`` (half the bytes) or ``powersgd`` (rank-r
-    factors of every matrix); None keeps plain averaging. Returns the hook's state."""
+    """Compress DDP's gradient all-reduce: ``fp16`` or ``bf16`` (half the bytes) or
+    ``powersgd`` (rank-r factors of every matrix); None keeps plain averaging. Returns the
+    hook's state."""
     if name is None:
         return None
-    if name == "fp16":
-        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    if name in ("fp16", "bf16"):
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook if name == "fp16"
+                                 else default_hooks.bf16_compress_hook)
         return None
     state = powerSGD.PowerSGDState(None, matrix_approximation_rank=powersgd_rank,
                                    start_powerSGD_iter=powersgd_start)
@@ -156,7 +161,7 @@ def main(argv=None) -> float:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (for smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--comm-hook", choices=["fp16", "powersgd"], default=None,
+    parser.add_argument("--comm-hook", choices=["fp16", "bf16", "powersgd"], default=None,
                         help="compress the gradient all-reduce (DDP communication hook)")
     parser.add_argument("--powersgd-rank", type=int, default=1,
                         help="PowerSGD's matrix_approximation_rank")
@@ -164,6 +169,8 @@ def main(argv=None) -> float:
                         help="PowerSGD's start_powerSGD_iter: plain averaging before it")
     parser.add_argument("--memory-report", action="store_true",
                         help="print the full per-rank memory table at the end (default: one line)")
+    parser.add_argument("--amp", choices=["fp16", "bf16"], default=None,
+                        help="mixed precision: autocast to float16 (with GradScaler) or bfloat16")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: each rank uses GPU local_rank %% device_count (needs CuPy)")
     args = parser.parse_args(argv)
@@ -190,6 +197,8 @@ def main(argv=None) -> float:
     register_comm_hook(model, args.comm_hook, args.powersgd_rank, args.powersgd_start)
     optimizer = ddp.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
+    amp_dtype = ddp.float16 if args.amp == "fp16" else ddp.bfloat16
+    scaler = ddp.amp.GradScaler(device, enabled=args.amp == "fp16")  # bfloat16 needs none
 
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.ddp")
@@ -220,10 +229,12 @@ def main(argv=None) -> float:
         running, batches = 0.0, 0
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
+            with ddp.autocast(device, dtype=amp_dtype, enabled=args.amp is not None):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
-            loss.backward()      # fills .grad; DDP's hooks average it across ranks meanwhile
-            optimizer.step()     # reads the averaged .grad, exactly as on one machine
+            scaler.scale(loss).backward()  # fills .grad; DDP averages it across ranks meanwhile
+            scaler.step(optimizer)  # reads the averaged .grad, exactly as on one machine
+            scaler.update()
             scheduler.step()
             running += loss.item()
             batches += 1
@@ -233,7 +244,8 @@ def main(argv=None) -> float:
                 progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             if args.max_steps and steps >= args.max_steps:
                 break
-        test_loss, accuracy = evaluate(model, test_loader, device)
+        test_loss, accuracy = evaluate(model, test_loader, device,
+                                       amp_dtype if args.amp else None)
         train_loss = ddp.tensor([running / max(batches, 1)], dtype=ddp.float64)
         dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
         history["train_loss"].append(train_loss.item())

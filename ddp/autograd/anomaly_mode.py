@@ -24,6 +24,8 @@ import threading
 import traceback
 import warnings
 
+from ddp import dtypes
+
 _state = threading.local()
 _lock = threading.Lock()
 active = 0  # threads with anomaly mode on: node creation skips all work while it is 0
@@ -126,13 +128,13 @@ def call_backward(node, grad) -> tuple:
     """``node.backward(node, grad)`` under anomaly mode: on an error, or a NaN gradient when
     ``check_nan``, warn with the node's forward traceback and raise."""
     try:
-        grads = node.backward(node, grad)
+        grads = node.run_backward(grad)
         if type(grads) is not tuple:
             grads = (grads,)
         if is_anomaly_check_nan_enabled():
             for i, g in enumerate(grads):
                 if g is not None and getattr(g, "dtype", None) is not None \
-                        and g.dtype.kind in "fc" and bool((g != g).any()):
+                        and dtypes.is_inexact(g.dtype) and bool((g != g).any()):
                     raise RuntimeError(
                         f"Function '{node.name()}' returned nan values in its {i}th output.")
     except Exception:

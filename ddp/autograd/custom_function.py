@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddp import dtypes
 from ddp.autograd import anomaly_mode, function, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 from ddp.backend import get_array_module
@@ -76,7 +77,7 @@ class BackwardCFunction(function.FunctionCtx, function.Function):
             if not isinstance(out, tensor_class):
                 wrapped.append(out)
                 continue
-            if id(out) in marked or out.array.dtype.kind not in "fc":
+            if id(out) in marked or not dtypes.is_inexact(out.array.dtype):
                 wrapped.append(tensor_class._from_op(out.array, None))
                 continue
             differentiable.append(k)

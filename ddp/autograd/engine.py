@@ -264,7 +264,7 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
             if node._had_saved and node._saved is None:
                 raise RuntimeError(_FREED_MESSAGE)
             grads = (anomaly_mode.call_backward(node, grad) if anomaly
-                     else node.backward(node, grad))
+                     else node.run_backward(grad))
             if type(grads) is not tuple:
                 grads = (grads,)
             edges = node.next_edges

@@ -23,6 +23,12 @@ An op is a ``Function`` subclass with two static methods side by side::
 input requires grad, returns a tensor whose ``grad_fn`` is the ``ctx`` itself: the context object
 *is* the graph node. Backward may return views or the incoming gradient itself; the engine copies
 only when it must (see ``engine.py``).
+
+NumPy has no BLAS for 16-bit floats (float16, and ``ml_dtypes``' bfloat16) and accumulates their
+sums in 16 bits, so an op given such NumPy arrays runs its forward and backward on float32 copies
+and rounds each result back to the input's dtype, as torch's CPU kernels do; only ops marked
+``storage_only`` (views, copies, casts: no arithmetic either way) see the 16-bit arrays
+themselves. CuPy computes in float16 natively and is left alone.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import itertools
 
 import numpy as np
 
+from ddp import dtypes
 from ddp.autograd import anomaly_mode, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 
@@ -77,6 +84,10 @@ class Node:
     def edge_pair(self) -> tuple:
         """``(node, input_nr)`` of an edge that ends here (a node with one output: nr 0)."""
         return (self, 0)
+
+    def run_backward(self, grad):
+        """What the engine calls: this node's ``backward`` on the output gradient ``grad``."""
+        return self.backward(self, grad)
 
 
 class AccumulateGrad(Node):
@@ -165,6 +176,8 @@ class Function(Node):
     _had_saved = False
     needs_input_grad: tuple = ()
     backward_name: str | None = None  # torch's node name when it differs from <Class>Backward0
+    storage_only = False  # True: moves elements without arithmetic, so runs on bfloat16 as is
+    _widened: tuple | None = None  # per input: the 16-bit dtype widened to float32, or None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -214,9 +227,12 @@ class Function(Node):
         arrays = []
         needs = edges = None
         first = None
+        narrow = False
         for i, arg in enumerate(args):
             if isinstance(arg, tensor_class):
                 array = arg.array
+                if array.itemsize == 2 and type(array) is np.ndarray and array.dtype in _NARROW:
+                    narrow = True
                 if first is None:
                     first = array
                 elif type(array) is not type(first) or (
@@ -235,8 +251,27 @@ class Function(Node):
             ctx.next_edges = tuple(edges)
             if anomaly_mode.active:
                 ctx.forward_trace = anomaly_mode.forward_trace()
-        out = cls.forward(ctx, *arrays, **kwargs)
+        if narrow and not cls.storage_only:
+            widened = tuple(a.dtype if type(a) is np.ndarray and a.dtype in _NARROW else None
+                            for a in arrays)
+            ctx._widened = widened
+            arrays = [a if w is None else a.astype(np.float32)
+                      for a, w in zip(arrays, widened, strict=True)]
+            out = _narrow(cls.forward(ctx, *arrays, **kwargs),
+                          next(w for w in widened if w is not None))
+        else:
+            out = cls.forward(ctx, *arrays, **kwargs)
         return tensor_class._from_op(out, None if needs is None else ctx)
+
+    def run_backward(self, grad):
+        if self._widened is None:
+            return self.backward(self, grad)
+        if grad.dtype in _NARROW:
+            grad = grad.astype(np.float32)
+        grads = self.backward(self, grad)
+        if type(grads) is not tuple:
+            return _narrow(grads, self._widened[0])
+        return tuple(_narrow(g, w) for g, w in zip(grads, self._widened, strict=False))
 
 
 class FunctionCtx:
@@ -281,6 +316,18 @@ def once_differentiable(fn):
             return fn(ctx, *args)
 
     return wrapper
+
+
+# 16-bit floats of NumPy arrays: NumPy has no BLAS for them and sums them in their own
+# precision, so ops compute on float32 copies and round the results back (CuPy's are native).
+_NARROW = frozenset({dtypes.BFLOAT16, np.dtype(np.float16)})
+
+
+def _narrow(array, dtype):
+    """A float32 result of a widened op, rounded to ``dtype`` (None, or others, pass)."""
+    if dtype is not None and array is not None and getattr(array, "dtype", None) == np.float32:
+        return np.asarray(array).astype(dtype)
+    return array
 
 
 def _array_of(value, what: str):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ddp import config
+from ddp import config, dtypes
 from ddp.backend import cupy_module, get_array_module, is_cupy_array, to_numpy
 from ddp.distributed import exit_protocol, run_dir, watchdog
 from ddp.distributed.cpu_threads import share_cores
@@ -37,6 +37,33 @@ def _op(op: ReduceOp):
         ReduceOp.MIN: MPI.MIN,
         ReduceOp.MAX: MPI.MAX,
     }[op]
+
+
+# MPI has no bfloat16 datatype: bfloat16 buffers travel as their uint16 bits (2 bytes each, as
+# on NCCL) and are reduced by user-defined ops that add in float32 and round, pair by pair.
+_BF16_OPS: dict = {}
+
+
+def _bits(array):
+    """The buffer MPI moves: bfloat16 as its uint16 bits, everything else as it is."""
+    return array.view(np.uint16) if array.dtype == dtypes.BFLOAT16 else array
+
+
+def _op_for(op: ReduceOp, array):
+    """The MPI op reducing ``array``'s elements; for bfloat16 one of ours (made once)."""
+    if array.dtype != dtypes.BFLOAT16:
+        return _op(op)
+    if op not in _BF16_OPS:
+        combine = {ReduceOp.SUM: np.add, ReduceOp.AVG: np.add, ReduceOp.PRODUCT: np.multiply,
+                   ReduceOp.MIN: np.minimum, ReduceOp.MAX: np.maximum}[op]
+
+        def reduce_bfloat16(inbuf, inoutbuf, datatype):
+            a = np.frombuffer(inbuf, dtype=dtypes.BFLOAT16)
+            b = np.frombuffer(inoutbuf, dtype=dtypes.BFLOAT16)
+            b[...] = combine(a.astype(np.float32), b.astype(np.float32))
+
+        _BF16_OPS[op] = _mpi().Op.Create(reduce_bfloat16, commute=True)
+    return _BF16_OPS[op]
 
 
 # With a CUDA-aware MPI (Open MPI/MVAPICH built with CUDA) set DDP_MPI_CUDA_AWARE=1 to hand
@@ -121,14 +148,15 @@ class MPIProcessGroup(ProcessGroup):
 
     def _allreduce_impl(self, array, op: ReduceOp) -> None:
         stage = _HostStage(array)
-        self._comm.Allreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        self._comm.Allreduce(_mpi().IN_PLACE, _bits(stage.host), op=_op_for(op, stage.host))
         if op is ReduceOp.AVG:
             stage.host /= self._size
         stage.commit()
 
     def _allreduce_async_impl(self, array, op: ReduceOp) -> Work:
         stage = _HostStage(array)
-        request = self._comm.Iallreduce(_mpi().IN_PLACE, stage.host, op=_op(op))
+        request = self._comm.Iallreduce(_mpi().IN_PLACE, _bits(stage.host),
+                                        op=_op_for(op, stage.host))
 
         def finish() -> None:
             request.Wait()
@@ -140,17 +168,18 @@ class MPIProcessGroup(ProcessGroup):
 
     def _broadcast_impl(self, array, src: int) -> None:
         stage = _HostStage(array)
-        self._comm.Bcast(stage.host, root=src)
+        self._comm.Bcast(_bits(stage.host), root=src)
         stage.commit()
 
     def _allgather_impl(self, out_array, in_array) -> None:
         out = _HostStage(out_array)
-        self._comm.Allgather(_mpi_buffer(in_array), out.host)
+        self._comm.Allgather(_bits(_mpi_buffer(in_array)), _bits(out.host))
         out.commit()
 
     def _reduce_scatter_impl(self, out_array, in_array, op: ReduceOp) -> None:
         out = _HostStage(out_array)
-        self._comm.Reduce_scatter_block(_mpi_buffer(in_array), out.host, op=_op(op))
+        self._comm.Reduce_scatter_block(_bits(_mpi_buffer(in_array)), _bits(out.host),
+                                        op=_op_for(op, out.host))
         if op is ReduceOp.AVG:
             out.host /= self._size
         out.commit()

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 from typing import Any
 
+from ddp import dtypes
 from ddp.distributed import traffic, watchdog
 from ddp.distributed.reduce_op import ReduceOp, Work, as_reduce_op
 
@@ -168,7 +169,7 @@ class ProcessGroup:
     def _check_allreduce(self, array, op) -> ReduceOp:
         op = as_reduce_op(op)
         _check_array(array, "allreduce")
-        if op is ReduceOp.AVG and array.dtype.kind not in "fc":
+        if op is ReduceOp.AVG and not dtypes.is_inexact(array.dtype):
             raise TypeError(f"allreduce: ReduceOp.AVG needs a floating array, got {array.dtype}")
         return op
 
@@ -203,7 +204,7 @@ class ProcessGroup:
                 f"reduce_scatter: in has {in_array.size} {in_array.dtype} elements, expected "
                 f"size * out.size = {self._size} * {out_array.size} of {out_array.dtype}"
             )
-        if op is ReduceOp.AVG and in_array.dtype.kind not in "fc":
+        if op is ReduceOp.AVG and not dtypes.is_inexact(in_array.dtype):
             raise TypeError(f"reduce_scatter: AVG needs a floating array, got {in_array.dtype}")
         with self._watched(self._begin("reduce_scatter", in_array, f"op={op.name}")), \
                 self._counted("reduce_scatter", in_array, in_array):

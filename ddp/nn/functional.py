@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import ops
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.backend import get_array_module
 from ddp.kernels.erf import erf as _erf_array
 from ddp.nn._functions import activation as _act
@@ -55,6 +56,7 @@ def _check_reduction(reduction: str) -> None:
 
 
 # --------------------------------------------------------------------------- linear / sparse
+@autocast_op("linear")
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002
     """``input @ weight.T + bias`` over the last dim of ``input``."""
     if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
@@ -100,6 +102,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,  # 
 
 
 # -------------------------------------------------------------------------------- conv/pool
+@autocast_op("conv2d")
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
            stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
     """2-D convolution of an ``(N, C, H, W)`` input with an ``(O, C, kh, kw)`` weight."""
@@ -187,6 +190,7 @@ def _check_pool_window(input: Tensor, kernel, stride, padding, dilation) -> None
 
 
 # ---------------------------------------------------------------------------- normalization
+@autocast_op("layer_norm")
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,  # noqa: A002
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` dims, then scale and shift."""
@@ -253,6 +257,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,  # noqa: A002
 
 
 # ------------------------------------------------------------------------------------ losses
+@autocast_op("cross_entropy_loss")
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
@@ -270,6 +275,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  
                                     float(label_smoothing))
 
 
+@autocast_op("nll_loss")
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
              size_average=None, ignore_index: int = -100, reduce=None,
              reduction: str = "mean") -> Tensor:
@@ -279,6 +285,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noq
     return _loss.NLLLoss.apply(input, target, weight, int(ignore_index), reduction)
 
 
+@autocast_op("mse_loss")
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,  # noqa: A002
              reduction: str = "mean") -> Tensor:
     """Mean (or summed, or elementwise) squared error."""
@@ -383,6 +390,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
                                float(momentum), float(eps), None)
 
 
+@autocast_op("group_norm")
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,  # noqa: A002
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise each sample over groups of ``C / num_groups`` channels, then scale and shift."""
@@ -413,6 +421,7 @@ def _single(value, name: str) -> int:
     return value[0]
 
 
+@autocast_op("conv1d")
 def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
            stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
     """1-D convolution of an ``(N, C, L)`` (or ``(C, L)``) input with an ``(O, C, k)`` weight.
@@ -513,6 +522,7 @@ def _zero_stuffed(input: Tensor, stride: tuple[int, int]) -> Tensor:  # noqa: A0
     return x.reshape(n, c, h * sh, w * sw)[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
 
 
+@autocast_op("conv_transpose2d")
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
                      stride=1, padding=0, output_padding=0, groups: int = 1,
                      dilation=1) -> Tensor:

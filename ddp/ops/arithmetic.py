@@ -6,6 +6,7 @@ import numpy as np
 
 from ddp import dtypes, kernels
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import unbroadcast
@@ -275,7 +276,7 @@ def div(a, b, rounding_mode=None):
         if a.array.dtype.kind in "iu":  # integers stay integers, as in torch
             return FloorDivide.apply(a, b, "trunc")
         return trunc(div(a, b))
-    if a.array.dtype.kind != "f":
+    if not dtypes.is_floating(a.array.dtype):
         a = cast_tensor(a, dtypes.default_float.np_dtype)
         b = cast_tensor(b, dtypes.default_float.np_dtype)
     return Div.apply(a, b)
@@ -291,11 +292,12 @@ def remainder(a, b):
     return Remainder.apply(a, b)
 
 
+@autocast_op("pow")
 def pow(a, b):  # noqa: A001
     """``a ** b``: a tensor to a Python number, a number to a tensor, or tensor to tensor."""
     if (isinstance(a, tensor_type.Tensor) and isinstance(b, (int, float))
             and not isinstance(b, bool)):
-        if isinstance(b, float) and a.array.dtype.kind != "f":
+        if isinstance(b, float) and not dtypes.is_floating(a.array.dtype):
             a = cast_tensor(a, dtypes.default_float.np_dtype)
         return PowScalar.apply(a, b)
     a, b = binary_operands(a, b)
@@ -306,6 +308,7 @@ def neg(a):
     return Neg.apply(a)
 
 
+@autocast_op("matmul")
 def matmul(a, b):
     """Matrix product with NumPy's/torch's batching and 1-D rules."""
     tensor_class = tensor_type.Tensor
@@ -324,12 +327,14 @@ def matmul(a, b):
     return MatMul.apply(a, b)
 
 
+@autocast_op("mm")
 def mm(a, b):
     if a.ndim != 2 or b.ndim != 2:
         raise RuntimeError(f"mm expects 2-D tensors, got {a.ndim}-D and {b.ndim}-D")
     return matmul(a, b)
 
 
+@autocast_op("bmm")
 def bmm(a, b):
     if a.ndim != 3 or b.ndim != 3:
         raise RuntimeError(f"bmm expects 3-D tensors, got {a.ndim}-D and {b.ndim}-D")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddp import dtypes
 from ddp.autograd import tensor_type
 from ddp.backend import get_array_module
 from ddp.ops.promotion import binary_operands
@@ -45,7 +46,7 @@ def logical_not(a):
 
 
 def bitwise_not(a):
-    if a.array.dtype.kind == "f":
+    if dtypes.is_floating(a.array.dtype):
         raise TypeError("~ (bitwise_not) is only defined for integer and bool tensors")
     return _wrap(get_array_module(a.array).invert(a.array))
 

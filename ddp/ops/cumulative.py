@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import dtypes
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim
@@ -69,6 +70,7 @@ def _accumulate_operand(input, dtype):  # noqa: A002
     return input if input.array.dtype == target else cast_tensor(input, target)
 
 
+@autocast_op("cumsum")
 def cumsum(input, dim: int, *, dtype=None):  # noqa: A002
     """``out[..., k, ...] = sum(input[..., :k+1, ...])`` along ``dim``."""
     a = _accumulate_operand(input, dtype)
@@ -77,6 +79,7 @@ def cumsum(input, dim: int, *, dtype=None):  # noqa: A002
     return Cumsum.apply(a, normalize_dim(dim, a.ndim))
 
 
+@autocast_op("cumprod")
 def cumprod(input, dim: int, *, dtype=None):  # noqa: A002
     """``out[..., k, ...] = prod(input[..., :k+1, ...])`` along ``dim``."""
     a = _accumulate_operand(input, dtype)

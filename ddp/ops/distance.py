@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
+from ddp import dtypes
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import unbroadcast
@@ -64,6 +66,7 @@ class Cdist(Function):
         return g1, g2, None
 
 
+@autocast_op("cdist")
 def cdist(x1, x2, p: float = 2.0, compute_mode=None):
     """Distances ``out[..., i, j] = ||x1[..., i, :] - x2[..., j, :]||_p``; batch dims broadcast.
 
@@ -80,7 +83,7 @@ def cdist(x1, x2, p: float = 2.0, compute_mode=None):
                            f"X2: {x2.shape[-1]}")
     if p < 0:
         raise RuntimeError(f"cdist only supports non-negative p values, got {p}")
-    if x1.array.dtype.kind != "f" or x2.array.dtype != x1.array.dtype:
+    if not dtypes.is_floating(x1.array.dtype) or x2.array.dtype != x1.array.dtype:
         raise RuntimeError(f"cdist only supports floating-point dtypes of one kind, X1 got: "
                            f"{x1.dtype}, X2 got: {x2.dtype}")
     return Cdist.apply(x1, x2, float(p))

@@ -15,6 +15,7 @@ import string
 import numpy as np
 
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 
@@ -134,6 +135,7 @@ def _operand_grad(xp, ctx, grad, full, k: int, term: str):
     return g
 
 
+@autocast_op("einsum")
 def einsum(equation: str, *operands):
     """``torch.einsum(equation, *operands)``; operands may also be given as one list."""
     tensor_class = tensor_type.Tensor

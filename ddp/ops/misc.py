@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
+from ddp import dtypes
 from ddp.autograd import tensor_type
+from ddp.autograd.cast import Cast
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.device import device_of, move_array
 from ddp.ops._util import unbroadcast
 
 
-class Cast(Function):
-    backward_name = "ToCopyBackward0"
-
-    @staticmethod
-    def forward(ctx, a, np_dtype):
-        ctx.dtype = a.dtype
-        return a.astype(np_dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.dtype.kind != "f":
-            return None, None
-        return grad.astype(ctx.dtype), None
-
-
 class ToDevice(Function):
+    storage_only = True
+
     @staticmethod
     def forward(ctx, a, target):
         ctx.source = device_of(a)
@@ -36,6 +25,8 @@ class ToDevice(Function):
 
 
 class Clone(Function):
+    storage_only = True
+
     @staticmethod
     def forward(ctx, a):
         return a.copy()
@@ -74,7 +65,7 @@ class FullLike(Function):
 
 def cast(a, np_dtype):
     """``a`` converted to ``np_dtype``; only a floating result stays in the graph (as torch)."""
-    if np_dtype.kind != "f" and a.requires_grad:
+    if not dtypes.is_floating(np_dtype) and a.requires_grad:
         return tensor_type.Tensor._from_op(a.array.astype(np_dtype), None)
     return Cast.apply(a, np_dtype)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.ops.arithmetic import add, matmul, mul
 from ddp.ops.compare import isfinite
 from ddp.ops.selection import masked_fill
@@ -44,6 +45,7 @@ def _check_rank(name: str, t, rank: int, what: str) -> None:
         raise RuntimeError(f"{name} must be a {what}, got {t.ndim}-D tensor")
 
 
+@autocast_op("addmm")
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):  # noqa: A002
     """``beta * input + alpha * (mat1 @ mat2)``; ``input`` broadcasts to the product."""
     _check_rank("mat1", mat1, 2, "matrix")
@@ -54,6 +56,7 @@ def addmm(input, mat1, mat2, *, beta=1, alpha=1):  # noqa: A002
     return _scaled_sum("addmm", input, matmul(mat1, mat2), beta, alpha)
 
 
+@autocast_op("baddbmm")
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):  # noqa: A002
     """``beta * input + alpha * (batch1 @ batch2)`` over a batch of matrices."""
     _check_rank("batch1", batch1, 3, "3D tensor")

@@ -28,8 +28,7 @@ def as_tensor_operand(value, like):
         array = scalar_array(xp, value, like_dtype if like_dtype != np.bool_ else np.int64,
                              device_id)
     elif isinstance(value, float):
-        kind = like_dtype.kind
-        target = like_dtype if kind == "f" else dtypes.default_float.np_dtype
+        target = like_dtype if dtypes.is_floating(like_dtype) else dtypes.default_float.np_dtype
         array = scalar_array(xp, value, target, device_id)
     else:
         array = xp.asarray(value)
@@ -64,12 +63,12 @@ def binary_operands(a, b):
 
 
 def _category(dt: np.dtype) -> int:
-    return 2 if dt.kind == "f" else 0 if dt.kind == "b" else 1
+    return 2 if dtypes.is_floating(dt) else 0 if dt.kind == "b" else 1
 
 
 def promote(da: np.dtype, db: np.dtype) -> np.dtype:
     """torch's promotion: a float type beats any integer type; otherwise NumPy's lattice."""
-    fa, fb = da.kind == "f", db.kind == "f"
+    fa, fb = dtypes.is_floating(da), dtypes.is_floating(db)
     if fa and not fb:
         return da
     if fb and not fa:

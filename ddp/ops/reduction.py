@@ -9,6 +9,7 @@ import numpy as np
 
 from ddp import dtypes, kernels
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.kernels import reference
@@ -229,6 +230,7 @@ def _reduce_dtype(a):
     return a
 
 
+@autocast_op("sum")
 def sum(a, dim=None, keepdim=False, dtype=None):  # noqa: A001
     a = _maybe_cast(a, dtype) if dtype is not None else _reduce_dtype(a)
     return Sum.apply(a, normalize_dims(dim, a.ndim), keepdim)
@@ -237,7 +239,7 @@ def sum(a, dim=None, keepdim=False, dtype=None):  # noqa: A001
 def mean(a, dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         a = _maybe_cast(a, dtype)
-    if a.array.dtype.kind != "f":
+    if not dtypes.is_floating(a.array.dtype):
         raise RuntimeError(
             f"mean(): could not infer output dtype. Input dtype must be either a floating point "
             f"or complex dtype. Got: {a.dtype.name.capitalize()}"
@@ -342,6 +344,7 @@ def _arg(a, dim, keepdim, take_max):
     return tensor_class._from_op(xp.asarray(out).astype(np.int64, copy=False), None)
 
 
+@autocast_op("softmax")
 def softmax(a, dim=None, dtype=None):
     if dtype is not None:
         a = _maybe_cast(a, dtype)
@@ -349,6 +352,7 @@ def softmax(a, dim=None, dtype=None):
     return Softmax.apply(a, _softmax_dim(a, dim))
 
 
+@autocast_op("log_softmax")
 def log_softmax(a, dim=None, dtype=None):
     if dtype is not None:
         a = _maybe_cast(a, dtype)
@@ -357,7 +361,7 @@ def log_softmax(a, dim=None, dtype=None):
 
 
 def _check_floating(a, name: str) -> None:
-    if a.array.dtype.kind not in "fc":
+    if not dtypes.is_inexact(a.array.dtype):
         # NumPy would fail deep inside with a ufunc casting error.
         raise NotImplementedError(
             f"{name} is not implemented for {a.dtype} input of shape {tuple(a.shape)}; "
@@ -365,6 +369,7 @@ def _check_floating(a, name: str) -> None:
         )
 
 
+@autocast_op("logsumexp")
 def logsumexp(a, dim, keepdim=False):
     return LogSumExp.apply(a, normalize_dims(dim, a.ndim), keepdim)
 

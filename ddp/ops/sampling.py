@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddp import random
+from ddp import dtypes, random
 from ddp.autograd import tensor_type
 from ddp.backend import get_array_module, to_numpy
 from ddp.device import device_of, move_array
@@ -20,7 +20,7 @@ from ddp.device import device_of, move_array
 def _weights(input) -> np.ndarray:  # noqa: A002
     if input.ndim not in (1, 2):
         raise RuntimeError(f"prob_dist must be 1 or 2 dim, got {input.ndim}-D tensor")
-    if input.array.dtype.kind != "f":
+    if not dtypes.is_floating(input.array.dtype):
         raise RuntimeError(f"multinomial only supports floating-point dtypes for input, got: "
                            f"{input.dtype}")
     w = to_numpy(input.array).astype(np.float64).reshape(-1, input.shape[-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim
@@ -110,6 +111,7 @@ def scatter(input, dim: int, index, src=None, value=None, *, reduce=None):  # no
     return Scatter.apply(input, src, d, index.array, False)
 
 
+@autocast_op("scatter_add")
 def scatter_add(input, dim: int, index, src):  # noqa: A002
     """A copy of ``input`` with ``src`` added at ``index`` (repeated indices add up)."""
     d = normalize_dim(dim, input.ndim)

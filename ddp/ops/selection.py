@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module, scalar_array
 from ddp.ops._util import normalize_dim, unbroadcast
@@ -233,6 +234,7 @@ def getitem(a, index):
     return GetItem.apply(a, index)
 
 
+@autocast_op("index_put")
 def index_put(a, index, value):
     tensor_class = tensor_type.Tensor
     index = normalize_index(index, a.array.shape)

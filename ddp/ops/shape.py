@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, shape_arg, unbroadcast
@@ -298,6 +299,7 @@ def select(a, dim, index):
     return Slice.apply(a, (slice(None),) * d + (index,))
 
 
+@autocast_op("cat")
 def cat(tensors, dim=0):
     """Concatenate along an existing dim; every other dim must match."""
     tensors = list(tensors)
@@ -324,6 +326,7 @@ def cat(tensors, dim=0):
 concat = cat
 
 
+@autocast_op("stack")
 def stack(tensors, dim=0):
     """Stack along a new dim; all tensors must have the same shape."""
     tensors = list(tensors)

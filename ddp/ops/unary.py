@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ddp import dtypes
 from ddp.autograd import tensor_type
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.ops.promotion import cast_tensor
@@ -185,10 +186,12 @@ class Piecewise(Function):
         return grad * 0, None
 
 
+@autocast_op("exp")
 def exp(a):
     return Exp.apply(_float_input(a))
 
 
+@autocast_op("log")
 def log(a):
     return Log.apply(_float_input(a))
 
@@ -197,6 +200,7 @@ def sqrt(a):
     return Sqrt.apply(_float_input(a))
 
 
+@autocast_op("rsqrt")
 def rsqrt(a):
     return Rsqrt.apply(_float_input(a))
 

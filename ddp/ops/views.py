@@ -31,7 +31,8 @@ NOT_VIEWABLE = (
 
 # torch's names of the element types, as its view(dtype) errors print them.
 _TORCH_NAMES = {
-    "float16": "Half", "float32": "Float", "float64": "Double", "int8": "Char", "uint8": "Byte",
+    "float16": "Half", "bfloat16": "BFloat16", "float32": "Float", "float64": "Double",
+    "int8": "Char", "uint8": "Byte",
     "int16": "Short", "int32": "Int", "int64": "Long", "bool": "Bool",
 }
 # torch reads a Python type given as a dtype as its 64-bit type (``x.view(float)`` is float64).

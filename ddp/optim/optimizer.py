@@ -19,6 +19,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ddp import dtypes
 from ddp.autograd.grad_mode import enable_grad, no_grad
 from ddp.device import move_array
 from ddp.tensor import Tensor
@@ -300,7 +301,7 @@ def _cast_state(param: Tensor, name: str, value: Any, saved_id: Any) -> Any:
             "(was the state dict saved from an optimizer over different parameters?)"
         )
     if name != "step":
-        if array.dtype.kind == "f" and array.dtype != param.array.dtype:
+        if dtypes.is_floating(array.dtype) and array.dtype != param.array.dtype:
             array = array.astype(param.array.dtype)
         array = move_array(array, param.device)
     return Tensor(array.copy())

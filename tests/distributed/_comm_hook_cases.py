@@ -67,6 +67,35 @@ def case_fp16_compress_hook() -> None:
     assert any(not np.array_equal(a, b) for a, b in zip(got, plain, strict=True))
 
 
+def case_bf16_compress_hook() -> None:
+    """float32 grads: each rank sends q_r = bfloat16(bfloat16(g_r) / N); every pairwise sum of
+    the reduction is computed in float32 and rounded to bfloat16."""
+    size = dist.get_world_size()
+    got = _grads_with(default_hooks.bf16_compress_hook, dtype=ddp.float32)
+    every = [_local_grads(r, ddp.float32) for r in range(size)]
+    bf16 = ddp.bfloat16.np_dtype
+    for i, g in enumerate(got):
+        assert g.dtype == np.float32
+        q = [(e[i].astype(bf16).astype(np.float32) / np.float32(size)).astype(bf16)
+             for e in every]
+        ref = q[0]
+        for part in q[1:]:
+            ref = (ref.astype(np.float32) + part.astype(np.float32)).astype(bf16)
+        ref = ref.astype(np.float64)
+        if size == 2:  # one commutative rounding: the same bits in every backend
+            np.testing.assert_array_equal(g, ref)
+        else:  # the order of the N - 1 roundings is the backend's: each at most 2**-8 of the
+            # partial sum (bfloat16's half-ulp, relative)
+            bound = (size - 1) * 2.0 ** -8 * sum(np.abs(p.astype(np.float64)) for p in q)
+            assert np.all(np.abs(g - ref) <= bound), (i, np.max(np.abs(g - ref) / bound))
+        # ... and it is the average of the rounded gradients: float32's within bfloat16 error
+        exact = sum(e[i].astype(np.float64) for e in every) / size
+        scale = sum(np.abs(e[i].astype(np.float64)) for e in every) / size
+        assert np.all(np.abs(g - exact) <= (size + 1) * 2.0 ** -8 * scale + 1e-30)
+    plain = _grads_with(None, dtype=ddp.float32)
+    assert any(not np.array_equal(a, b) for a, b in zip(got, plain, strict=True))
+
+
 def case_custom_hooks_see_the_buckets() -> None:
     """A hook that returns the bucket untouched: no communication, gradients stay local; the
     GradBucket API describes every bucket once, in launch order."""

@@ -22,6 +22,11 @@ def test_fp16_compress_hook(world_size):
     dist.spawn(cases.case_fp16_compress_hook, world_size)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_bf16_compress_hook(world_size):
+    dist.spawn(cases.case_bf16_compress_hook, world_size)
+
+
 def test_custom_hooks_see_the_buckets():
     dist.spawn(cases.case_custom_hooks_see_the_buckets, 2)
 

@@ -21,6 +21,11 @@ def test_fp16_compress_hook(mpi_world):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_bf16_compress_hook(mpi_world):
+    cases.case_bf16_compress_hook()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_custom_hooks_see_the_buckets(mpi_world):
     cases.case_custom_hooks_see_the_buckets()
 

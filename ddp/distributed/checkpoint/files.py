@@ -24,13 +24,18 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from ddp import dtypes  # noqa: F401 - registers bfloat16 with NumPy (ml_dtypes)
 from ddp.backend import get_array_module
 
 # A file named by an index: ``name.npy`` or ``model/name.npy``; no leading dot, so never ``..``.
 FILE_NAME = re.compile(r"(model/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 # dtypes a checkpoint may hold (never ``object``: loading it would need pickle).
+# bfloat16, which .npy cannot name, is written as its uint16 bits; the index's "dtype" says
+# "bfloat16", and reading checks the header says uint16 before viewing the bits as bfloat16.
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                    "uint64", "float16", "float32", "float64", "complex64", "complex128"})
+                    "uint64", "float16", "bfloat16", "float32", "float64", "complex64",
+                    "complex128"})
+_BITS = {"bfloat16": np.dtype(np.uint16)}  # index dtype -> the .npy dtype holding its bits
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
                | getattr(os, "O_CLOEXEC", 0))
@@ -92,7 +97,10 @@ def write_array(path: str, array) -> dict[str, Any]:
         OSError: naming the file; ENOSPC as "no space left on device (ENOSPC) writing <path>".
     """
     host = to_host(array)
-    if str(host.dtype) not in DTYPES:
+    name = str(host.dtype)
+    if name in _BITS:
+        host = host.view(_BITS[name])
+    if name not in DTYPES:
         raise TypeError(f"cannot store dtype {host.dtype} ({path!r}); "
                         f"supported: {sorted(DTYPES)}")
     try:
@@ -103,7 +111,7 @@ def write_array(path: str, array) -> dict[str, Any]:
             os.fsync(f.fileno())
     except OSError as exc:
         raise_os_error(exc, path)
-    return {"sha256": out.sha256.hexdigest(), "bytes": out.nbytes, "dtype": str(host.dtype),
+    return {"sha256": out.sha256.hexdigest(), "bytes": out.nbytes, "dtype": name,
             "shape": list(host.shape)}
 
 
@@ -196,10 +204,12 @@ def _parse_npy(data: bytes, path: str, record: dict) -> np.ndarray:
     except Exception as exc:  # numpy's header parser raises ValueError, TokenError, ...
         raise ValueError(f"checkpoint file {path!r} is truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
-    expected = (tuple(record["shape"]), record["dtype"])
+    stored = str(_BITS.get(record["dtype"], record["dtype"]))
+    expected = (tuple(record["shape"]), stored)
     count = int(np.prod(shape, dtype=np.int64))
     if fortran or (tuple(shape), str(dtype)) != expected or \
             stream.tell() + count * dtype.itemsize != len(data):
         raise ValueError(f"checkpoint file {path!r} holds {dtype}{list(shape)}, the "
                          f"index records {expected[1]}{list(expected[0])}")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+    return array.view(np.dtype(record["dtype"])) if record["dtype"] in _BITS else array

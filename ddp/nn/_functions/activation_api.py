@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.nn._functions import pointwise as _pw
 from ddp.tensor import Tensor
 
@@ -49,6 +50,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:  # 
     return _result(input, _pw.ELU.apply(input, float(alpha)), inplace)
 
 
+@autocast_op("softplus")
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:  # noqa: A002
     """``log(1 + exp(beta * x)) / beta``, reverting to ``x`` where ``beta * x > threshold``."""
     _floating("softplus", input)
@@ -74,6 +76,7 @@ def relu6(input: Tensor, inplace: bool = False) -> Tensor:  # noqa: A002
     return hardtanh(input, 0.0, 6.0, inplace)
 
 
+@autocast_op("prelu")
 def prelu(input: Tensor, weight: Tensor) -> Tensor:  # noqa: A002
     """``x`` for ``x > 0``, else ``weight * x``, one weight per channel (dim 1) or one in all.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ddp import creation, ops
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.dtypes import bool_ as _BOOL
 from ddp.nn._functions import activation as _act
 from ddp.tensor import Tensor
@@ -50,6 +51,7 @@ def _repeat_heads(x: Tensor, groups: int) -> Tensor:
     return x.reshape(*lead, h * groups, s, e)
 
 
+@autocast_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.backend import get_array_module
 from ddp.nn._functions import distance as _dist
 from ddp.nn._functions import padding as _pad
@@ -69,6 +70,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,  
     return out.copy_(result)
 
 
+@autocast_op("cosine_similarity")
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """Cosine of the angle between ``x1`` and ``x2`` along ``dim`` (they broadcast).
 

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from ddp import ops
+from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.nn._functions import pointwise_loss as _pl
 from ddp.tensor import Tensor
@@ -78,6 +79,7 @@ def _in_unit_interval(t: Tensor) -> bool:
     return not bool(((array < 0) | (array > 1)).any())
 
 
+@autocast_op("binary_cross_entropy")
 def binary_cross_entropy(input: Tensor, target: Tensor,  # noqa: A002
                          weight: Tensor | None = None, size_average=None, reduce=None,
                          reduction: str = "mean") -> Tensor:
@@ -108,6 +110,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor,  # noqa: A002
     return _reduce(loss, reduction)
 
 
+@autocast_op("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A002
                                      weight: Tensor | None = None, size_average=None,
                                      reduce=None, reduction: str = "mean",
@@ -135,6 +138,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A00
     return _reduce(loss, reduction)
 
 
+@autocast_op("l1_loss")
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,  # noqa: A002
             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     """Mean (or summed, or element-wise) absolute error; with ``weight``, the weighted mean
@@ -150,6 +154,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,  # no
     return loss.sum() / weight.sum() if reduction == "mean" else _reduce(loss, reduction)
 
 
+@autocast_op("smooth_l1_loss")
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None,  # noqa: A002
                    reduce=None, reduction: str = "mean", beta: float = 1.0) -> Tensor:
     """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - beta / 2``, ``d = input - target``;
@@ -169,6 +174,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None,  # noqa: A0
     return _reduce(_pl.SmoothL1.apply(input, target, float(beta), False), reduction)
 
 
+@autocast_op("huber_loss")
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",  # noqa: A002
                delta: float = 1.0, weight: Tensor | None = None) -> Tensor:
     """``0.5 d^2`` where ``|d| < delta``, else ``delta * (|d| - delta / 2)``.
@@ -188,6 +194,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",  # noqa: 
     return _reduce(loss, reduction)
 
 
+@autocast_op("kl_div")
 def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,  # noqa: A002
            reduction: str = "mean", log_target: bool = False) -> Tensor:
     """Kullback-Leibler divergence ``target * (log(target) - input)``, ``input`` holding

@@ -394,7 +394,7 @@ class Module(ModuleHooks):
         np_dtype = None
         if dtype is not None:
             np_dtype = dtypes.to_numpy_dtype(dtype)
-            if np_dtype.kind not in "fc":
+            if not dtypes.is_inexact(np_dtype):
                 raise TypeError(
                     f"nn.Module.to only accepts floating point dtypes, but got desired dtype="
                     f"{dtype}"
@@ -404,7 +404,7 @@ class Module(ModuleHooks):
         def convert(array):
             if target is not None and device_of(array) != target:
                 array = move_array(array, target)
-            if np_dtype is not None and array.dtype.kind == "f" and array.dtype != np_dtype:
+            if np_dtype is not None and dtypes.is_floating(array.dtype) and array.dtype != np_dtype:
                 array = array.astype(np_dtype)
             return array
 
@@ -424,6 +424,9 @@ class Module(ModuleHooks):
 
     def half(self) -> Module:
         return self.to(dtypes.float16)
+
+    def bfloat16(self) -> Module:
+        return self.to(dtypes.bfloat16)
 
     # -------------------------------------------------------------------------------- repr
     def extra_repr(self) -> str:
