@@ -177,6 +177,7 @@ def get_default_dtype():
 
 __version__ = "0.1.0"
 
+from ddp import accelerator as accelerator  # noqa: E402 - torch.accelerator, over ddp.cuda
 from ddp import amp as amp  # noqa: E402
 from ddp import backends as backends  # noqa: E402 - torch.backends' switches
 from ddp import config as _config  # noqa: E402 - sets torchrun's variables, last line
@@ -190,6 +191,7 @@ from ddp import onnx as onnx  # noqa: E402 - export raises: ddp records no trace
 from ddp import optim as optim  # noqa: E402
 from ddp import profiler as profiler  # noqa: E402 - DDP_TIMELINE=<dir> records a timeline
 from ddp import utils as utils  # noqa: E402
+from ddp.cuda import amp as _cuda_amp  # noqa: E402, F401 - sets torch.cuda.amp
 from ddp.distributed.exit_protocol import install_launch_hooks as _launch_hooks  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402
