@@ -40,9 +40,7 @@ from ddp.creation import (
 )
 from ddp.device import device, get_default_device, set_default_device
 from ddp.dtypes import (
-    bool_ as bool,  # noqa: A004 - torch.bool
-)
-from ddp.dtypes import (
+    bfloat16,
     double,
     dtype,
     float16,
@@ -55,6 +53,9 @@ from ddp.dtypes import (
     int64,
     long,
     uint8,
+)
+from ddp.dtypes import (
+    bool_ as bool,  # noqa: A004 - torch.bool
 )
 from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
 from ddp.dtypes import int_ as int  # noqa: A004 - torch.int

@@ -21,6 +21,22 @@ class dtype:  # noqa: N801 - torch spells it in lower case
         return (get_dtype, (self.name,))
 
 
+class _UnsupportedDtype(dtype):
+    """A torch dtype NumPy cannot hold: it exists so scripts that name it (a table of
+    ``{"bfloat16": torch.bfloat16, ...}``) import, and any tensor of it is refused."""
+
+    def __init__(self, name: str, is_floating_point: bool, itemsize: int):
+        self.name = name
+        self.is_floating_point = is_floating_point
+        self.itemsize = itemsize
+
+    @property
+    def np_dtype(self):
+        raise TypeError(f"ddp tensors cannot be {self!r}: NumPy has no {self.name}; use "
+                        "float32 (or float16)")
+
+
+bfloat16 = _UnsupportedDtype("bfloat16", True, 2)
 float16 = dtype("float16", np.float16, True, 2)
 float32 = dtype("float32", np.float32, True, 4)
 float64 = dtype("float64", np.float64, True, 8)

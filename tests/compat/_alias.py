@@ -12,8 +12,8 @@ starts, and why each adapter is needed for a like-for-like comparison:
   Philox), so a seeded program draws different numbers under each. In both runs the public
   draws a program makes (``randn``, ``rand``, ``randint``, ``randperm``, ``*_like``,
   ``multinomial``, ``F.dropout[12d]``, the ``RandomSampler`` behind ``shuffle=True``) come from
-  one NumPy stream seeded by ``--seed``; Python's ``random`` and NumPy's global state are
-  seeded too.
+  one NumPy stream seeded by ``--seed``; Python's ``random``, NumPy's global state and the
+  framework's own generator are seeded too (torch seeds a fresh process at random).
 * The same initial weights: a global forward pre-hook sees each model the first time it runs.
   Under torch (``--record``) it saves the model's ``state_dict``; under ddp (``--replay``) it
   loads the saved one, which is what a user does to start from torch's weights
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
 
     random.seed(opts.seed)
     np.random.seed(opts.seed)
+    torch.manual_seed(opts.seed)  # unseeded programs: the same torch run every time
     SharedRandom(torch, opts.seed).install()
     if opts.weights is not None and (opts.record or opts.replay):
         FirstForwardWeights(torch, opts.weights, opts.record).install()

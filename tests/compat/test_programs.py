@@ -51,8 +51,13 @@ class Program:
     ignore: list[str] = field(default_factory=list)  # regexes: timings and the like
     sizes: str = "64,32"  # fake dataset sizes (train,test)
     setup: str | None = None  # name of a function below that writes data into the run dir
-    cwd: str | None = None  # run from this directory below the run dir (default: the run dir)
+    pythonpath: str | None = None  # a directory below programs/ the program imports from
+    missing: tuple[str, str] | None = None  # (the torch API ddp lacks, its error under ddp)
     timeout: int = 240
+
+
+class MissingSurface(Exception):
+    """The program stops under ddp at a torch API ddp does not have (docs/compatibility.md)."""
 
 
 def _text_corpus(run_dir: Path) -> None:
@@ -83,6 +88,9 @@ def _char_dataset(run_dir: Path) -> None:
 SETUPS = {"text_corpus": _text_corpus, "char_dataset": _char_dataset}
 
 TIMING = r"\d+(\.\d+)?\s*(ms|s)\b"
+WHOLE_MODULE_SAVE = ("torch.save(module) / torch.load of a pickled nn.Module "
+                     "(with torch.serialization.safe_globals)",
+                     r"ddp.save cannot store an object of type model\.\w+Model")
 PROGRAM_TABLE = [
     # learning PyTorch with examples: 2000 full-batch steps on 2000 points, losses are sums of
     # 2000 float32 squares (relative rounding ~1e-7 per step, no chaos): rtol 1e-4
@@ -112,46 +120,59 @@ PROGRAM_TABLE = [
     Program("examples_mnist_rnn", "examples_mnist_rnn.py",
             ["--epochs", "1", "--batch-size", "16", "--test-batch-size", "16",
              "--log-interval", "1"], sizes="48,32"),
+    # --dropout 0 for the LSTM: torch drops out between LSTM layers inside its native kernel,
+    # whose masks the harness cannot share (the Transformer's dropouts are F.dropout calls)
     Program("word_language_model_lstm", "word_language_model/main.py",
             ["--data", "data", "--emsize", "16", "--nhid", "16", "--epochs", "1", "--bptt",
-             "8", "--batch_size", "4", "--log-interval", "4", "--dropout", "0.2"],
-            ignore=[r"time: *" + TIMING, r"ms/batch +[\d.]+"], setup="text_corpus"),
+             "8", "--batch_size", "4", "--log-interval", "4", "--dropout", "0"],
+            ignore=[r"time: *" + TIMING, r"ms/batch +[\d.]+"], setup="text_corpus",
+            missing=WHOLE_MODULE_SAVE),
     Program("word_language_model_transformer", "word_language_model/main.py",
             ["--data", "data", "--model", "Transformer", "--emsize", "16", "--nhid", "16",
              "--nhead", "2", "--epochs", "1", "--bptt", "8", "--batch_size", "4",
              "--log-interval", "4", "--dropout", "0.2", "--lr", "1"],
-            ignore=[r"time: *" + TIMING, r"ms/batch +[\d.]+"], setup="text_corpus"),
-    # karpathy/nanoGPT: model.py + train.py, a 2-layer GPT for 6 AdamW steps
+            ignore=[r"time: *" + TIMING, r"ms/batch +[\d.]+"], setup="text_corpus",
+            missing=WHOLE_MODULE_SAVE),
+    # karpathy/nanoGPT: model.py + train.py, a 2-layer GPT for 6 AdamW steps, 2 micro-batches
+    # each; --dropout=0.0 since torch's scaled_dot_product_attention draws its dropout mask
+    # natively
     Program("nanogpt_train", "nanogpt/train.py",
             ["--device=cpu", "--compile=False", "--dataset=tiny", "--eval_iters=2",
              "--eval_interval=3", "--log_interval=1", "--block_size=16", "--batch_size=4",
              "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=6",
-             "--lr_decay_iters=6", "--warmup_iters=2", "--dropout=0.1",
+             "--lr_decay_iters=6", "--warmup_iters=2", "--dropout=0.0",
              "--gradient_accumulation_steps=2", "--dtype=float32", "--out_dir=out"],
             ignore=[r"time [\d.]+ms", r"mfu -?[\d.]+%"], setup="char_dataset"),
     # karpathy/minGPT: projects/adder trains a GPT to add 2-digit numbers
     Program("mingpt_adder", "mingpt_adder/projects/adder/adder.py",
             ["--trainer.max_iters=8", "--trainer.batch_size=8", "--trainer.num_workers=0",
              "--model.model_type=gpt-nano", "--system.work_dir=out"],
-            ignore=[r"iter_dt [\d.]+ms"]),
+            ignore=[r"iter_dt [\d.]+ms"], pythonpath="mingpt_adder"),
 ]
 
 
-def _run(program: Program, framework: str, run_dir: Path, weights: Path) -> tuple[str, float]:
+def _run(program: Program, framework: str, run_dir: Path, weights: Path,
+         may_fail: bool = False) -> tuple[str, float | None, str]:
+    """(stdout, the program's seconds, stderr) of one run in a fresh process."""
     report = run_dir / f"{framework}.json"
+    report.unlink(missing_ok=True)
     mode = "--record" if framework == "torch" else "--replay"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE.parent)]),
+    paths = [str(REPO), str(HERE.parent)]
+    if program.pythonpath:
+        paths.append(str(PROGRAMS / program.pythonpath))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths),
                COMPAT_DATASET_SIZES=program.sizes, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     cmd = [sys.executable, str(HERE / "_alias.py"), "--framework", framework, "--weights",
            str(weights), mode, "--report", str(report), str(PROGRAMS / program.path), "--",
            *program.args]
-    cwd = run_dir / program.cwd if program.cwd else run_dir
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+    done = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True,
                           timeout=program.timeout)
+    if done.returncode != 0 and may_fail:
+        return done.stdout, None, done.stderr
     if done.returncode != 0:
         raise AssertionError(f"{program.name} under {framework} exited {done.returncode}:\n"
                              f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return done.stdout, json.loads(report.read_text())["seconds"]
+    return done.stdout, json.loads(report.read_text())["seconds"], done.stderr
 
 
 def _normalize(text: str, program: Program) -> str:
@@ -194,13 +215,29 @@ def compare_outputs(ours: str, theirs: str, program: Program) -> int:
     return len(tokens_theirs)
 
 
-@pytest.mark.parametrize("program", PROGRAM_TABLE, ids=[p.name for p in PROGRAM_TABLE])
+def _param(program: Program):
+    marks = ()
+    if program.missing:
+        marks = pytest.mark.xfail(strict=True, raises=MissingSurface,
+                                  reason=f"ddp lacks {program.missing[0]}")
+    return pytest.param(program, id=program.name, marks=marks)
+
+
+@pytest.mark.parametrize("program", [_param(p) for p in PROGRAM_TABLE])
 def test_program_prints_torchs_numbers(program, tmp_path):
     if program.setup:
         SETUPS[program.setup](tmp_path)
     weights = tmp_path / "first_forward_weights.npz"
-    theirs, t_torch = _run(program, "torch", tmp_path, weights)
-    ours, t_ddp = _run(program, "ddp", tmp_path, weights)
+    theirs, t_torch, _ = _run(program, "torch", tmp_path, weights)
+    ours, t_ddp, errors = _run(program, "ddp", tmp_path, weights,
+                               may_fail=program.missing is not None)
+    if program.missing and t_ddp is None:
+        api, error = program.missing
+        assert re.search(error, errors), f"{program.name} failed otherwise:\n{errors[-4000:]}"
+        # what it printed before stopping must still be torch's
+        lines = ours.count("\n")
+        compare_outputs(ours, "".join(theirs.splitlines(keepends=True)[:lines]), program)
+        raise MissingSurface(f"{program.name} stops at {api} after {lines} matching lines")
     compared = compare_outputs(ours, theirs, program)
     assert compared > 0, f"{program.name} printed no numbers"
     times = os.environ.get("COMPAT_TIMES")
