@@ -11,9 +11,10 @@ starts, and why each adapter is needed for a like-for-like comparison:
 * The same random numbers in both runs. ddp's generator is not torch's (Mersenne Twister +
   Philox), so a seeded program draws different numbers under each. In both runs the public
   draws a program makes (``randn``, ``rand``, ``randint``, ``randperm``, ``*_like``,
-  ``multinomial``, ``F.dropout[12d]``, the ``RandomSampler`` behind ``shuffle=True``) come from
-  one NumPy stream seeded by ``--seed``; Python's ``random``, NumPy's global state and the
-  framework's own generator are seeded too (torch seeds a fresh process at random).
+  ``multinomial``, ``F.dropout[12d]``, dropout in ``scaled_dot_product_attention``, the
+  ``RandomSampler`` behind ``shuffle=True``) come from one NumPy stream seeded by ``--seed``;
+  Python's ``random``, NumPy's global state and the framework's own generator are seeded too
+  (torch seeds a fresh process at random).
 * The same initial weights: a global forward pre-hook sees each model the first time it runs.
   Under torch (``--record``) it saves the model's ``state_dict``; under ddp (``--replay``) it
   loads the saved one, which is what a user does to start from torch's weights
@@ -30,6 +31,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import json
+import math
 import os
 import random
 import runpy
@@ -149,6 +151,30 @@ class SharedRandom:
         scale = self._tensor(keep / (1 - p), input.dtype, input.device)
         return input * scale
 
+    def attention(self, original):
+        """``scaled_dot_product_attention`` whose dropout mask comes from the shared stream;
+        without dropout the framework's own kernel runs."""
+        T = self.T
+
+        def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                 scale=None, **kwargs):
+            if dropout_p == 0.0:
+                return original(query, key, value, attn_mask, dropout_p, is_causal,
+                                scale=scale, **kwargs)
+            scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+            scores = query @ key.transpose(-2, -1) * scale
+            if is_causal:
+                causal = T.ones(query.size(-2), key.size(-2), dtype=T.bool).tril()
+                scores = scores.masked_fill(causal.logical_not(), float("-inf"))
+            if attn_mask is not None and attn_mask.dtype == T.bool:
+                scores = scores.masked_fill(attn_mask.logical_not(), float("-inf"))
+            elif attn_mask is not None:
+                scores = scores + attn_mask
+            weights = self.dropout(T.softmax(scores, dim=-1), dropout_p, True)
+            return weights @ value
+
+        return sdpa
+
     def sampler_iter(self, sampler):
         n = len(sampler.data_source)
         if sampler.replacement:
@@ -172,6 +198,13 @@ class SharedRandom:
         T.nn.functional.dropout = self.dropout
         T.nn.functional.dropout1d = self.feature_dropout
         T.nn.functional.dropout2d = self.feature_dropout
+        functional = T.nn.functional
+        functional.scaled_dot_product_attention = self.attention(
+            functional.scaled_dot_product_attention)
+        if T.__name__ == "ddp":  # ddp's multi-head attention binds the function at import
+            from ddp.nn._functions import mha_api
+
+            mha_api.scaled_dot_product_attention = functional.scaled_dot_product_attention
         shared = self
 
         def __iter__(sampler):  # noqa: N807

@@ -185,7 +185,7 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False,
         index[t, :n] = off + np.arange(n)
     lengths = (sizes[None, :] > np.arange(batch)[:, None]).sum(1).astype(np.int64)
     if sequence.unsorted_indices is not None:
-        unsorted = np.asarray(sequence.unsorted_indices.numpy()).astype(np.int64)
+        unsorted = np.asarray(sequence.unsorted_indices.tolist(), dtype=np.int64)
         index, lengths = index[:, unsorted], lengths[unsorted]
     if batch_first:
         index = index.T
