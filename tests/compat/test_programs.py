@@ -98,9 +98,11 @@ PROGRAM_TABLE = [
     Program("polynomial_autograd", "tutorial_polynomial_autograd.py"),
     Program("polynomial_custom_function", "tutorial_polynomial_custom_function.py"),
     Program("polynomial_nn", "tutorial_polynomial_nn.py"),
-    # RMSprop moves every weight by about lr = 1e-3 a step whatever its gradient, so a weight at
-    # its optimum (the x^2 coefficient, ~0) dithers within +-1e-3: atol 1e-3
-    Program("polynomial_optim", "tutorial_polynomial_optim.py", atol=1e-3),
+    # RMSprop: the losses agree to 2e-6 until the fit reaches its noise floor (step ~1200);
+    # there RMSprop's normalised steps (about lr = 1e-3 whatever the gradient) turn one flipped
+    # rounding into runs that dither a step apart: weights at the optimum (~0) differ by up to
+    # lr (atol 1e-3) and the plateau loss by up to 0.6% (rtol 1e-2)
+    Program("polynomial_optim", "tutorial_polynomial_optim.py", rtol=1e-2, atol=1e-3),
     Program("polynomial_module", "tutorial_polynomial_module.py"),
     # 60-minute blitz: one forward/backward of LeNet (sums of <= 400 products): rtol 1e-4
     Program("blitz_neural_networks", "blitz_neural_networks.py", atol=1e-5),
@@ -120,8 +122,9 @@ PROGRAM_TABLE = [
     Program("examples_mnist_rnn", "examples_mnist_rnn.py",
             ["--epochs", "1", "--batch-size", "16", "--test-batch-size", "16",
              "--log-interval", "1"], sizes="48,32"),
-    # --dropout 0: torch drops out between LSTM layers, and in attention (through
-    # scaled_dot_product_attention), inside native kernels whose masks the harness cannot share
+    # LSTM: --dropout 0, since torch drops out between LSTM layers inside its native kernel,
+    # whose mask the harness cannot share. Transformer: --dropout 0.2 in the positional encoding
+    # and nn.Transformer's own 0.1 in every layer, all drawn from the shared stream
     Program("word_language_model_lstm", "word_language_model/main.py",
             ["--data", "data", "--emsize", "16", "--nhid", "16", "--epochs", "1", "--bptt",
              "8", "--batch_size", "4", "--log-interval", "4", "--dropout", "0"],
@@ -130,17 +133,16 @@ PROGRAM_TABLE = [
     Program("word_language_model_transformer", "word_language_model/main.py",
             ["--data", "data", "--model", "Transformer", "--emsize", "16", "--nhid", "16",
              "--nhead", "2", "--epochs", "1", "--bptt", "8", "--batch_size", "4",
-             "--log-interval", "4", "--dropout", "0", "--lr", "1"],
+             "--log-interval", "4", "--dropout", "0.2", "--lr", "1"],
             ignore=[r"time: *" + TIMING, r"ms/batch +[\d.]+"], setup="text_corpus",
             missing=WHOLE_MODULE_SAVE),
-    # karpathy/nanoGPT: model.py + train.py, a 2-layer GPT for 6 AdamW steps, 2 micro-batches
-    # each; --dropout=0.0 since torch's scaled_dot_product_attention draws its dropout mask
-    # natively
+    # karpathy/nanoGPT: model.py + train.py, a 2-layer GPT for 6 AdamW steps of 2 micro-batches
+    # (dropout in attention and residuals drawn from the shared stream)
     Program("nanogpt_train", "nanogpt/train.py",
             ["--device=cpu", "--compile=False", "--dataset=tiny", "--eval_iters=2",
              "--eval_interval=3", "--log_interval=1", "--block_size=16", "--batch_size=4",
              "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=6",
-             "--lr_decay_iters=6", "--warmup_iters=2", "--dropout=0.0",
+             "--lr_decay_iters=6", "--warmup_iters=2", "--dropout=0.1",
              "--gradient_accumulation_steps=2", "--dtype=float32", "--out_dir=out"],
             ignore=[r"time [\d.]+ms", r"mfu -?[\d.]+%"], setup="char_dataset"),
     # karpathy/minGPT: projects/adder trains a GPT to add 2-digit numbers
