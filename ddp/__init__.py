@@ -184,6 +184,7 @@ def get_default_dtype():
 
 __version__ = "0.1.0"
 
+from ddp import accelerator as accelerator  # noqa: E402 - torch.accelerator, over ddp.cuda
 from ddp import amp as amp  # noqa: E402
 from ddp import backends as backends  # noqa: E402 - torch.backends' switches
 from ddp import config as _config  # noqa: E402 - sets torchrun's variables, last line
@@ -201,6 +202,7 @@ from ddp.amp import autocast as autocast  # noqa: E402 - torch.autocast
 from ddp.amp import clear_autocast_cache as clear_autocast_cache  # noqa: E402
 from ddp.amp import get_autocast_dtype as get_autocast_dtype  # noqa: E402
 from ddp.amp import is_autocast_enabled as is_autocast_enabled  # noqa: E402
+from ddp.cuda import amp as _cuda_amp  # noqa: E402, F401 - sets torch.cuda.amp
 from ddp.distributed.exit_protocol import install_launch_hooks as _launch_hooks  # noqa: E402
 from ddp.serialization import load as load  # noqa: E402
 from ddp.serialization import save as save  # noqa: E402

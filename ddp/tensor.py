@@ -127,6 +127,20 @@ class Tensor(TensorOps):
         return self.device.type == "cuda"
 
     @property
+    def is_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
+    def is_xpu(self) -> bool:
+        """Intel GPUs: never, in ddp (scripts test it beside ``is_cuda``)."""
+        return False
+
+    @property
+    def is_mps(self) -> bool:
+        """Apple GPUs: never, in ddp."""
+        return False
+
+    @property
     def ndim(self) -> int:
         return self.array.ndim
 

@@ -133,8 +133,11 @@ def test_decorator_and_weight_cast_cache():
 
     a, b = twice(ddp.randn(2, 3))
     assert a.dtype == b.dtype == ddp.bfloat16
-    # one cached cast node feeds both products (torch's cache_enabled)
-    assert a.grad_fn.next_functions[1][0] is b.grad_fn.next_functions[1][0]
+    # one cached cast node feeds both products (torch's cache_enabled), under each product's
+    # own transpose (torch's graph: MmBackward0 -> TBackward0 -> ToCopyBackward0)
+    cast_a = a.grad_fn.next_functions[1][0].next_functions[0][0]
+    assert cast_a.name() == "ToCopyBackward0"
+    assert cast_a is b.grad_fn.next_functions[1][0].next_functions[0][0]
     (a.float().sum() + b.float().sum()).backward()
     assert w.grad.dtype == ddp.float32
     with ddp.autocast("cpu", cache_enabled=False):
@@ -184,3 +187,39 @@ def test_bad_arguments():
         region = ddp.autocast("cpu", dtype=ddp.float64)
     with region:
         assert not ddp.is_autocast_enabled("cpu")
+
+
+def test_custom_fwd_casts_inputs_and_custom_bwd_replays_the_forward_state():
+    # torch.amp.custom_fwd(cast_inputs=float32): inside autocast the inputs arrive as float32
+    # and the forward runs with autocast off; custom_bwd runs backward under forward's state.
+    seen = {}
+
+    def make(lib):
+        class Square(lib.autograd.Function):
+            @staticmethod
+            @lib.amp.custom_fwd(device_type="cpu", cast_inputs=lib.float32)
+            def forward(ctx, x):
+                seen[lib.__name__, "fwd"] = (x.dtype, lib.is_autocast_enabled("cpu"))
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            @lib.amp.custom_bwd(device_type="cpu")
+            def backward(ctx, g):
+                seen[lib.__name__, "bwd"] = lib.is_autocast_enabled("cpu")
+                (x,) = ctx.saved_tensors
+                return 2 * x * g
+
+        return Square
+
+    torch = torch_oracle()
+    for lib in (ddp, torch):
+        x = lib.ones(3, dtype=lib.bfloat16, requires_grad=True)
+        with lib.autocast("cpu"):
+            y = make(lib).apply(x)
+        y.sum().backward()
+        assert y.dtype == lib.float32
+        assert x.grad.dtype == lib.bfloat16 and x.grad.float().tolist() == [2.0, 2.0, 2.0]
+    assert seen[("ddp", "fwd")] == (ddp.float32, False)
+    assert seen[("torch", "fwd")] == (torch.float32, False)
+    assert seen[("ddp", "bwd")] is seen[("torch", "bwd")] is False

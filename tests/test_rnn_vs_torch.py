@@ -295,14 +295,9 @@ def test_reprs_match_torch():
         assert repr(build(ddp)) == repr(build(torch))
 
 
-def test_unsupported_and_nonlinearity():
+def test_nonlinearity():
     with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
         nn.RNN(H_IN, HIDDEN, nonlinearity="sigmoid")
     # torch's positional order: nonlinearity is the fourth argument of RNN
     assert nn.RNN(H_IN, HIDDEN, 1, "relu").nonlinearity == "relu"
-
-    class PackedSequence:  # stands in for torch.nn.utils.rnn.PackedSequence
-        pass
-
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        nn.GRU(H_IN, HIDDEN)(PackedSequence())
+    # packed input: tests/test_packed_sequence.py

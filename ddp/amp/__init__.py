@@ -4,6 +4,8 @@ loss scaling. ``docs/mixed_precision.md`` walks through the dtype of every tenso
 from ddp.amp.autocast_mode import (
     autocast,
     clear_autocast_cache,
+    custom_bwd,
+    custom_fwd,
     get_autocast_dtype,
     is_autocast_available,
     is_autocast_cache_enabled,
@@ -11,5 +13,6 @@ from ddp.amp.autocast_mode import (
 )
 from ddp.amp.grad_scaler import GradScaler
 
-__all__ = ["GradScaler", "autocast", "clear_autocast_cache", "get_autocast_dtype",
+__all__ = ["GradScaler", "autocast", "clear_autocast_cache", "custom_bwd", "custom_fwd",
+           "get_autocast_dtype",
            "is_autocast_available", "is_autocast_cache_enabled", "is_autocast_enabled"]

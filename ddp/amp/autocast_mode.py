@@ -15,6 +15,7 @@ import warnings
 
 from ddp import backend, dtypes
 from ddp.autograd import autocast_mode as _mode
+from ddp.autograd import tensor_type
 
 
 class autocast:  # noqa: N801 - torch's name
@@ -96,3 +97,61 @@ def is_autocast_cache_enabled() -> bool:
 
 def clear_autocast_cache() -> None:
     _mode.clear_cache()
+
+
+def _cast(value, device_type: str, dtype):
+    """``value`` with its floating tensors of ``device_type`` (float64 excepted) cast to
+    ``dtype``, recursing into lists, tuples and dicts (torch's ``torch.amp._cast``)."""
+    if isinstance(value, tensor_type.Tensor):
+        eligible = (value.is_floating_point() and value.device.type == device_type
+                    and value.dtype != dtypes.float64)
+        return value.to(dtype) if eligible else value
+    if isinstance(value, dict):
+        return {k: _cast(v, device_type, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, device_type, dtype) for v in value)
+    return value
+
+
+def custom_fwd(fwd=None, *, device_type: str, cast_inputs=None):
+    """Decorate the ``forward`` of a custom ``autograd.Function`` (torch's
+    ``torch.amp.custom_fwd``): with ``cast_inputs`` None it runs under the surrounding autocast
+    state, recorded for :func:`custom_bwd`; with a dtype, inside an enabled autocast region its
+    floating inputs of ``device_type`` are cast to it and it runs with autocast off."""
+    if not isinstance(device_type, str):
+        raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+    if fwd is None:
+        return functools.partial(custom_fwd, device_type=device_type, cast_inputs=cast_inputs)
+
+    @functools.wraps(fwd)
+    def decorate_fwd(*args, **kwargs):
+        ctx = args[0]
+        ctx._dtype = get_autocast_dtype(device_type)
+        if cast_inputs is None:
+            ctx._fwd_used_autocast = is_autocast_enabled(device_type)
+            return fwd(*args, **kwargs)
+        ctx._fwd_used_autocast = False
+        if not is_autocast_enabled(device_type):
+            return fwd(*args, **kwargs)
+        with autocast(device_type, enabled=False):
+            return fwd(*_cast(args, device_type, cast_inputs),
+                       **_cast(kwargs, device_type, cast_inputs))
+
+    return decorate_fwd
+
+
+def custom_bwd(bwd=None, *, device_type: str):
+    """Decorate the ``backward`` of a custom ``autograd.Function`` (torch's
+    ``torch.amp.custom_bwd``): it runs under the autocast state its forward ran under."""
+    if not isinstance(device_type, str):
+        raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+    if bwd is None:
+        return functools.partial(custom_bwd, device_type=device_type)
+
+    @functools.wraps(bwd)
+    def decorate_bwd(*args, **kwargs):
+        ctx = args[0]
+        with autocast(device_type, dtype=ctx._dtype, enabled=ctx._fwd_used_autocast):
+            return bwd(*args, **kwargs)
+
+    return decorate_bwd

@@ -103,3 +103,12 @@ from ddp.nn.modules.transformer import (  # noqa: E402
 
 __all__ += ["MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
             "TransformerEncoder", "TransformerEncoderLayer"]
+
+# resampling
+from ddp.nn.modules.upsampling import (  # noqa: E402
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
+)
+
+__all__ += ["Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d"]

@@ -573,4 +573,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
 
 # ------------------------------------------------------------------------------------ attention
 from ddp.nn._functions.attention_api import scaled_dot_product_attention  # noqa: E402, F401
+from ddp.nn._functions.interpolate_api import interpolate  # noqa: E402, F401
 from ddp.nn._functions.mha_api import multi_head_attention_forward  # noqa: E402, F401
+
+__all__ += ["interpolate", "multi_head_attention_forward", "scaled_dot_product_attention"]

@@ -114,3 +114,32 @@ def test_inference_mode_and_set_grad_enabled_as_torch(lib):
         return x * 2
 
     assert not off().requires_grad and T.is_grad_enabled()
+
+
+def test_accelerator_answers_as_torch_without_one():
+    assert ddp.accelerator.is_available() is torch.accelerator.is_available() is False
+    assert ddp.accelerator.current_accelerator() is None
+    assert torch.accelerator.current_accelerator() is None
+    assert ddp.accelerator.device_count() == torch.accelerator.device_count() == 0
+
+
+def test_cuda_amp_spellings_warn_as_torch():
+    import warnings
+
+    for lib in (ddp, torch):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scaler = lib.cuda.amp.GradScaler(enabled=False)
+            with lib.cuda.amp.autocast():
+                pass
+        assert not scaler.is_enabled()
+        kinds = [(w.category, str(w.message).split(" ")[0]) for w in caught]
+        assert kinds == [(FutureWarning, "`torch.cuda.amp.GradScaler(args...)`"),
+                         (FutureWarning, "`torch.cuda.amp.autocast(args...)`"),
+                         (UserWarning, "CUDA")], lib
+
+
+def test_device_kind_properties_as_torch():
+    for lib in (ddp, torch):
+        x = lib.zeros(1)
+        assert (x.is_cpu, x.is_cuda, x.is_xpu, x.is_mps) == (True, False, False, False)

@@ -11,6 +11,7 @@ import pytest
 import ddp
 import ddp.nn.functional as F
 from ddp import optim
+from ddp.nn.utils import rnn
 
 pytestmark = pytest.mark.gpu
 
@@ -41,7 +42,24 @@ CASES = {
     "pad_replicate": (lambda x: F.pad(x, (2, 1), mode="replicate"), [(2, 3, 4)]),
     "pad_circular": (lambda x: F.pad(x, (3, 1), mode="circular"), [(2, 3, 4)]),
     "pad_crop_reflect": (lambda x: F.pad(x, (-1, 2, 1, -1), mode="reflect"), [(2, 3, 4, 5)]),
+    "interpolate_bilinear": (lambda x: F.interpolate(x, size=(5, 7), mode="bilinear",
+                                                     align_corners=True), [(1, 2, 3, 4)]),
+    "interpolate_bicubic": (lambda x: F.interpolate(x, scale_factor=1.5, mode="bicubic"),
+                            [(1, 2, 3, 4)]),
+    "interpolate_nearest": (lambda x: F.interpolate(x, scale_factor=(2.5, 0.5)),
+                            [(1, 2, 3, 4)]),
+    "pack_pad": (lambda x: rnn.pad_packed_sequence(
+        rnn.pack_padded_sequence(x, [2, 4, 1], enforce_sorted=False), total_length=5)[0],
+        [(4, 3, 2)]),
+    "lstm_packed": (lambda x: _packed_lstm(x), [(4, 3, 2)]),
 }
+
+
+def _packed_lstm(x):
+    ddp.manual_seed(0)
+    lstm = ddp.nn.LSTM(2, 3, num_layers=2, bidirectional=True).to(x.device)
+    out, (h, c) = lstm(rnn.pack_padded_sequence(x, [2, 4, 1], enforce_sorted=False))
+    return rnn.pad_packed_sequence(out)[0].sum(0).sum(-1, keepdim=True) + h.sum(0) + c.sum(0)
 
 
 def _run(dev, fn, specs):

@@ -8,8 +8,43 @@ from ddp.backend import get_array_module
 from ddp.ops._util import reshape_fresh
 
 
+class _GraphView:
+    """A node of torch's graph that ddp fuses away, shown by ``next_functions`` only: it has
+    torch's name and the edges torch's node has, and never runs."""
+
+    def __init__(self, name: str, next_functions: tuple) -> None:
+        self._name = name
+        self.next_functions = next_functions
+
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<{self._name} object at {id(self):#x}>"
+
+
 class Linear(Function):
-    """``y = x @ W.T + b`` over the last dim of ``x``; all leading dims fold into one GEMM."""
+    """``y = x @ W.T + b`` over the last dim of ``x``; all leading dims fold into one GEMM.
+
+    One node here; torch records ``addmm(b, x, W.t())`` (``mm`` without bias), wrapped in views
+    for inputs of other than 2 dims. ``name()`` and ``next_functions`` show torch's nodes, so
+    code that walks ``grad_fn.next_functions`` (the 60-minute blitz) sees torch's graph.
+    """
+
+    def name(self) -> str:
+        if len(self.x_shape) != 2:
+            return "ViewBackward0"
+        return "AddmmBackward0" if self.has_bias else "MmBackward0"
+
+    @property
+    def next_functions(self) -> tuple:
+        x, w, b = super().next_functions
+        weight_t = (_GraphView("TBackward0", (w,)), 0) if w[0] is not None else (None, 0)
+        if len(self.x_shape) == 2:
+            return (b, x, weight_t) if self.has_bias else (x, weight_t)
+        x = (_GraphView("ViewBackward0", (x,)), 0) if x[0] is not None else (None, 0)
+        inner = (b, x, weight_t) if self.has_bias else (x, weight_t)
+        return ((_GraphView("AddmmBackward0" if self.has_bias else "MmBackward0", inner), 0),)
 
     @staticmethod
     def forward(ctx, x, weight, bias):

@@ -83,6 +83,8 @@ def _reduce(per_sample, w_t, reduction, sample_shape, ctx):
 class CrossEntropy(Function):
     """log-softmax over the class axis and weighted, label-smoothed NLL in one node."""
 
+    backward_name = "NllLossBackward0"  # torch's outermost node (after LogSoftmaxBackward0)
+
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
         x2, sample_shape = _flatten_classes(x)
@@ -132,6 +134,8 @@ class CrossEntropy(Function):
 class NLLLoss(Function):
     """``-weight[t] * input[t]`` per sample over log-probabilities, then reduced."""
 
+    backward_name = "NllLossBackward0"
+
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, reduction):
         xp = get_array_module(x)
@@ -157,6 +161,8 @@ class NLLLoss(Function):
 
 class MSELoss(Function):
     """``(a - b) ** 2`` reduced; broadcasting operands get summed gradients."""
+
+    backward_name = "MseLossBackward0"
 
     @staticmethod
     def forward(ctx, a, b, reduction):

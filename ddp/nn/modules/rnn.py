@@ -4,7 +4,9 @@ Parameters carry torch's names and layouts (``weight_ih_l{k}[_reverse]`` of shap
 ``(gate_size, input)``, gates stacked LSTM i,f,g,o and GRU r,z,n; ``weight_hr_l{k}`` for an
 LSTM projection), so torch state_dicts load both ways. The forward pass is a Python loop over
 time steps built from existing ops, so autograd comes for free; the input projection of every
-step is one matmul over the whole sequence, since it does not depend on the state.
+step is one matmul over the whole sequence, since it does not depend on the state. A
+``PackedSequence`` input runs the same steps on the shrinking batch of sequences still running
+at each step (longest first), so each sequence's final state is that of its own last step.
 """
 
 from __future__ import annotations
@@ -18,14 +20,10 @@ from ddp.nn import functional as F
 from ddp.nn import init
 from ddp.nn.modules.module import Module
 from ddp.nn.parameter import Parameter
+from ddp.nn.utils.rnn import PackedSequence
 from ddp.tensor import Tensor
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-
-
-def _reject_packed(name: str, input) -> None:  # noqa: A002
-    if type(input).__name__ == "PackedSequence":
-        raise NotImplementedError(f"{name}: PackedSequence input is not supported")
 
 
 def _rnn_step(mode: str, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
@@ -160,10 +158,65 @@ class _RNNBase(Module):
         if tuple(hx.shape) != expected:
             raise RuntimeError(f"Expected {what} size {expected}, got {list(hx.shape)}")
 
-    def _run(self, input: Tensor, h0: Tensor, c0: Tensor | None):  # noqa: A002
-        """Time-major ``input (T, N, H_in)``: output ``(T, N, D*H_out)``, ``h_n`` and ``c_n``."""
+    def _step(self, gi: Tensor, h: Tensor, c: Tensor | None, w_hh, b_hh, w_hr):
+        """One time step of this layer kind: the new ``(h, c)`` (``c`` None but for LSTM)."""
+        if self.mode == "LSTM":
+            return _lstm_step(gi, h, c, w_hh, b_hh, w_hr)
+        if self.mode == "GRU":
+            return _gru_step(gi, h, w_hh, b_hh), None
+        return _rnn_step(self.mode, gi, h, w_hh, b_hh), None
+
+    def _scan(self, gi: Tensor, h: Tensor, c: Tensor | None, weights, reverse: bool):
+        """Padded time-major ``gi (T, N, G)``: the stacked outputs and the final ``(h, c)``."""
+        steps = gi.shape[0]
+        seq = [None] * steps
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            h, c = self._step(gi[t], h, c, *weights)
+            seq[t] = h
+        return ops.stack(seq, 0), h, c
+
+    def _scan_packed(self, gi: Tensor, h0: Tensor, c0: Tensor | None, weights,
+                     batch_sizes: list[int], reverse: bool):
+        """Packed ``gi (sum(batch_sizes), G)``: step ``t`` runs the first ``batch_sizes[t]``
+        sequences. Forward, sequences leave the batch as they end (their state is final
+        then); in reverse they join it, starting from their initial state."""
+        offsets = [0]
+        for n in batch_sizes:
+            offsets.append(offsets[-1] + n)
+        seq = [None] * len(batch_sizes)
+        if not reverse:
+            h, c = h0, c0
+            done_h, done_c = [], []
+            for t, n in enumerate(batch_sizes):
+                if n < h.shape[0]:
+                    done_h.append(h[n:])
+                    h = h[:n]
+                    if c is not None:
+                        done_c.append(c[n:])
+                        c = c[:n]
+                h, c = self._step(gi[offsets[t]:offsets[t + 1]], h, c, *weights)
+                seq[t] = h
+            h = ops.cat([h, *done_h[::-1]], 0) if done_h else h
+            c = ops.cat([c, *done_c[::-1]], 0) if done_c else c
+            return ops.cat(seq, 0), h, c
+        last = batch_sizes[-1]
+        h = h0[:last]
+        c = c0[:last] if c0 is not None else None
+        for t in range(len(batch_sizes) - 1, -1, -1):
+            n = batch_sizes[t]
+            if n > h.shape[0]:
+                h = ops.cat([h, h0[h.shape[0]:n]], 0)
+                if c is not None:
+                    c = ops.cat([c, c0[c.shape[0]:n]], 0)
+            h, c = self._step(gi[offsets[t]:offsets[t + 1]], h, c, *weights)
+            seq[t] = h
+        return ops.cat(seq, 0), h, c
+
+    def _run(self, input: Tensor, h0: Tensor, c0: Tensor | None,  # noqa: A002
+             batch_sizes: list[int] | None = None):
+        """Time-major ``input (T, N, H_in)``, or packed ``(sum(batch_sizes), H_in)``: output
+        ``(T, N, D*H_out)`` (packed: ``(sum(batch_sizes), D*H_out)``), ``h_n`` and ``c_n``."""
         num_directions = 2 if self.bidirectional else 1
-        steps = input.shape[0]
         h_n, c_n = [], []
         layer_in = input
         for layer in range(self.num_layers):
@@ -171,20 +224,15 @@ class _RNNBase(Module):
             for direction in range(num_directions):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, direction)
                 idx = layer * num_directions + direction
-                h = h0[idx]
                 c = c0[idx] if c0 is not None else None
                 gi = F.linear(layer_in, w_ih, b_ih)
-                order = range(steps - 1, -1, -1) if direction == 1 else range(steps)
-                seq = [None] * steps
-                for t in order:
-                    if self.mode == "LSTM":
-                        h, c = _lstm_step(gi[t], h, c, w_hh, b_hh, w_hr)
-                    elif self.mode == "GRU":
-                        h = _gru_step(gi[t], h, w_hh, b_hh)
-                    else:
-                        h = _rnn_step(self.mode, gi[t], h, w_hh, b_hh)
-                    seq[t] = h
-                outs.append(ops.stack(seq, 0))
+                weights = (w_hh, b_hh, w_hr)
+                if batch_sizes is None:
+                    out, h, c = self._scan(gi, h0[idx], c, weights, direction == 1)
+                else:
+                    out, h, c = self._scan_packed(gi, h0[idx], c, weights, batch_sizes,
+                                                  direction == 1)
+                outs.append(out)
                 h_n.append(h)
                 c_n.append(c)
             layer_in = outs[0] if num_directions == 1 else ops.cat(outs, -1)
@@ -194,9 +242,44 @@ class _RNNBase(Module):
         c_stack = ops.stack(c_n, 0) if c0 is not None else None
         return layer_in, ops.stack(h_n, 0), c_stack
 
+    def _forward_packed(self, input: PackedSequence, hx):  # noqa: A002
+        """torch's packed path: ``hx`` in the caller's batch order is permuted to the packed
+        (longest-first) order, ``h_n``/``c_n`` are permuted back."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        sizes = [int(n) for n in batch_sizes.tolist()]
+        if data.ndim != 2:
+            raise RuntimeError(f"{type(self).__name__}: packed input data must be 2-D "
+                               f"(sum(batch_sizes), input_size), got {list(data.shape)}")
+        self._check_input(data)
+        is_lstm = self.mode == "LSTM"
+        num_directions = 2 if self.bidirectional else 1
+        n = sizes[0]
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h_shape = (self.num_layers * num_directions, n, real_hidden)
+        c_shape = (self.num_layers * num_directions, n, self.hidden_size)
+        if hx is None:
+            h0 = creation.zeros(*h_shape, dtype=data.dtype, device=data.device)
+            c0 = (creation.zeros(*c_shape, dtype=data.dtype, device=data.device)
+                  if is_lstm else None)
+        else:
+            h0, c0 = tuple(hx) if is_lstm else (hx, None)
+            if sorted_indices is not None:
+                h0 = ops.index_select(h0, 1, sorted_indices)
+                c0 = ops.index_select(c0, 1, sorted_indices) if is_lstm else None
+            self._check_hidden(h0, h_shape, "hidden[0]" if is_lstm else "hidden")
+            if is_lstm:
+                self._check_hidden(c0, c_shape, "hidden[1]")
+        output, h_n, c_n = self._run(data, h0, c0, sizes)
+        if unsorted_indices is not None:
+            h_n = ops.index_select(h_n, 1, unsorted_indices)
+            c_n = ops.index_select(c_n, 1, unsorted_indices) if is_lstm else None
+        packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        return packed, ((h_n, c_n) if is_lstm else h_n)
+
     def _forward(self, input: Tensor, hx):  # noqa: A002
         name = type(self).__name__
-        _reject_packed(name, input)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         if input.ndim not in (2, 3):
             # torch's wording differs by class: only RNN's says "tensor"
             what = f"{input.ndim}D tensor" if self.mode.startswith("RNN") else f"{input.ndim}D"

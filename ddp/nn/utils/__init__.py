@@ -1,6 +1,9 @@
-"""``ddp.nn.utils``: gradient clipping and parameter/vector conversion."""
+"""``ddp.nn.utils``: gradient clipping, parameter/vector conversion, ``rnn`` (packed
+sequences)."""
 
+from ddp.nn.utils import rnn
 from ddp.nn.utils.clip_grad import clip_grad_norm_, clip_grad_value_
 from ddp.nn.utils.convert_parameters import parameters_to_vector, vector_to_parameters
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "parameters_to_vector", "vector_to_parameters"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "parameters_to_vector", "rnn",
+           "vector_to_parameters"]
