@@ -261,14 +261,7 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
         cats.append(Category("gradients", grads, own, f"{b}Ψ/N",
                              "" if grads else "no gradients held now"))
         if optimizer is not None:
-            state_pred = None
-            if all(x is not None for x in ks):
-                state_pred = 0
-                for g, group in enumerate(optimizer.param_groups):
-                    ids = {id(p) for p in group["params"]}
-                    state_pred += int(ks[g] * b * sum(n for p, n in zip(params, local,
-                                                                         strict=True)
-                                                      if id(p) in ids))
+            state_pred = _state_prediction(optimizer, ks, b, zip(params, local, strict=True))
             cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
                                  f"{k_label(k * b)}Ψ/N" if k is not None else "",
                                  "" if k is not None else "no formula for this optimizer"))
@@ -321,13 +314,8 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
         cats.append(Category("gradients", grads, b * psi, f"{b}Ψ",
                              "" if grads else "no gradients held now"))
         if optimizer is not None:
-            state_pred = None
-            if all(x is not None for x in ks):
-                state_pred = 0
-                for g, group in enumerate(optimizer.param_groups):
-                    ids = {id(p) for p in group["params"]}
-                    state_pred += int(ks[g] * b * sum(p.array.size for p in params
-                                                      if id(p) in ids))
+            state_pred = _state_prediction(optimizer, ks, b,
+                                           ((p, p.array.size) for p in params))
             cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
                                  f"{k_label(k * b)}Ψ" if k is not None else "",
                                  "" if k is not None else "no formula for this optimizer"))
@@ -346,6 +334,17 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
     cats.append(Category("activations (peak)", None, None))  # see the module docstring
     return _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
                        optimizer)
+
+
+def _state_prediction(optimizer, ks: list, itemsize: int, elements) -> int | None:
+    """Predicted optimizer-state bytes: per param group ``g``, ``ks[g]`` state elements per
+    parameter element held here; ``elements`` yields (parameter, elements held here). None when
+    some group's optimizer has no formula."""
+    if any(k is None for k in ks):
+        return None
+    held = dict((id(p), n) for p, n in elements)
+    return sum(int(ks[g] * itemsize * sum(held.get(id(p), 0) for p in group["params"]))
+               for g, group in enumerate(optimizer.param_groups))
 
 
 def _finish(module, rank, world, strategy, psi, dtype, opt_class, k, cats,
