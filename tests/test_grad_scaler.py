@@ -152,3 +152,35 @@ def test_ranks_skip_together_zero(stage):
                                    rtol=0, atol=1e-6)
 
     dist.spawn(fn, 3)
+
+
+def test_ranks_skip_together_fully_sharded():
+    """fully_shard: each rank unscales its own rows; an inf in rank 1's rows alone skips the
+    step on every rank, and a clean step then updates every shard."""
+    from ddp.distributed.fsdp import fully_shard
+
+    def fn():
+        rank = dist.get_rank()
+        ddp.manual_seed(0)
+        model = fully_shard(ddp.nn.Linear(4, 6))  # 3 ranks: 2 rows of each parameter apiece
+        opt = ddp.optim.SGD(model.parameters(), lr=0.5)
+        scaler = ddp.amp.GradScaler("cpu", init_scale=4.0)
+        before = [p.to_local().detach().numpy().copy() for p in model.parameters()]
+        scaler.scale(model(ddp.ones(2, 4)).sum()).backward()
+        if rank == 1:
+            with ddp.no_grad():
+                model.weight.grad[0, 0] = float("inf")  # in this rank's shard only
+        assert scaler.step(opt) is None
+        scaler.update()
+        assert scaler.get_scale() == 2.0
+        for b, p in zip(before, model.parameters(), strict=True):
+            np.testing.assert_array_equal(b, p.to_local().detach().numpy())
+        opt.zero_grad()
+        scaler.scale(model(ddp.ones(2, 4)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        # d(sum)/d(bias) = 2 (the batch); SGD: bias - 0.5 * 2
+        np.testing.assert_allclose(model.bias.to_local().detach().numpy(), before[1] - 1.0,
+                                   rtol=0, atol=1e-6)
+
+    dist.spawn(fn, 3)
