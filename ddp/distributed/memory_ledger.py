@@ -36,7 +36,7 @@ counts only if its all-gather already finished; so the prediction is the range f
 largest unit to root + largest pair (backward's re-gathers are not sampled), in the sharded
 parameters' dtype (a
 ``MixedPrecisionPolicy`` with another ``param_dtype`` gathers smaller and is flagged). The
-reduce-scatter staging of ``fully_shard`` has no public accessor: not measured.
+reduce-scatter staging of ``fully_shard`` lives within backward (``FSDPModule.comm_nbytes``): 0.
 The paper's mixed-precision variants (fp16 parameters and gradients plus an
 fp32 master copy and Adam state, K = 12: DDP 2Ψ + 2Ψ + 12Ψ, stage 1 4Ψ + 12Ψ/N, stage 2
 2Ψ + 14Ψ/N, stage 3 16Ψ/N) apply only where such a master copy exists; ddp's autocast keeps
@@ -265,8 +265,8 @@ def _measure(model, optimizer, rank: int, world: int, peak: GatheredPeak | None)
             cats.append(Category("optimizer state", _state_bytes(optimizer.state), state_pred,
                                  f"{k_label(k * b)}Ψ/N" if k is not None else "",
                                  "" if k is not None else "no formula for this optimizer"))
-        cats.append(Category("communication buffers", None, None, "",
-                             "fully_shard's reduce-scatter staging: no public accessor"))
+        cats.append(Category("communication buffers", root.comm_nbytes(), 0, "0",
+                             "fully_shard's reduce-scatter staging lives within backward"))
         units = unit_bytes(root)
         others = units[1:]
         pairs = [a + b for a, b in zip(others, others[1:], strict=False)]

@@ -147,3 +147,26 @@ def test_bytes_sent_are_1_5x_or_1x_ddp(world_size, reshard, monkeypatch):
     ddp_allreduce = 2 * ring * padded
     assert sent == {r: pytest.approx((1.5 if reshard else 1.0) * ddp_allreduce)
                     for r in range(world_size)}
+
+
+def _comm_bytes_within_backward():
+    ddp.manual_seed(0)
+    first, last = ddp.nn.Linear(3, 5), ddp.nn.Linear(5, 4)
+    model = ddp.nn.Sequential(first, ddp.nn.Tanh(), last)
+    fully_shard(first)
+    fully_shard(last)
+    fully_shard(model)
+    seen = []
+    x = ddp.ones(2, 3, requires_grad=True)
+    h = x * 1.0  # the input's gradient comes last: every unit's gradients are staged by then
+    h.register_hook(lambda g: seen.append(model.comm_nbytes()))
+    model(h).sum().backward()
+    assert model.comm_nbytes() == 0  # freed when backward ended
+    return seen[0]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_comm_nbytes_counts_reduce_scatter_buffers_only_within_backward(world_size):
+    held = dist.spawn(_comm_bytes_within_backward, world_size)
+    # each unit's reduced shard (float32, padded rows) is held until backward ends
+    assert all(h > 0 for h in held), held

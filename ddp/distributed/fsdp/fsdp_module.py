@@ -51,3 +51,10 @@ class FSDPModule:
         """Bytes of unsharded parameter storage this unit (``recurse``: and the units below)
         holds right now; 0 when resharded. Not a collective."""
         return sum(unit.gathered_nbytes() for unit in self._fsdp_units(recurse))
+
+    def comm_nbytes(self) -> int:
+        """Bytes of gradient reduce-scatter buffers the model of this unit holds right now:
+        a unit's staging lives from its first gradient to its reduce-scatter, its reduced shard
+        until backward ends, so between steps this is 0. Not a collective."""
+        root = self._fsdp_unit.root
+        return 0 if root is None else root.strategy.memory_bytes()["comm"]

@@ -158,6 +158,11 @@ class FullyShardedGrads(SyncStrategy):
                 else:
                     p.grad.array += shard
 
+    def memory_bytes(self) -> dict[str, int]:
+        held = sum(int(a.nbytes) for b in self.buckets for a in (b.staging, b.reduced)
+                   if a is not None)
+        return {"comm": held, "grads_in_comm": 0}
+
     def abandon(self) -> None:
         for bucket in self.buckets:
             bucket.staging = bucket.reduced = None
