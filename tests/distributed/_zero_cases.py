@@ -364,3 +364,47 @@ def case_bytes_equal_ddp(stage: int, sent: dict) -> None:
     ring = (world - 1) / world
     assert sent.get(("ddp", rank), 0.0) == 2 * ring * TOTAL * 4
     assert sent.get(("zero", rank), 0.0) == 2 * ring * padded * 4
+
+
+def case_reduce_dtype(stage: int, dtype_name: str, accumulate: int = 1) -> None:
+    """``reduce_dtype``: the gradients are reduce-scattered in float16/bfloat16 (half the bytes
+    of float32) and SGD(lr=1) then moves each parameter by the average of the ranks'
+    low-precision gradients, within the rounding of a low-precision reduction."""
+    from ddp.distributed.traffic import count_traffic
+
+    low = getattr(ddp, dtype_name)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = PER_RANK * world
+    part = PER_RANK // accumulate
+    sent = {}
+    moved = {}
+    for reduce_dtype in (None, low):
+        model = Net(0)
+        opt = ZeroRedundancyOptimizer(model.parameters(), ddp.optim.SGD, stage=stage,
+                                      reduce_dtype=reduce_dtype, lr=1.0, **SMALL)
+        before = params_of(model)
+        with count_traffic(rank) as traffic:
+            for k in range(accumulate):
+                lo = rank * PER_RANK + k * part
+                (loss_of(model, 0, rows, lo, lo + part) / accumulate).backward()
+        sent[reduce_dtype] = traffic.payload_by_kind["reduce_scatter"]
+        opt.step()
+        moved[reduce_dtype] = [b - a for b, a in zip(before, params_of(model), strict=True)]
+    assert sent[low] * 2 == sent[None], sent
+    # every rank's local gradient of each micro-batch, rounded as the wire rounds it
+    expected = [np.zeros(p.shape) for p in Net(0).parameters()]
+    scale = 0.0
+    for r in range(world):
+        for k in range(accumulate):
+            replica = Net(0)
+            lo = r * PER_RANK + k * part
+            (loss_of(replica, 0, rows, lo, lo + part) / accumulate).backward()
+            for e, p in zip(expected, replica.parameters(), strict=True):
+                g = p.grad.detach().cpu().numpy()
+                e += g.astype(low.np_dtype).astype(np.float64) / world
+                scale = max(scale, float(np.abs(g).max()))
+    eps = float(ddp.finfo(low).eps)
+    for got, want, exact in zip(moved[low], expected, moved[None], strict=True):
+        # a sum of `world` low-precision terms rounds up to `world` times, each <= eps * scale
+        np.testing.assert_allclose(got, want, rtol=0, atol=2 * world * accumulate * eps * scale)
+        assert not np.array_equal(got, exact)  # really reduced in low precision

@@ -159,3 +159,22 @@ def _no_sync_under_zero(stage: int) -> None:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_no_sync_under_zero_is_refused_clearly(stage):
     run(_no_sync_under_zero, 2, stage)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_reduce_dtype_halves_bytes_and_averages_low_precision_grads(world_size, stage,
+                                                                    dtype_name):
+    dist.spawn(cases.case_reduce_dtype, world_size, args=(stage, dtype_name))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_reduce_dtype_with_gradient_accumulation(stage):
+    dist.spawn(cases.case_reduce_dtype, 3, args=(stage, "float16", 2))
+
+
+def test_reduce_dtype_must_be_floating():
+    with pytest.raises(TypeError, match="reduce_dtype must be a floating ddp dtype"):
+        ZeroRedundancyOptimizer(cases.Net(0).parameters(), ddp.optim.SGD, lr=1.0,
+                                reduce_dtype=ddp.int32)

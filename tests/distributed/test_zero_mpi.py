@@ -73,3 +73,12 @@ def test_checkpoint_sharded_state_roundtrip(mpi_world, stage):
 def test_interrupted_save_keeps_previous(mpi_world, monkeypatch):
     monkeypatch.setattr(storage, "write_array", cases.failing_write_array)
     cases.case_interrupted_save()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_reduce_dtype_halves_bytes_and_averages_low_precision_grads(mpi_world, stage,
+                                                                    dtype_name):
+    cases.case_reduce_dtype(stage, dtype_name)
+    cases.case_reduce_dtype(stage, dtype_name, accumulate=2)

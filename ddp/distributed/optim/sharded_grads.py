@@ -25,6 +25,12 @@ DDP's bytes.
 
 Gradients assigned by hand (``p.grad = ...`` outside a backward) are taken as already averaged
 (replicated) at ``step``; they are absorbed and ``p.grad`` is set to None.
+
+``reduce_dtype`` (FSDP2's ``MixedPrecisionPolicy.reduce_dtype``): floating gradients are
+reduce-scattered in that dtype (float16/bfloat16: half the bytes) and the averages land in the
+gradient shard in the parameters' dtype, so the optimizer steps on full-precision masters.
+Stage 2 stages buckets in it directly; stage 1 casts each bucket of its full-size buffer into
+a reusable low-precision copy first.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ddp import dtypes
 from ddp.backend import get_array_module
 from ddp.distributed.grad_sync.strategy import SyncStrategy
 from ddp.distributed.optim.flat_layout import FlatLayout
@@ -62,6 +71,7 @@ class ShardedGrads(SyncStrategy):
         layout: their flat layout (with its buckets).
         flat_params: dtype -> flat parameter buffer (for dtype and device).
         rank, world: this rank and the number of ranks sharded over.
+        reduce_dtype: NumPy dtype the floating buffers are reduced in; None: their own.
     """
 
     owner = "ZeroRedundancyOptimizer"
@@ -73,7 +83,7 @@ class ShardedGrads(SyncStrategy):
     stage = 0
 
     def __init__(self, params: list[Tensor], layout: FlatLayout, flat_params: dict, rank: int,
-                 world: int):
+                 world: int, reduce_dtype=None):
         self._params = params
         self._layout = layout
         self._rank, self._world = rank, world
@@ -93,11 +103,13 @@ class ShardedGrads(SyncStrategy):
         self.buckets.sort(key=lambda b: -b.hi / max(1, layout.buffers[b.dtype].padded))
         self._xp = {d: get_array_module(a) for d, a in flat_params.items()}
         self._dtypes = {d: a.dtype for d, a in flat_params.items()}
+        self._wire = {d: (t if reduce_dtype is None or not dtypes.is_floating(t)
+                          else np.dtype(reduce_dtype)) for d, t in self._dtypes.items()}
         largest = {d: max(b.phi - b.plo for b in self.buckets if b.dtype == d)
                    for d in flat_params}
         # Scratch for a reduce-scatter output (MPI forbids aliasing it with the input); the
         # communication thread runs one job at a time, so one per dtype suffices.
-        self._scratch = {d: self._xp[d].empty(largest[d], dtype=self._dtypes[d])
+        self._scratch = {d: self._xp[d].empty(largest[d], dtype=self._wire[d])
                          for d in flat_params}
         self.fresh = True  # nothing accumulated since zero_grad
         self.has_grads = False
@@ -107,7 +119,7 @@ class ShardedGrads(SyncStrategy):
         return bucket.members
 
     def nbytes(self, bucket: ShardBucket) -> int:
-        return (bucket.hi - bucket.lo) * self._dtypes[bucket.dtype].itemsize
+        return (bucket.hi - bucket.lo) * self._wire[bucket.dtype].itemsize
 
     def fill(self, index: int, hooked: bool) -> None:
         grad = None
@@ -187,7 +199,8 @@ class ShardedGrads(SyncStrategy):
         raise NotImplementedError
 
     def comm_bytes(self) -> int:
-        """Communication buffers: the scratch pieces (and, stage 2, the staging pool)."""
+        """Communication buffers: the scratch pieces (stage 1: and its low-precision bucket
+        copies; stage 2: and the staging pool)."""
         return sum(a.nbytes for a in self._scratch.values())
 
 
@@ -197,9 +210,13 @@ class Stage1Grads(ShardedGrads):
     stage = 1
 
     def __init__(self, params: list[Tensor], layout: FlatLayout, flat_params: dict, rank: int,
-                 world: int):
-        super().__init__(params, layout, flat_params, rank, world)
+                 world: int, reduce_dtype=None):
+        super().__init__(params, layout, flat_params, rank, world, reduce_dtype)
         self.flat = {d: self._xp[d].zeros_like(a) for d, a in flat_params.items()}
+        # a bucket's low-precision copy, when the wire dtype is not the buffer's
+        self._low = {d: self._xp[d].empty(max(b.hi - b.lo for b in self.buckets
+                                              if b.dtype == d), dtype=self._wire[d])
+                     for d in flat_params if self._wire[d] != self._dtypes[d]}
 
     def begin(self) -> None:
         if self.fresh:
@@ -232,7 +249,12 @@ class Stage1Grads(ShardedGrads):
     def reduce(self, b: ShardBucket, process_group) -> None:
         if self._world > 1:
             scratch = self._scratch[b.dtype][:b.phi - b.plo]
-            process_group.reduce_scatter(scratch, self.flat[b.dtype][b.lo:b.hi], ReduceOp.AVG)
+            full = self.flat[b.dtype][b.lo:b.hi]
+            if b.dtype in self._low:
+                low = self._low[b.dtype][:b.hi - b.lo]
+                low[...] = full
+                full = low
+            process_group.reduce_scatter(scratch, full, ReduceOp.AVG)
             self.flat[b.dtype][b.plo:b.phi] = scratch
 
     def owned_arrays(self) -> list:
@@ -252,6 +274,9 @@ class Stage1Grads(ShardedGrads):
     def nbytes_held(self) -> int:
         return sum(a.nbytes for a in self.flat.values())
 
+    def comm_bytes(self) -> int:
+        return sum(a.nbytes for a in self._low.values()) + super().comm_bytes()
+
 
 class Stage2Grads(ShardedGrads):
     """ZeRO stage 2: only this rank's shard of averaged gradients, plus a staging pool."""
@@ -259,8 +284,8 @@ class Stage2Grads(ShardedGrads):
     stage = 2
 
     def __init__(self, params: list[Tensor], layout: FlatLayout, flat_params: dict, rank: int,
-                 world: int):
-        super().__init__(params, layout, flat_params, rank, world)
+                 world: int, reduce_dtype=None):
+        super().__init__(params, layout, flat_params, rank, world, reduce_dtype)
         self.shards = {d: self._xp[d].zeros(layout.buffers[d].shard, dtype=self._dtypes[d])
                        for d in flat_params}
         self._pool: dict[tuple[str, int], list] = {}
@@ -280,7 +305,7 @@ class Stage2Grads(ShardedGrads):
             free = self._pool.setdefault((dtype, size), [])
             if free:
                 return free.pop()
-        buffer = self._xp[dtype].empty(size, dtype=self._dtypes[dtype])
+        buffer = self._xp[dtype].empty(size, dtype=self._wire[dtype])
         self.pool_bytes += buffer.nbytes
         return buffer
 
@@ -294,8 +319,12 @@ class Stage2Grads(ShardedGrads):
         staging, b.staging = self._staging(b), None
         n = b.phi - b.plo
         out = self.shards[b.dtype][b.pos:b.pos + n]
-        if self.fresh:
+        if self.fresh and self._wire[b.dtype] == self._dtypes[b.dtype]:
             process_group.reduce_scatter(out, staging, ReduceOp.AVG)
+        elif self.fresh:
+            scratch = self._scratch[b.dtype][:n]
+            process_group.reduce_scatter(scratch, staging, ReduceOp.AVG)
+            out[...] = scratch  # back to the parameters' precision
         else:
             scratch = self._scratch[b.dtype][:n]
             process_group.reduce_scatter(scratch, staging, ReduceOp.AVG)
@@ -331,7 +360,8 @@ class Stage2Grads(ShardedGrads):
 
 
 def sharded_grads(stage: int, params: list[Tensor], layout: FlatLayout, flat_params: dict,
-                  rank: int, world: int) -> ShardedGrads:
-    """The strategy of ZeRO ``stage`` (1 or 2)."""
+                  rank: int, world: int, reduce_dtype=None) -> ShardedGrads:
+    """The strategy of ZeRO ``stage`` (1 or 2), reducing in ``reduce_dtype`` (None: the
+    gradients' own)."""
     strategy = {1: Stage1Grads, 2: Stage2Grads}[stage]
-    return strategy(params, layout, flat_params, rank, world)
+    return strategy(params, layout, flat_params, rank, world, reduce_dtype)

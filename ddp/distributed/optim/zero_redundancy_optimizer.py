@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ddp import dtypes
 from ddp.backend import get_array_module
 from ddp.distributed.algorithms.join import Joinable, JoinHook
 from ddp.distributed.api import resolve_group
@@ -98,6 +99,10 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
             afterwards. Gradients assigned by hand are taken as already averaged.
         bucket_cap_mb: largest reduce-scatter bucket in MiB (buckets may split parameters).
         first_bucket_cap_mb: the first (last-layer) bucket, so communication starts early.
+        reduce_dtype: reduce-scatter floating gradients in this dtype (``ddp.float16`` or
+            ``ddp.bfloat16``: half the bytes), as FSDP2's ``MixedPrecisionPolicy.reduce_dtype``;
+            the averages arrive in the parameters' dtype and the optimizer steps on them.
+            None (default): the gradients' own dtype.
         defaults: hyperparameters for ``optimizer_class`` (``lr=...``).
 
     A parameter without a gradient in a step counts as a zero gradient (its weight decay and
@@ -109,9 +114,10 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], optimizer_class: type,
                  process_group=None, stage: int = 1, bucket_cap_mb: float = 4.0,
-                 first_bucket_cap_mb: float = 1.0, **defaults: Any):
+                 first_bucket_cap_mb: float = 1.0, reduce_dtype=None, **defaults: Any):
         if stage not in (1, 2):
             raise ValueError(f"ZeroRedundancyOptimizer: stage must be 1 or 2, got {stage!r}")
+        reduce_dtype = _floating_dtype(reduce_dtype)
         if not callable(optimizer_class):
             raise TypeError(
                 "ZeroRedundancyOptimizer: optimizer_class must be an optimizer class such as "
@@ -119,6 +125,7 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
             )
         super().__init__(params, dict(defaults))
         self.stage = stage
+        self.reduce_dtype = reduce_dtype
         self.optimizer_class = optimizer_class
         user_groups, self.param_groups = self.param_groups, []
         self._params = [p for g in user_groups for p in g["params"]]
@@ -162,7 +169,8 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
         self.defaults = self.optim.defaults
         self.state = self.optim.state
         self.grads = sharded_grads(stage, self._params, self.layout, self.flat_params,
-                                   self.rank, self.world)
+                                   self.rank, self.world,
+                                   None if reduce_dtype is None else reduce_dtype.np_dtype)
         self.sync = GradSyncScheduler(self._params, [e.name for e in self.layout.entries],
                                       self.grads, self.process_group, every_backward=True,
                                       exclusive=True)
@@ -497,3 +505,13 @@ class _ZeROJoinHook(JoinHook):
         opt.zero_grad()
         opt.sync.shadow()
         opt.step()
+
+
+def _floating_dtype(value):
+    """``reduce_dtype`` as a ddp floating dtype (None stays None); TypeError otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, dtypes.dtype) or not value.is_floating_point:
+        raise TypeError(f"ZeroRedundancyOptimizer: reduce_dtype must be a floating ddp dtype "
+                        f"(ddp.float16, ddp.bfloat16, ddp.float32), got {value!r}")
+    return value
