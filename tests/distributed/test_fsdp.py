@@ -98,6 +98,11 @@ def test_float16_mixed_precision(reduce_dtype):
     run(cases.case_mixed_precision, 2, reduce_dtype)
 
 
+@pytest.mark.parametrize("reduce_dtype", [None, ddp.float32])
+def test_bfloat16_mixed_precision(reduce_dtype):
+    run(cases.case_mixed_precision, 3, reduce_dtype, ddp.bfloat16)
+
+
 def test_misuse_raises():
     run(cases.case_misuse, 2)
 
