@@ -31,8 +31,32 @@ def test_state_and_resharding_on_gpu():
     _on_gpu(cases.case_reshard_frees)
 
 
-def test_cpu_offload_of_gpu_parameters_is_refused():
+def _offloaded_training():
+    import numpy as np
+
+    mine, norms, model, opt = cases.train("mlp", "adamw", 3, True, clip=0.5,
+                                          offload_policy=CPUOffloadPolicy())
+    ref, ref_norms, _, _ = cases.train("mlp", "adamw", 3, False, clip=0.5)
+    # the shards, their gradients and AdamW's state live on the host; the compute on the GPU
+    params = list(model.parameters())
+    assert all(not p.is_cuda and not p.grad.is_cuda for p in params)
+    assert all(isinstance(v.array, np.ndarray) for st in opt.state.values()
+               for v in st.values() if isinstance(v, ddp.Tensor))
+    assert model.l1.weight.to_local().numel() == params[0].to_local().numel()
+    for a, b in zip(mine, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
+
+
+def test_cpu_offload_keeps_shards_grads_and_state_on_the_host():
+    _on_gpu(_offloaded_training)
+
+
+def test_cpu_offload_needs_one_device_per_unit():
     def fn():
-        with pytest.raises(NotImplementedError, match="CPUOffloadPolicy for GPU parameters"):
-            fully_shard(cases.make("mlp"), offload_policy=CPUOffloadPolicy())
+        model = cases.make("mlp")
+        model.l3.cpu()
+        with pytest.raises(ValueError, match="CPUOffloadPolicy needs the unit's parameters on "
+                                             "one device"):
+            fully_shard(model, offload_policy=CPUOffloadPolicy())
     _on_gpu(fn)

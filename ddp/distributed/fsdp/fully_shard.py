@@ -47,8 +47,9 @@ def fully_shard(module: Module, *, mesh=None, reshard_after_forward: bool = True
             again before backward (True, 1.5x DDP's bytes) or keep them (False, 1x, more
             memory). The root keeps them either way.
         mp_policy: dtypes for the unsharded parameters, the gradient reduction, the outputs.
-        offload_policy: ``OffloadPolicy()`` or ``CPUOffloadPolicy()`` (CPU: no-op; GPU: not
-            implemented).
+        offload_policy: ``OffloadPolicy()`` or ``CPUOffloadPolicy()``: GPU parameters keep
+            their shards (so gradients and optimizer state) in host memory and the optimizer
+            steps there; the all-gather copies them to the GPU (CPU parameters: a no-op).
 
     Returns:
         ``module``.
@@ -58,7 +59,7 @@ def fully_shard(module: Module, *, mesh=None, reshard_after_forward: bool = True
             subtree is managed by a unit that is not below it.
         TypeError: a bad argument type.
         NotImplementedError: ``shard_placement_fn``, ``ignored_params``, an int
-            ``reshard_after_forward``, CPU offload of GPU parameters.
+            ``reshard_after_forward``.
     """
     if not isinstance(module, Module):
         raise TypeError(f"fully_shard expects an nn.Module, got {type(module).__name__}")
@@ -80,9 +81,9 @@ def fully_shard(module: Module, *, mesh=None, reshard_after_forward: bool = True
         raise TypeError(f"fully_shard: offload_policy must be an OffloadPolicy, got "
                         f"{type(offload_policy).__name__}")
     managed = _managed_params(module)
-    if isinstance(offload_policy, CPUOffloadPolicy):
-        _check_offload([p for _, _, p in managed])
-    unit = FSDPUnit(module, managed, group, reshard_after_forward, mp_policy)
+    offload = isinstance(offload_policy, CPUOffloadPolicy) and _offloads(
+        [p for _, _, p in managed])
+    unit = FSDPUnit(module, managed, group, reshard_after_forward, mp_policy, offload)
     with _classes_lock:
         for _, _, p in managed:
             _replaced[id(p)] = weakref.ref(p, partial(_forget, id(p)))
@@ -145,15 +146,21 @@ def _managed_params(module: Module) -> list:
     return [tuple(found[i]) for i in order]
 
 
-def _check_offload(params: list) -> None:
+def _offloads(params: list) -> bool:
+    """Whether ``CPUOffloadPolicy`` moves these parameters' shards to host: GPU parameters
+    (all of them) yes; CPU ones are there already (a no-op, noted once)."""
     global _offload_noted
-    if any(is_cupy_array(p.array) for p in params):
-        raise NotImplementedError("fully_shard: CPUOffloadPolicy for GPU parameters is not "
-                                  "implemented in ddp yet (use OffloadPolicy())")
+    on_gpu = [is_cupy_array(p.array) for p in params]
+    if any(on_gpu):
+        if not all(on_gpu):
+            raise ValueError("fully_shard: CPUOffloadPolicy needs the unit's parameters on one "
+                             "device; some are on the GPU and some on the CPU")
+        return True
     if not _offload_noted:
         _offload_noted = True
         warnings.warn("fully_shard: CPUOffloadPolicy on CPU parameters is a no-op (they already "
                       "live in host memory)", stacklevel=3)
+    return False
 
 
 def _fsdp_class(cls: type) -> type:

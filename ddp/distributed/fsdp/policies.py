@@ -43,8 +43,11 @@ class OffloadPolicy:
 class CPUOffloadPolicy(OffloadPolicy):
     """Keep sharded parameters, gradients and optimizer state in host memory.
 
-    On the CPU this is what happens anyway (a no-op, noted once). On a GPU ddp does not
-    implement it yet: ``fully_shard`` raises ``NotImplementedError``.
+    GPU parameters: each rank's shards live on the host, so do their gradients and the state
+    of an optimizer built on ``model.parameters()``, which therefore steps on the host; each
+    all-gather copies the shards to the GPU and each reduce-scatter's result comes back. On the
+    CPU this is what happens anyway (a no-op, noted once). ``pin_memory`` is accepted for
+    torch's signature; ddp's host shards are pageable NumPy arrays.
     """
 
     pin_memory: bool = True

@@ -27,7 +27,7 @@ from functools import partial
 
 import numpy as np
 
-from ddp.backend import get_array_module
+from ddp.backend import get_array_module, to_numpy
 from ddp.distributed.grad_sync.strategy import Job, SyncStrategy
 from ddp.distributed.reduce_op import ReduceOp
 from ddp.tensor import Tensor
@@ -101,7 +101,7 @@ class FullyShardedGrads(SyncStrategy):
     def _staging(self, bucket: UnitBucket):
         if bucket.staging is None:
             sg = bucket.group
-            xp = get_array_module(sg.sharded[0].array)
+            xp = sg.xp
             # zeros: frozen parameters of the group have slots too
             bucket.staging = xp.zeros(sg.layout.section * sg.layout.world, dtype=sg.reduce_dtype)
         return bucket.staging
@@ -153,6 +153,8 @@ class FullyShardedGrads(SyncStrategy):
                     continue
                 p = sg.sharded[j]
                 shard = sg.layout.shard_of(out, j, rank).astype(p.array.dtype, copy=True)
+                if sg.xp is not np and isinstance(p.array, np.ndarray):
+                    shard = to_numpy(shard)  # CPUOffloadPolicy: the gradient shard is on host
                 if p.grad is None:
                     p.grad = Tensor(shard)
                 else:

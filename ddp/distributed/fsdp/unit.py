@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ddp import dtypes
-from ddp.backend import get_array_module
+from ddp.backend import get_array_module, to_numpy
 from ddp.distributed.fsdp.gathered_storage import GatheredStorage
 from ddp.distributed.fsdp.shard_layout import UnitLayout
 from ddp.distributed.fsdp.sharded_param import ShardedParameter
@@ -33,6 +33,7 @@ class ShardGroup:
     storage: GatheredStorage
     param_dtype: object  # NumPy dtype of the unsharded parameters
     reduce_dtype: object  # NumPy dtype of the reduce-scatter
+    xp: object  # the array module of the compute (unsharded parameters, collective buffers)
     grad_indices: list[int] = field(default_factory=list)  # scheduler indices, set by the root
 
 
@@ -46,15 +47,18 @@ class FSDPUnit:
         process_group: the ranks sharded over.
         reshard_after_forward: free the gathered parameters after forward.
         mp_policy: the mixed-precision policy.
+        offload: keep the sharded parameters (so their gradients and the optimizer state) in
+            host memory while the compute runs on the GPU (``CPUOffloadPolicy``).
     """
 
     def __init__(self, module, managed: list, process_group, reshard_after_forward: bool,
-                 mp_policy):
+                 mp_policy, offload: bool = False):
         self.module = module
         self.process_group = process_group
         self.rank, self.world = process_group.rank(), process_group.size()
         self.reshard_after_forward = reshard_after_forward
         self.mp_policy = mp_policy
+        self.offload = offload
         self.requires_gradient_sync = True
         self.gathered = False
         self.pending = False  # a prefetch all-gather is queued or running
@@ -84,14 +88,14 @@ class FSDPUnit:
             spec = layout.spec(i, self.rank)
             start, stop = spec.row_start, spec.row_stop
             full = p.array.reshape(1) if p.array.ndim == 0 else p.array
-            local = full[start:stop].copy()
+            local = to_numpy(full[start:stop]).copy() if self.offload else full[start:stop].copy()
             sharded.append(ShardedParameter(local, spec, self.process_group, p.requires_grad))
             # a view of the storage once gathered; an empty array (a loud shape error if
             # autograd ever reached it) while resharded
             unsharded.append(Parameter(xp.empty((0,), dtype=param_dtype),
                                        requires_grad=p.requires_grad))
         self.groups.append(ShardGroup(layout, sharded, unsharded, [n for n, _, _ in entries],
-                                      storage, param_dtype, reduce_dtype))
+                                      storage, param_dtype, reduce_dtype, xp))
         self._slots.append([slots for _, slots, _ in entries])
         self._register(len(self.groups) - 1, sharded)
 
@@ -133,9 +137,10 @@ class FSDPUnit:
 
     def _gather(self, group) -> None:
         for sg in self.groups:
-            xp = get_array_module(sg.sharded[0].array)
+            xp = sg.xp
             section = xp.empty(sg.layout.section, dtype=sg.param_dtype)
-            sg.layout.copy_in(section, [p.array for p in sg.sharded])
+            # offloaded shards travel host -> device here (xp.asarray: no copy otherwise)
+            sg.layout.copy_in(section, [xp.asarray(p.array) for p in sg.sharded])
             gathered = xp.empty(sg.layout.section * self.world, dtype=sg.param_dtype)
             group.allgather(gathered, section)
             sg.layout.copy_out(gathered, sg.storage.materialize())
@@ -152,9 +157,8 @@ class FSDPUnit:
             self._register(g, sg.sharded)
             sg.storage.release()
             if sg.storage.array is None:  # GPU: let the unsharded views go too
-                xp = get_array_module(sg.sharded[0].array)
                 for q in sg.unsharded:
-                    q.array = xp.empty((0,), dtype=sg.param_dtype)
+                    q.array = sg.xp.empty((0,), dtype=sg.param_dtype)
         self.gathered = False
 
     def gathered_nbytes(self) -> int:
