@@ -73,3 +73,51 @@ def test_gelu_float32_large_vs_torch(monkeypatch, threads, torch):
     backward = (GELU_DDP_BACKWARD + GELU_TORCH_BACKWARD) * EPS32 * np.abs(g)
     assert_within(y, ref.detach().numpy(), forward, "gelu forward vs torch")
     assert_within(dx, t.grad.numpy(), backward, "gelu backward vs torch")
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("shapes", [((7, 3, 33, 17), (7, 3, 17, 9)),     # ragged batch
+                                    ((5, 1, 8, 6), (4, 6, 3)),             # broadcast batch
+                                    ((2, 4, 5), (5, 7)),                   # one matrix
+                                    ((1, 3, 4, 5), (1, 3, 5, 2))])         # batch of one
+def test_batched_matmul_vs_float64_truth(monkeypatch, threads, shapes):
+    # Each element is a K-term float32 dot product: within K * eps * sum|a||b| of the truth.
+    from ddp import kernels
+
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    before = _blas_threads()
+    out = kernels.matmul(a, b)
+    assert _blas_threads() == before  # BLAS's thread count is restored
+    assert out.dtype == np.float32 and out.shape == np.matmul(a, b).shape
+    k = a.shape[-1]
+    truth = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    bound = k * EPS32 * np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    assert_within(out, truth, bound, "batched matmul")
+
+
+def test_batched_matmul_backward_on_transposed_views_vs_torch(monkeypatch, torch):
+    # Attention's layout: q, k, v are transposed views of one (B, T, 3C) array.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    rng = np.random.default_rng(2)
+    qkv = rng.standard_normal((3, 10, 24)).astype(np.float32)
+    g = rng.standard_normal((3, 2, 10, 10)).astype(np.float32)
+    grads = []
+    for lib in (ddp, torch):
+        x = lib.tensor(qkv, requires_grad=True)
+        q, k, _ = x.split(8, dim=2)
+        q = q.view(3, 10, 2, 4).transpose(1, 2)
+        k = k.view(3, 10, 2, 4).transpose(1, 2)
+        att = q @ k.transpose(-2, -1)
+        att.backward(lib.tensor(g))
+        grads.append((att.detach().numpy(), x.grad.numpy()))
+    # 4-term (forward) and 10-term (backward) float32 sums of values below ~30 in magnitude
+    assert_within(grads[0][0], grads[1][0], 2 * 4 * EPS32 * 30, "attention scores vs torch")
+    assert_within(grads[0][1], grads[1][1], 2 * 10 * EPS32 * 100, "q/k gradients vs torch")

@@ -61,14 +61,16 @@ def num_threads() -> int:
     return _share if _share is not None else available_cores()
 
 
-def for_ranges(total: int, kernel: Callable[[int, int], None]) -> None:
+def for_ranges(total: int, kernel: Callable[[int, int], None],
+               min_per_thread: int = _MIN_PER_THREAD) -> None:
     """Call ``kernel(start, stop)`` over ``[0, total)`` split into one contiguous range per thread.
 
-    ``kernel`` must write disjoint outputs per range. Small inputs run inline, in this thread.
-    Exceptions from any range propagate.
+    ``kernel`` must write disjoint outputs per range. Inputs of fewer than ``min_per_thread``
+    items per thread (default: elements of an elementwise pass) use fewer threads, down to one
+    range run inline in this thread. Exceptions from any range propagate.
     """
     global _pool
-    threads = min(num_threads(), total // _MIN_PER_THREAD)
+    threads = min(num_threads(), total // max(1, min_per_thread))
     if threads <= 1:
         kernel(0, total)
         return
