@@ -12,59 +12,16 @@ after). Results equal ``np.matmul``'s at one BLAS thread (the same GEMM per matr
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from ddp.kernels.parallel import for_ranges, num_threads
-
-try:
-    from threadpoolctl import ThreadpoolController
-except ImportError:  # a declared dependency; without it products stay plain np.matmul
-    ThreadpoolController = None
-
-_lock = threading.Lock()
-_blas: list | None = None  # the BLAS libraries' threadpoolctl controllers, found on first use
-_depth = 0  # callers inside ``_one_blas_thread``; the first sets 1 thread, the last restores
-_saved: list[int] = []
-
-
-def _blas_controllers() -> list:
-    global _blas
-    if _blas is None:
-        found = [] if ThreadpoolController is None else (
-            ThreadpoolController().select(user_api="blas").lib_controllers)
-        _blas = list(found)
-    return _blas
-
-
-class _OneBlasThread:
-    """Context: BLAS at one thread while any caller (of any thread) is inside."""
-
-    def __enter__(self):
-        global _depth, _saved
-        with _lock:
-            if _depth == 0:
-                libs = _blas_controllers()
-                _saved = [lib.get_num_threads() for lib in libs]
-                for lib in libs:
-                    lib.set_num_threads(1)
-            _depth += 1
-
-    def __exit__(self, *exc):
-        global _depth
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for lib, count in zip(_blas_controllers(), _saved, strict=True):
-                    lib.set_num_threads(count)
+from ddp.kernels.parallel import for_ranges, num_threads, one_blas_thread
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for NumPy arrays; stacks of matrices (both operands at least 2-D, a batch of
     at least two along the first batch axis) run split over the rank's threads."""
     threads = num_threads()
-    if threads <= 1 or a.ndim < 3 or b.ndim < 2 or not _blas_controllers():
+    if threads <= 1 or a.ndim < 3 or b.ndim < 2:
         return a @ b
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     if not batch or batch[0] < 2:
@@ -78,6 +35,6 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     def kernel(start: int, stop: int) -> None:
         np.matmul(a[start:stop], b[start:stop], out=out[start:stop])
 
-    with _OneBlasThread():
+    with one_blas_thread():
         for_ranges(batch[0], kernel, min_per_thread=1)
     return out
