@@ -18,7 +18,7 @@ from ddp.kernels import parallel as _parallel
 
 def test_for_ranges_covers_every_element_once(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    total = 3 * _parallel._MIN_PER_THREAD + 7
+    total = 3 * _parallel.MIN_PER_THREAD + 7
     hits = np.zeros(total, dtype=np.int64)
 
     def kernel(start, stop):
@@ -36,7 +36,7 @@ def test_for_ranges_propagates_errors(monkeypatch):
             raise ValueError(f"bad range {start}")
 
     with pytest.raises(ValueError, match="bad range"):
-        _parallel.for_ranges(4 * _parallel._MIN_PER_THREAD, kernel)
+        _parallel.for_ranges(4 * _parallel.MIN_PER_THREAD, kernel)
 
 
 def _gelu_float32(threads: str, monkeypatch):
@@ -44,7 +44,7 @@ def _gelu_float32(threads: str, monkeypatch):
     # Large enough for several blocks and threads, odd-sized so ranges and blocks are ragged.
     monkeypatch.setenv("OMP_NUM_THREADS", threads)
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(3 * _parallel._MIN_PER_THREAD + 5) * 3).astype(np.float32)
+    x = (rng.standard_normal(3 * _parallel.MIN_PER_THREAD + 5) * 3).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
     d = ddp.tensor(x, requires_grad=True)
     out = ddp.nn.functional.gelu(d)
@@ -121,3 +121,30 @@ def test_batched_matmul_backward_on_transposed_views_vs_torch(monkeypatch, torch
     # 4-term (forward) and 10-term (backward) float32 sums of values below ~30 in magnitude
     assert_within(grads[0][0], grads[1][0], 2 * 4 * EPS32 * 30, "attention scores vs torch")
     assert_within(grads[0][1], grads[1][1], 2 * 10 * EPS32 * 100, "q/k gradients vs torch")
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_row_kernels_split_over_threads_equal_one_thread(monkeypatch, threads):
+    # Rows are independent and each range runs the same arithmetic: bitwise equal results.
+    from ddp.kernels import reference
+
+    rng = np.random.default_rng(3)
+    rows = 3 * _parallel.MIN_PER_THREAD // 129 + 5  # ragged ranges over 3 threads
+    x = rng.standard_normal((rows, 129)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = (rng.standard_normal(129).astype(np.float32) for _ in range(2))
+
+    def run():
+        out, xhat, rstd = reference.layer_norm_forward(x, w, b, 1e-5)
+        y = reference.softmax_forward(x)
+        return (out, xhat, rstd, reference.layer_norm_backward_input(g, xhat, rstd, w),
+                reference.layer_norm_backward_input(g, xhat, rstd, None), y,
+                reference.softmax_backward(g, y), reference.layer_norm_forward(x, None, None,
+                                                                                1e-5)[0])
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    single = run()
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    for k, (got, expected) in enumerate(zip(run(), single, strict=True)):
+        assert got.dtype == np.float32, k
+        np.testing.assert_array_equal(got, expected, err_msg=f"output {k}")

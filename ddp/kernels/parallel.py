@@ -27,7 +27,7 @@ try:
 except ImportError:  # a declared dependency; without it BLAS keeps its own thread count
     ThreadpoolController = None
 
-_MIN_PER_THREAD = 1 << 17  # below this many elements a thread costs more than it saves
+MIN_PER_THREAD = 1 << 17  # below this many elements a thread costs more than it saves
 _pool: ThreadPoolExecutor | None = None
 _share: int | None = None  # this rank's share of the node's cores, from set_num_threads
 _blas_lock = threading.Lock()
@@ -73,7 +73,7 @@ def num_threads() -> int:
 
 
 def for_ranges(total: int, kernel: Callable[[int, int], None],
-               min_per_thread: int = _MIN_PER_THREAD) -> None:
+               min_per_thread: int = MIN_PER_THREAD) -> None:
     """Call ``kernel(start, stop)`` over ``[0, total)`` split into one contiguous range per thread.
 
     ``kernel`` must write disjoint outputs per range. Inputs of fewer than ``min_per_thread``
