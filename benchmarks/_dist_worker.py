@@ -261,7 +261,8 @@ def main() -> None:
     parser.add_argument("--lib", choices=["ddp", "torch"], required=True)
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--models", nargs="*", default=["mlp", "cnn", "gpt"])
-    parser.add_argument("--steps", type=json.loads, default={"mlp": 20, "cnn": 10, "gpt": 4})
+    parser.add_argument("--steps", type=json.loads, default={"mlp": 20, "cnn": 10, "gpt": 4,
+                                                                "resnet": 3})
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ddp-kwargs", type=json.loads, default={})
     parser.add_argument("--sync", type=int, default=0, help="repetitions of the sync timing")

@@ -1,11 +1,13 @@
 """Data parallelism on 2 ranks: ddp over MPI against torch DDP over gloo, same models, same run.
 
-    .venv/bin/python benchmarks/bench_distributed.py [--models mlp cnn gpt] [--rounds 2]
+    .venv/bin/python benchmarks/bench_distributed.py [--models mlp cnn gpt resnet] [--rounds 2]
     .venv/bin/python benchmarks/bench_distributed.py --comm-hooks [plain fp16 powersgd1 ...]
 
 One BLAS thread per rank (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, torch.set_num_threads(1)),
-the three reference models of ``models.py`` at their per-rank batch (MLP 256 SGD-momentum, MNIST
-CNN 64 Adam, GPT 16 AdamW). Each round launches, one after the other:
+the reference models of ``models.py`` at their per-rank batch (MLP 256 SGD-momentum, MNIST
+CNN 64 Adam, GPT 16 AdamW; the BatchNorm ResNet-18, 16 SGD-momentum, with ``--models ...
+resnet``: opt-in, as in ``bench_models.py``, since it is the slowest). Each round launches,
+one after the other:
 
 * ddp, 2 ranks: ``mpiexec -n 2 python _dist_worker.py --lib ddp`` (DistributedDataParallel);
 * torch, 2 ranks: two processes with RANK/WORLD_SIZE/MASTER_ADDR=127.0.0.1 and a free port,
@@ -44,6 +46,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_dist_worker.py")
 BIN = os.path.dirname(sys.executable)
+DEFAULT_STEPS = {"mlp": 20, "cnn": 10, "gpt": 4, "resnet": 3}
 
 
 def single_thread_env() -> dict:
@@ -99,8 +102,9 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "gpt"])
-    parser.add_argument("--steps", type=json.loads, default={"mlp": 20, "cnn": 10, "gpt": 4},
-                        help='timed steps per model and launch, JSON: {"mlp": 20, ...}')
+    parser.add_argument("--steps", type=json.loads, default={},
+                        help='timed steps per model and launch, JSON: {"mlp": 20, ...} '
+                             f'(default {DEFAULT_STEPS}; models not given keep theirs)')
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sync-reps", type=int, default=20)
@@ -120,6 +124,7 @@ def main() -> None:
                              "hook (default: plain fp16 powersgd1 powersgd2 powersgd4), bytes "
                              "and step time per step")
     args = parser.parse_args()
+    args.steps = {**DEFAULT_STEPS, **args.steps}
     if args.comm_hooks is not None:
         compare_hooks(args, args.comm_hooks or ["plain", "fp16", "bf16", "powersgd1", "powersgd2",
                                                 "powersgd4"])

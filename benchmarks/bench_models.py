@@ -1,6 +1,8 @@
 """Single-process training step: ddp against torch CPU eager, same weights and data.
 
-    .venv/bin/python benchmarks/bench_models.py [--models mlp cnn gpt] [--steps 20]
+    .venv/bin/python benchmarks/bench_models.py [--models mlp cnn gpt resnet] [--steps 20]
+
+(the BatchNorm ResNet-18 is opt-in: ``--models ... resnet``.)
 
 For each reference model it times ``zero_grad(); loss = f(model(x), y); loss.backward();
 opt.step()`` in ddp and in torch (same thread count, interleaved rounds so machine noise hits

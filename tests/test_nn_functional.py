@@ -71,10 +71,12 @@ def test_conv2d_finite_differences():
                       [(1, 2, 5, 4), (2, 2, 3, 2), (2,)])
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])  # chunks split over threads, raggedly
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, (0, 2), 2)])
-def test_conv2d_in_uneven_batch_chunks_vs_torch(monkeypatch, stride, padding, dilation):
+def test_conv2d_in_uneven_batch_chunks_vs_torch(monkeypatch, stride, padding, dilation, threads):
     from ddp.nn._functions import conv
 
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
     monkeypatch.setattr(conv, "_CHUNK_COLUMN_BYTES", 1)  # one image per chunk: 5 chunks
 
     def f(T, x, w, b):

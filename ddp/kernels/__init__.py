@@ -6,9 +6,9 @@ ops, nn and optim call these functions and never pick an implementation themselv
 
 On NumPy arrays each function runs ``ddp.kernels.reference``, which is the CPU code (the ops
 hold no copy of its formulas); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and
-for ``matmul`` and ``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``.
-``DDP_FUSED_KERNELS=0``
-makes GPU arrays take the reference path too (for A/B timing and debugging);
+for ``matmul`` and ``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``
+(stacked NumPy matrices: ``ddp.kernels.batched_gemm``). ``DDP_FUSED_KERNELS=0`` makes GPU
+arrays take the reference path too (for A/B timing and debugging);
 ``DDP_CUBLAS_DIRECT=0`` sends only the matrix products back to ``cupy.matmul``.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ddp import config
 from ddp.backend import is_cupy_array
-from ddp.kernels import cuda, cuda_gemm, reference  # cuda*: CuPy is imported on first launch
+from ddp.kernels import batched_gemm, cuda, cuda_gemm, reference  # cuda*: CuPy on first use
 
 FUSED: bool = config.get("DDP_FUSED_KERNELS")  # read at import; tests patch the constant
 
@@ -99,8 +99,11 @@ def _all_contiguous(*lists) -> bool:
 
 
 def matmul(a, b):
-    """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm)."""
-    if type(a) is np.ndarray or not FUSED:
+    """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm); on
+    the CPU stacks of matrices split over the rank's threads (see batched_gemm)."""
+    if type(a) is np.ndarray:
+        return batched_gemm.matmul(a, b) if a.ndim > 2 and type(b) is np.ndarray else a @ b
+    if not FUSED:
         return a @ b
     out = cuda_gemm.matmul(a, b) if a.dtype.kind == "f" else None
     return a @ b if out is None else out

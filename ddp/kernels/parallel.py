@@ -15,14 +15,25 @@ them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from ddp import config
 
-_MIN_PER_THREAD = 1 << 17  # below this many elements a thread costs more than it saves
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # a declared dependency; without it BLAS keeps its own thread count
+    ThreadpoolController = None
+
+MIN_PER_THREAD = 1 << 17  # below this many elements a thread costs more than it saves
 _pool: ThreadPoolExecutor | None = None
 _share: int | None = None  # this rank's share of the node's cores, from set_num_threads
+_blas_lock = threading.Lock()
+_blas: list | None = None  # the BLAS libraries' threadpoolctl controllers, found on first use
+_blas_depth = 0  # callers inside one_blas_thread(); the first sets 1 thread, the last restores
+_blas_saved: list[int] = []
 
 
 def _forget_pool() -> None:
@@ -61,14 +72,16 @@ def num_threads() -> int:
     return _share if _share is not None else available_cores()
 
 
-def for_ranges(total: int, kernel: Callable[[int, int], None]) -> None:
+def for_ranges(total: int, kernel: Callable[[int, int], None],
+               min_per_thread: int = MIN_PER_THREAD) -> None:
     """Call ``kernel(start, stop)`` over ``[0, total)`` split into one contiguous range per thread.
 
-    ``kernel`` must write disjoint outputs per range. Small inputs run inline, in this thread.
-    Exceptions from any range propagate.
+    ``kernel`` must write disjoint outputs per range. Inputs of fewer than ``min_per_thread``
+    items per thread (default: elements of an elementwise pass) use fewer threads, down to one
+    range run inline in this thread. Exceptions from any range propagate.
     """
     global _pool
-    threads = min(num_threads(), total // _MIN_PER_THREAD)
+    threads = min(num_threads(), total // max(1, min_per_thread))
     if threads <= 1:
         kernel(0, total)
         return
@@ -80,3 +93,38 @@ def for_ranges(total: int, kernel: Callable[[int, int], None]) -> None:
     kernel(*bounds[0])
     for future in futures:
         future.result()
+
+
+def _blas_controllers() -> list:
+    global _blas
+    if _blas is None:
+        _blas = [] if ThreadpoolController is None else list(
+            ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Context: BLAS runs one thread per call while any caller (of any thread) is inside.
+
+    For work that :func:`for_ranges` already spreads over the rank's threads, each range making
+    its own BLAS calls: a multi-threaded BLAS inside every range would oversubscribe the cores
+    and hand each small call to its workers and back. The count BLAS had before the first
+    caller entered is restored when the last one leaves.
+    """
+    global _blas_depth, _blas_saved
+    with _blas_lock:
+        if _blas_depth == 0:
+            libs = _blas_controllers()
+            _blas_saved = [lib.get_num_threads() for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lib, count in zip(_blas_controllers(), _blas_saved, strict=True):
+                    lib.set_num_threads(count)

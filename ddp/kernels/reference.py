@@ -17,7 +17,7 @@ import numpy as np
 
 from ddp.backend import get_array_module
 from ddp.kernels.erf import erf, erf_float32_range, float32_work_buffers
-from ddp.kernels.parallel import for_ranges
+from ddp.kernels.parallel import MIN_PER_THREAD, for_ranges
 
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -202,46 +202,98 @@ def _gelu_backward_float32(grad, x, cdf):
     return out.reshape(grad.shape)
 
 
+def _row_blocks(x2, kernel) -> None:
+    """Run ``kernel(start, stop)`` over the rows of a 2-D ``x2``: split over the rank's threads
+    for a large NumPy array (rows are independent, so the result is the same), else inline."""
+    if type(x2) is np.ndarray and x2.ndim == 2 and x2.shape[1]:
+        for_ranges(x2.shape[0], kernel, min_per_thread=max(1, MIN_PER_THREAD // x2.shape[1]))
+    else:
+        kernel(0, x2.shape[0])
+
+
 def layer_norm_forward(x2, weight, bias, eps: float):
     """Rows of ``x2`` (M, D) normalised: ``(out, xhat, rstd)`` with rstd of shape (M, 1)."""
     xp = get_array_module(x2)
-    mean = x2.mean(axis=1, keepdims=True)
-    xhat = x2 - mean
-    var = (xhat * xhat).mean(axis=1, keepdims=True)
-    var += eps
-    rstd = 1.0 / xp.sqrt(var)
-    xhat *= rstd
-    out = xhat * weight if weight is not None else xhat.copy()
-    if bias is not None:
-        out += bias
+    xhat = xp.empty(x2.shape, dtype=x2.dtype)
+    out = xp.empty(x2.shape, dtype=x2.dtype)
+    rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)
+
+    def rows(start, stop):
+        x, h, r = x2[start:stop], xhat[start:stop], rstd[start:stop]
+        xp.subtract(x, x.mean(axis=1, keepdims=True), out=h)
+        y = out[start:stop]
+        xp.multiply(h, h, out=y)  # out's rows as scratch for the squares
+        var = y.mean(axis=1, keepdims=True)
+        var += eps
+        xp.sqrt(var, out=var)
+        xp.divide(1.0, var, out=r)
+        h *= r
+        if weight is not None:
+            xp.multiply(h, weight, out=y)
+        else:
+            y[...] = h
+        if bias is not None:
+            y += bias
+
+    _row_blocks(x2, rows)
     return out, xhat, rstd
 
 
 def layer_norm_backward_input(grad2, xhat, rstd, weight):
     """Gradient w.r.t. the (M, D) input: ``rstd * (gh - mean(gh) - xhat * mean(gh * xhat))``."""
-    gh = grad2 * weight if weight is not None else grad2.copy()
-    mean_gh = gh.mean(axis=1, keepdims=True)
-    mean_ghx = (gh * xhat).mean(axis=1, keepdims=True)
-    gh -= mean_gh
-    gh -= xhat * mean_ghx
-    gh *= rstd
+    xp = get_array_module(grad2)
+    gh = xp.empty(grad2.shape, dtype=np.result_type(grad2, xhat))
+
+    def rows(start, stop):
+        g, h, x = grad2[start:stop], gh[start:stop], xhat[start:stop]
+        if weight is not None:
+            xp.multiply(g, weight, out=h)
+        else:
+            h[...] = g
+        mean_gh = h.mean(axis=1, keepdims=True)
+        mean_ghx = (h * x).mean(axis=1, keepdims=True)
+        h -= mean_gh
+        h -= x * mean_ghx
+        h *= rstd[start:stop]
+
+    _row_blocks(grad2, rows)
     return gh
 
 
 def softmax_forward(x, axis: int = -1):
     """Softmax of ``x`` along ``axis`` (the fused kernel: rows of a 2-D ``x``)."""
     xp = get_array_module(x)
-    e = x - x.max(axis=axis, keepdims=True)
-    xp.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
+    e = xp.empty(x.shape, dtype=x.dtype)
+
+    def rows(start, stop):
+        a, y = x[start:stop], e[start:stop]
+        xp.subtract(a, a.max(axis=axis, keepdims=True), out=y)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+
+    if x.ndim == 2 and axis in (-1, 1):
+        _row_blocks(x, rows)
+    else:
+        rows(None, None)
     return e
 
 
 def softmax_backward(grad, y, axis: int = -1):
     """Input gradient of the softmax ``y`` along ``axis``: ``y * (grad - sum(grad * y))``."""
-    dot = (grad * y).sum(axis=axis, keepdims=True)
-    gx = grad - dot
-    gx *= y
+    xp = get_array_module(grad)
+    gx = xp.empty(grad.shape, dtype=np.result_type(grad, y))
+
+    def rows(start, stop):
+        g, p, out = grad[start:stop], y[start:stop], gx[start:stop]
+        xp.multiply(g, p, out=out)
+        dot = out.sum(axis=axis, keepdims=True)
+        xp.subtract(g, dot, out=out)
+        out *= p
+
+    if grad.ndim == 2 and axis in (-1, 1):
+        _row_blocks(grad, rows)
+    else:
+        rows(None, None)
     return gx
 
 

@@ -127,7 +127,9 @@ class MaskedFill(Function):
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return unbroadcast(grad * ~mask, ctx.shape), None, None
+        xp = get_array_module(grad)
+        zero = scalar_array(xp, 0, grad.dtype, 0 if xp is np else grad.device.id)
+        return unbroadcast(xp.where(mask, zero, grad), ctx.shape), None, None  # one pass
 
 
 class Gather(Function):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
+from ddp.autograd.grad_mode import is_grad_enabled
 from ddp.backend import get_array_module
 from ddp.ops._util import normalize_dim, shape_arg, unbroadcast
 from ddp.ops.misc import Clone
 from ddp.ops.promotion import cast_tensor, promote
+from ddp.ops.split import split_pieces
 from ddp.ops.views import reshape
 
 
@@ -267,6 +269,11 @@ def split(a, split_size_or_sections, dim=0):
                 f"split_with_sizes expects split_sizes to sum exactly to {total} (input tensor's "
                 f"size at dimension {d}), but got split_sizes={sizes}"
             )
+    if len(sizes) > 1 and a.grad_fn is not None and is_grad_enabled():
+        # One node for all pieces: no zero-filled full-size gradient per piece (split.py).
+        name = "SplitBackward0" if isinstance(split_size_or_sections, int) else (
+            "SplitWithSizesBackward0")
+        return split_pieces(a, d, sizes, name)
     out, start = [], 0
     for size in sizes:
         out.append(narrow(a, d, start, size))

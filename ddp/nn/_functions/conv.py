@@ -17,6 +17,7 @@ import numpy as np
 
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
+from ddp.kernels import parallel
 from ddp.ops._util import reshape_fresh
 
 _workspace = threading.local()
@@ -130,18 +131,22 @@ class Conv2d(Function):
         xpad = _pad(x, padding)
         w2 = weight.reshape(o, -1)
         chunk = _chunk_images(n, c * kh * kw * xpad.shape[2] * xpad.shape[3] * x.itemsize)
+        if xp is np:  # at least one chunk per thread (see _over_chunks)
+            chunk = min(chunk, -(-n // parallel.num_threads()))
         ho, wo = (
             (size - d * (k - 1) - 1) // s + 1
             for size, k, s, d in zip(xpad.shape[2:], (kh, kw), stride, dilation, strict=True)
         )
         out = xp.empty((n, o, ho, wo), dtype=x.dtype)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
+
+        def run(start, stop):
             cols, _, _, row = _columns(xpad[start:stop], (kh, kw), stride, dilation)
             y = _scratch("gemm", (o, cols.shape[1]), x.dtype, xp)
             xp.matmul(w2, cols, out=y)
             y = y.reshape(o, stop - start, ho, row)
             _store_output(out[start:stop], y[:, :, :, :wo], bias)
+
+        _over_chunks(n, chunk, xp, run)
         needs = ctx.needs_input_grad
         ctx.save_for_backward(xpad if needs[1:2] == (True,) else None,
                               w2 if needs[:1] == (True,) else None)
@@ -160,11 +165,14 @@ class Conv2d(Function):
         hp, wp = x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]
         row = wp if stride == (1, 1) else wo
         gx = xp.empty(x_shape, dtype=grad.dtype) if needs[0] else None
-        gw = xp.zeros((o, c * kh * kw), dtype=grad.dtype) if needs[1] else None
-        gb = xp.zeros(o, dtype=grad.dtype) if ctx.has_bias and needs[2] else None
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
+        want_w, want_b = needs[1], ctx.has_bias and needs[2]
+        partial = {}  # first image of a thread's range -> its (weight, bias) gradient sums
+
+        def run(first, start, stop):
             b = stop - start
+            gw, gb = partial.setdefault(first, (
+                xp.zeros((o, c * kh * kw), dtype=grad.dtype) if want_w else None,
+                xp.zeros(o, dtype=grad.dtype) if want_b else None))
             g2 = _load_grad(grad[start:stop], row, gb).reshape(o, -1)  # (O, B*Ho*row)
             if gw is not None:
                 cols = _columns(xpad[start:stop], (kh, kw), stride, dilation)[0]
@@ -179,7 +187,47 @@ class Conv2d(Function):
                     gpad = _col2im(dcols.reshape(c, kh, kw, b, ho, wo), (b, c, hp, wp), stride,
                                    dilation, grad.dtype, xp)
                     gx[start:stop] = _crop(gpad, padding)
-        return gx, None if gw is None else reshape_fresh(gw, w_shape), gb, None, None, None
+
+        _over_chunks(n, chunk, xp, run, with_first=True)
+        sums = [partial[first] for first in sorted(partial)]
+        gw = gb = None
+        if want_w:
+            gw = sums[0][0]
+            for more in sums[1:]:
+                gw += more[0]
+            gw = reshape_fresh(gw, w_shape)
+        if want_b:
+            gb = sums[0][1]
+            for more in sums[1:]:
+                gb += more[1]
+        return gx, gw, gb, None, None, None
+
+
+def _over_chunks(n, chunk, xp, run, with_first=False):
+    """Call ``run(start, stop)`` for each chunk of ``chunk`` images of a batch of ``n``.
+
+    On the CPU the chunks are split over the rank's threads (``ddp.kernels.parallel``), each
+    thread taking a contiguous run of chunks with single-threaded BLAS calls (as torch's
+    convolutions run a parallel loop over images): the im2col and col2im copies then run on
+    every core, and no small GEMM is handed between BLAS threads. ``with_first`` passes the
+    first image of the thread's run first, ``run(first, start, stop)``, so a thread can keep
+    its own partial sums. On a GPU the chunks run in order.
+    """
+    starts = list(range(0, n, chunk))
+
+    def run_chunks(begin, end):
+        for i in range(begin, end):
+            start, stop = starts[i], min(n, starts[i] + chunk)
+            if with_first:
+                run(starts[begin], start, stop)
+            else:
+                run(start, stop)
+
+    if xp is not np or len(starts) < 2 or parallel.num_threads() < 2:
+        run_chunks(0, len(starts))
+        return
+    with parallel.one_blas_thread():
+        parallel.for_ranges(len(starts), run_chunks, min_per_thread=1)
 
 
 def _store_output(out, y, bias):
