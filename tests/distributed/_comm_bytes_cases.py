@@ -1,9 +1,9 @@
 """Bytes handed to collectives per DDP step, per communication hook (threads and MPI tests).
 
 The model is known: two float32 Linear layers, weights 24x32 and 16x24, biases 24 and 16.
-Plain DDP sends every gradient once (4 bytes an element); the fp16 hook half of that; PowerSGD
-of rank r sends r(m + n) elements per compressed m x n weight plus the uncompressed tensors
-(the biases) in float32.
+Plain DDP sends every gradient once (4 bytes an element); the fp16 and bf16 hooks half of
+that; PowerSGD of rank r sends r(m + n) elements per compressed m x n weight plus the
+uncompressed tensors (the biases) in float32.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def _step_bytes(hook_name: str, rank: int = 1, steps: int = START + 2) -> list[i
     model = DistributedDataParallel(_model())
     if hook_name == "fp16":
         model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook_name == "bf16":
+        model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     elif hook_name == "powersgd":
         state = powerSGD.PowerSGDState(None, matrix_approximation_rank=rank,
                                        start_powerSGD_iter=START)
@@ -56,6 +58,8 @@ def case_bytes_per_step() -> None:
     assert plain == [full] * len(plain), plain
     fp16 = _step_bytes("fp16")
     assert fp16 == [full // 2] * len(fp16), fp16
+    bf16 = _step_bytes("bf16")
+    assert bf16 == [full // 2] * len(bf16), bf16
     for r in (1, 2, 4):
         got = _step_bytes("powersgd", rank=r)
         compressed = 4 * (sum(r * (m + n) for m, n in WEIGHTS) + sum(BIASES))
