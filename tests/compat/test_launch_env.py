@@ -84,7 +84,8 @@ def test_torchrun_values_already_set_are_kept():
 def test_launcher_env_priority_and_partial_information(monkeypatch):
     for name in config.SWITCHES:
         if name.startswith(LAUNCHER_PREFIXES) or name in config.TORCHRUN_VARS:
-            monkeypatch.delenv(name, raising=False)
+            monkeypatch.setenv(name, "")  # recorded, so teardown restores what was there
+            monkeypatch.delenv(name)  # (adopt_launcher_env below writes os.environ itself)
     assert config.launcher_env() == {}
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")

@@ -34,6 +34,9 @@ from _helpers import torch_oracle
 HERE = Path(__file__).resolve().parent
 PROGRAMS = HERE / "programs"
 REPO = HERE.parent.parent
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+               "MASTER_PORT")
+LAUNCH_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "SLURM_", "MPI_", "DDP_")
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w])"
                     r"|\bnan\b|\binf\b")
 ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
@@ -162,8 +165,12 @@ def _run(program: Program, framework: str, run_dir: Path, weights: Path,
     paths = [str(REPO), str(HERE.parent)]
     if program.pythonpath:
         paths.append(str(PROGRAMS / program.pythonpath))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths),
-               COMPAT_DATASET_SIZES=program.sizes, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    # a program started alone: no launcher's or torchrun's variables (nanoGPT's train.py runs
+    # init_process_group when RANK is set), whatever this process's environment holds
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCH_VARS and not k.startswith(LAUNCH_PREFIXES)}
+    env.update(PYTHONPATH=os.pathsep.join(paths), COMPAT_DATASET_SIZES=program.sizes,
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     cmd = [sys.executable, str(HERE / "_alias.py"), "--framework", framework, "--weights",
            str(weights), mode, "--report", str(report), str(PROGRAMS / program.path), "--",
            *program.args]
