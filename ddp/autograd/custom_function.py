@@ -24,9 +24,9 @@ under ``no_grad``; so does backward (ddp never builds a graph of a backward). Th
 ``set_materialize_grads``; ``setup_context`` (forward without ctx) works too. ``mark_dirty``
 (in-place custom functions) is not supported and says so.
 
-A function with several differentiable outputs gives each one its own edge node (an
-``_OutputSlot``, named like its owner): the slots hand their gradients to the owner, which runs
-the user's backward once with all of them.
+A function with several differentiable outputs gives each one its own edge node (a
+``function.OutputSlot``, named like its owner): the slots hand their gradients to the owner,
+which runs the user's backward once with all of them.
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class BackwardCFunction(function.FunctionCtx, function.Function):
         else:
             self._pending = [None] * len(outputs)
             for k in differentiable:
-                wrapped[k] = tensor_class._from_op(outputs[k].array, _OutputSlot(self, k))
+                wrapped[k] = tensor_class._from_op(outputs[k].array, function.OutputSlot(self, k))
         return tuple(wrapped)
 
-    def _receive(self, index: int, grad) -> None:
+    def receive(self, index: int, grad) -> None:
         """Called by output ``index``'s slot during backward, before this node runs."""
         self._pending[index] = grad
 
@@ -169,36 +169,6 @@ class BackwardCFunction(function.FunctionCtx, function.Function):
         return grad
 
 
-class _OutputSlot(function.Function):
-    """The edge of output ``index`` of a custom function with several differentiable outputs.
-
-    The engine runs it like any node; it hands the gradient to its owner and sends the owner a
-    0-d token, so that the owner runs after every slot that received a gradient.
-    """
-
-    def __init__(self, owner: BackwardCFunction, index: int):
-        super().__init__()
-        self.owner = owner
-        self.index = index
-        self.next_edges = (owner,)
-
-    def name(self) -> str:
-        return self.owner.name()
-
-    def __repr__(self) -> str:
-        return repr(self.owner)
-
-    @property
-    def next_functions(self) -> tuple:
-        return self.owner.next_functions
-
-    def edge_pair(self) -> tuple:
-        return (self.owner, self.index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.owner._receive(ctx.index, grad)
-        return (get_array_module(grad).zeros((), dtype=grad.dtype),)
 
 
 class Function:

@@ -41,6 +41,7 @@ import numpy as np
 from ddp import dtypes
 from ddp.autograd import anomaly_mode, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
+from ddp.backend import get_array_module
 
 _sequence = itertools.count()  # creation order of nodes: the engine runs later nodes first
 
@@ -272,6 +273,39 @@ class Function(Node):
         if type(grads) is not tuple:
             return _narrow(grads, self._widened[0])
         return tuple(_narrow(g, w) for g, w in zip(grads, self._widened, strict=False))
+
+
+class OutputSlot(Function):
+    """The edge of output ``index`` of a node with several differentiable outputs (a custom
+    ``autograd.Function``'s, ``split``'s): named like its owner, it hands the output's gradient
+    to ``owner.receive(index, grad)`` and sends the owner a 0-d token, so that the engine runs
+    the owner once, after every slot that received a gradient. ``returns_view``: the output
+    shares the owner's input's memory (see ``Tensor._check_inplace``)."""
+
+    def __init__(self, owner: Node, index: int, returns_view: bool = False):
+        super().__init__()
+        self.owner = owner
+        self.index = index
+        self.returns_view = returns_view
+        self.next_edges = (owner,)
+
+    def name(self) -> str:
+        return self.owner.name()
+
+    def __repr__(self) -> str:
+        return repr(self.owner)
+
+    @property
+    def next_functions(self) -> tuple:
+        return self.owner.next_functions
+
+    def edge_pair(self) -> tuple:
+        return (self.owner, self.index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.owner.receive(ctx.index, grad)
+        return (get_array_module(grad).zeros((), dtype=grad.dtype),)
 
 
 class FunctionCtx:

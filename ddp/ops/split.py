@@ -12,7 +12,7 @@ whose piece got no gradient are zero-filled.
 from __future__ import annotations
 
 from ddp.autograd import tensor_type
-from ddp.autograd.function import Function
+from ddp.autograd.function import Function, OutputSlot
 from ddp.backend import get_array_module
 
 
@@ -26,6 +26,10 @@ class SplitBackward(Function):
         self.needs_input_grad = (True,)
         self.next_edges = (edge,)
         self.pending: list = [None] * len(sizes)
+
+    def receive(self, index: int, grad) -> None:
+        """Piece ``index``'s slot hands its gradient over, before this node runs."""
+        self.pending[index] = grad
 
     @staticmethod
     def backward(ctx, token):
@@ -43,34 +47,6 @@ class SplitBackward(Function):
         return (out,)
 
 
-class SplitSlot(Function):
-    """The edge of piece ``index``: hands the piece's gradient to its ``SplitBackward``."""
-
-    returns_view = True  # the piece shares the input's memory (see Tensor._check_inplace)
-
-    def __init__(self, owner: SplitBackward, index: int):
-        super().__init__()
-        self.owner = owner
-        self.index = index
-        self.next_edges = (owner,)
-
-    def name(self) -> str:
-        return self.owner.name()
-
-    def __repr__(self) -> str:
-        return repr(self.owner)
-
-    @property
-    def next_functions(self) -> tuple:
-        return self.owner.next_functions
-
-    def edge_pair(self) -> tuple:
-        return (self.owner, self.index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.owner.pending[ctx.index] = grad
-        return (get_array_module(grad).zeros((), dtype=grad.dtype),)
 
 
 def split_pieces(a, dim: int, sizes: list[int], name: str) -> tuple:
@@ -85,6 +61,7 @@ def split_pieces(a, dim: int, sizes: list[int], name: str) -> tuple:
     pieces, start = [], 0
     for k, size in enumerate(sizes):
         index[dim] = slice(start, start + size)
-        pieces.append(tensor_class._from_op(array[tuple(index)], SplitSlot(owner, k)))
+        slot = OutputSlot(owner, k, returns_view=True)  # the piece shares the input's memory
+        pieces.append(tensor_class._from_op(array[tuple(index)], slot))
         start += size
     return tuple(pieces)
