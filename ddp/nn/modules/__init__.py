@@ -69,11 +69,23 @@ from ddp.nn.modules.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noq
 __all__ += ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 
 # attention and transformer layers
-from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402, F401
-from ddp.nn.modules.transformer import (  # noqa: E402, F401
+from ddp.nn.modules.attention import MultiheadAttention  # noqa: E402
+from ddp.nn.modules.transformer import (  # noqa: E402
     Transformer,
     TransformerDecoder,
     TransformerDecoderLayer,
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+
+__all__ += ["MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
+            "TransformerEncoder", "TransformerEncoderLayer"]
+
+# resampling
+from ddp.nn.modules.upsampling import (  # noqa: E402
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
+)
+
+__all__ += ["Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d"]
