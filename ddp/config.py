@@ -115,6 +115,8 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
            "directory: record a per-rank Chrome-trace timeline, written there at exit"),
     Switch("DDP_FUSED_KERNELS", True, _flag, "import",
            "0: GPU arrays take the NumPy-composed reference kernels (A/B timing, debugging)"),
+    Switch("DDP_JIT", True, _flag, "import",
+           "0: NumPy arrays take the NumPy reference kernels instead of the numba-compiled ones"),
     Switch("DDP_CUBLAS_DIRECT", True, _flag, "import",
            "0: GPU matrix products go through cupy.matmul instead of direct cuBLAS calls"),
     Switch("DDP_MPI_CUDA_AWARE", False, _flag, "import",

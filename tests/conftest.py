@@ -68,3 +68,19 @@ def torch():
     from _helpers import torch_oracle
 
     return torch_oracle()
+
+
+@pytest.fixture(params=["reference", "compiled"])
+def kernel_path(request, monkeypatch):
+    """Run the test once on the NumPy reference kernels and once on the numba-compiled ones
+    (``ddp.kernels.cpu``, for arrays of every size). numba is a declared dependency: its
+    absence fails the compiled half rather than skipping it."""
+    from ddp.kernels import jit
+
+    if request.param == "reference":
+        monkeypatch.setattr(jit, "ENABLED", False)
+    else:
+        monkeypatch.setattr(jit, "ENABLED", True)
+        monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+        assert jit.available(), "numba is not installed: pip install -e '.[test]'"
+    return request.param

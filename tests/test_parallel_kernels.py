@@ -54,7 +54,7 @@ def _gelu_float32(threads: str, monkeypatch):
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_gelu_float32_large_vs_float64_truth(monkeypatch, threads):
+def test_gelu_float32_large_vs_float64_truth(monkeypatch, threads, kernel_path):
     x, g, y, dx = _gelu_float32(threads, monkeypatch)
     y64, slope64 = gelu_float64(x)
     assert_within(y, y64, GELU_DDP_FORWARD * EPS32 * np.abs(x), "gelu forward")
@@ -62,7 +62,7 @@ def test_gelu_float32_large_vs_float64_truth(monkeypatch, threads):
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_gelu_float32_large_vs_torch(monkeypatch, threads, torch):
+def test_gelu_float32_large_vs_torch(monkeypatch, threads, torch, kernel_path):
     # Each library is within its own float32 bound of the truth, on any x86-64 CPU; the two may
     # therefore differ by the sum of both bounds, and never by more.
     x, g, y, dx = _gelu_float32(threads, monkeypatch)

@@ -1,11 +1,14 @@
-"""Fused kernels behind one dispatch point: CUDA on CuPy arrays, NumPy reference otherwise.
+"""Fused kernels behind one dispatch point: CUDA on CuPy arrays, compiled loops or the NumPy
+reference on NumPy arrays.
 
 ops, nn and optim call these functions and never pick an implementation themselves::
 
     y, saved = kernels.gelu_forward(x, "none")     # one CUDA launch on a GPU
 
-On NumPy arrays each function runs ``ddp.kernels.reference``, which is the CPU code (the ops
-hold no copy of its formulas); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and
+On float32/float64 NumPy arrays each function runs ``ddp.kernels.cpu``, loops compiled by numba
+(``ddp.kernels.jit``) that make one pass over memory on the rank's threads; without numba, with
+``DDP_JIT=0`` or on other dtypes, ``ddp.kernels.reference``, the NumPy formulas (the ops hold no
+copy of them); on CuPy arrays the fused kernel from ``ddp.kernels.cuda``, and
 for ``matmul`` and ``column_sums`` a direct cuBLAS call from ``ddp.kernels.cuda_gemm``
 (stacked NumPy matrices: ``ddp.kernels.batched_gemm``). ``DDP_FUSED_KERNELS=0`` makes GPU
 arrays take the reference path too (for A/B timing and debugging);
@@ -18,14 +21,22 @@ import numpy as np
 
 from ddp import config
 from ddp.backend import is_cupy_array
-from ddp.kernels import batched_gemm, cuda, cuda_gemm, reference  # cuda*: CuPy on first use
+
+# cuda, cuda_gemm: CuPy on first use; cpu: numba on first use
+from ddp.kernels import batched_gemm, cpu, cuda, cuda_gemm, jit, reference
 
 FUSED: bool = config.get("DDP_FUSED_KERNELS")  # read at import; tests patch the constant
 
 
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _impl(array):
-    """The implementation module for ``array``: ``reference`` unless a fused kernel applies."""
-    if type(array) is np.ndarray or not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
+    """The implementation module for ``array``: ``cpu`` (compiled) for float32/float64 NumPy
+    arrays when numba runs, ``cuda`` for CuPy floating arrays, else ``reference``."""
+    if type(array) is np.ndarray:
+        return cpu if array.dtype in _COMPILED_DTYPES and jit.available(array) else reference
+    if not FUSED or array.dtype.kind != "f" or array.itemsize < 4:
         return reference
     if not is_cupy_array(array):
         return reference

@@ -135,10 +135,10 @@ def erf(x):
 # erf(x) ~ x * alpha(x^2) / beta(x^2) on [-4, 4] (Eigen's float erf, also XLA's): one rational,
 # no branches and no exp. Absolute error 6.5e-8 when evaluated in float64, so the rounded float32
 # result is within ~1e-7 (float32 Horner arithmetic would lose up to 4.4e-7 near |x| = 3).
-_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
           -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
           -1.60960333262415e-02)
-_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
          -7.37332916720468e-03, -1.42647390514189e-02)
 _BLOCK32 = 1 << 16  # bounds the four float64 work buffers (larger blocks: fewer calls)
 
@@ -168,15 +168,15 @@ def erf_float32_range(flat, out, begin: int, end: int, scale: float = 1.0,
         if scale != 1.0:
             v *= scale
         np.multiply(v, v, out=v2)
-        np.multiply(v2, _ALPHA[0], out=num)
-        num += _ALPHA[1]
-        for a in _ALPHA[2:]:
+        np.multiply(v2, ALPHA[0], out=num)
+        num += ALPHA[1]
+        for a in ALPHA[2:]:
             num *= v2
             num += a
         num *= v
-        np.multiply(v2, _BETA[0], out=den)
-        den += _BETA[1]
-        for b in _BETA[2:]:
+        np.multiply(v2, BETA[0], out=den)
+        den += BETA[1]
+        for b in BETA[2:]:
             den *= v2
             den += b
         np.divide(num, den, out=out[start:stop])  # float64 -> float32 on the way out

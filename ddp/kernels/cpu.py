@@ -1,0 +1,68 @@
+"""Compiled CPU kernels (numba, see ``ddp.kernels.jit``): the fast path on NumPy arrays.
+
+``ddp.kernels`` sends float32/float64 NumPy arrays here when :func:`ddp.kernels.jit.available`;
+every function has the signature and the contract of its namesake in ``ddp.kernels.reference``,
+which stays the formulas' reference (tests hold both to the same float64 truth). A kernel is a
+loop over ``[start, stop)`` of flat contiguous arrays, compiled without the GIL and run on the
+rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory where NumPy makes a
+pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
+reference; so do the functions this module re-exports from it unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddp.kernels import reference
+from ddp.kernels.erf import ALPHA, BETA
+from ddp.kernels.jit import compiled
+from ddp.kernels.parallel import for_ranges
+
+# Unchanged from the reference (no compiled form yet).
+adam_update = reference.adam_update
+adam_update_multi = reference.adam_update_multi
+sgd_update_multi = reference.sgd_update_multi
+column_sums = reference.column_sums
+gelu_backward = reference.gelu_backward
+layer_norm_forward = reference.layer_norm_forward
+layer_norm_backward_input = reference.layer_norm_backward_input
+softmax_forward = reference.softmax_forward
+softmax_backward = reference.softmax_backward
+softmax_nll = reference.softmax_nll
+
+_A0, _A1, _A2, _A3, _A4, _A5, _A6 = ALPHA
+_B0, _B1, _B2, _B3, _B4 = BETA
+
+
+def _flat(array):
+    """``array`` as a 1-D view when it is C-contiguous, else None."""
+    return array.reshape(-1) if array.flags.c_contiguous else None
+
+
+@compiled
+def _gelu_erf_float32_range(x, out, cdf, start, stop):
+    """``cdf = Phi(x)``, ``out = x * cdf`` on ``[start, stop)``; Phi through erf's rational in
+    float64 (``ddp.kernels.erf``: absolute error 6.5e-8 before the float32 rounding)."""
+    for i in range(start, stop):
+        xv = np.float64(x[i])
+        v = xv * 0.7071067811865476
+        v = 4.0 if v > 4.0 else v  # |erf| rounds to 1 in float32 beyond 4
+        v = -4.0 if v < -4.0 else v
+        v2 = v * v
+        num = (((((_A0 * v2 + _A1) * v2 + _A2) * v2 + _A3) * v2 + _A4) * v2 + _A5) * v2 + _A6
+        den = (((_B0 * v2 + _B1) * v2 + _B2) * v2 + _B3) * v2 + _B4
+        c = 0.5 * (1.0 + v * num / den)
+        cdf[i] = c
+        out[i] = xv * c
+
+
+def gelu_forward(x, approximate: str):
+    """``reference.gelu_forward``: ``(y, saved)``; float32 exact GELU in one compiled pass."""
+    flat = _flat(x) if x.dtype == np.float32 and approximate == "none" else None
+    if flat is None:
+        return reference.gelu_forward(x, approximate)
+    out = np.empty(flat.shape, dtype=np.float32)
+    cdf = np.empty(flat.shape, dtype=np.float32)
+    for_ranges(flat.size, lambda start, stop: _gelu_erf_float32_range(flat, out, cdf, start,
+                                                                      stop))
+    return out.reshape(x.shape), cdf.reshape(x.shape)
