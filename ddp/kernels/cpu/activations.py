@@ -1,42 +1,17 @@
-"""Compiled CPU kernels (numba, see ``ddp.kernels.jit``): the fast path on NumPy arrays.
-
-``ddp.kernels`` sends float32/float64 NumPy arrays here when :func:`ddp.kernels.jit.available`;
-every function has the signature and the contract of its namesake in ``ddp.kernels.reference``,
-which stays the formulas' reference (tests hold both to the same float64 truth). A kernel is a
-loop over ``[start, stop)`` of flat contiguous arrays, compiled without the GIL and run on the
-rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory where NumPy makes a
-pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
-reference; so do the functions this module re-exports from it unchanged.
-"""
+"""Compiled activation kernels: GELU."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ddp.kernels import reference
+from ddp.kernels.cpu._flat import flat_or_none
 from ddp.kernels.erf import ALPHA, BETA
 from ddp.kernels.jit import compiled
 from ddp.kernels.parallel import for_ranges
 
-# Unchanged from the reference (no compiled form yet).
-adam_update = reference.adam_update
-adam_update_multi = reference.adam_update_multi
-sgd_update_multi = reference.sgd_update_multi
-column_sums = reference.column_sums
-gelu_backward = reference.gelu_backward
-layer_norm_forward = reference.layer_norm_forward
-layer_norm_backward_input = reference.layer_norm_backward_input
-softmax_forward = reference.softmax_forward
-softmax_backward = reference.softmax_backward
-softmax_nll = reference.softmax_nll
-
 _A0, _A1, _A2, _A3, _A4, _A5, _A6 = ALPHA
 _B0, _B1, _B2, _B3, _B4 = BETA
-
-
-def _flat(array):
-    """``array`` as a 1-D view when it is C-contiguous, else None."""
-    return array.reshape(-1) if array.flags.c_contiguous else None
 
 
 @compiled
@@ -58,7 +33,7 @@ def _gelu_erf_float32_range(x, out, cdf, start, stop):
 
 def gelu_forward(x, approximate: str):
     """``reference.gelu_forward``: ``(y, saved)``; float32 exact GELU in one compiled pass."""
-    flat = _flat(x) if x.dtype == np.float32 and approximate == "none" else None
+    flat = flat_or_none(x) if x.dtype == np.float32 and approximate == "none" else None
     if flat is None:
         return reference.gelu_forward(x, approximate)
     out = np.empty(flat.shape, dtype=np.float32)
