@@ -57,3 +57,19 @@ def test_hook_on_a_piece_sees_its_gradient():
     (a.sum() + (b * 5).sum()).backward()
     np.testing.assert_array_equal(seen[0], np.full((2, 2), 5.0))
     np.testing.assert_array_equal(x.grad.numpy(), [[1, 1, 5, 5]] * 2)
+
+
+def test_split_of_a_leaf_is_one_node_as_torch(torch):
+    for lib, name in ((ddp, "ddp"), (torch, "torch")):
+        x = lib.arange(12.0).reshape(3, 4).requires_grad_()
+        a, b = x.split([1, 3], dim=1)
+        c, _ = x.chunk(2, dim=0)
+        assert a.grad_fn.name() == "SplitWithSizesBackward0", name
+        assert c.grad_fn.name() == "SplitBackward0", name
+        assert a.grad_fn.next_functions[0][0].name() == "torch::autograd::AccumulateGrad", name
+        assert np.shares_memory(a.detach().numpy(), x.detach().numpy()), name
+        ((a * 3).sum() + c.sum()).backward()
+        np.testing.assert_array_equal(
+            x.grad.numpy(), [[4.0, 1, 1, 1], [4, 1, 1, 1], [3, 0, 0, 0]], name)
+        with pytest.raises(RuntimeError):
+            b.mul_(2)  # an in-place change of a leaf's split piece

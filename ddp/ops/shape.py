@@ -269,7 +269,7 @@ def split(a, split_size_or_sections, dim=0):
                 f"split_with_sizes expects split_sizes to sum exactly to {total} (input tensor's "
                 f"size at dimension {d}), but got split_sizes={sizes}"
             )
-    if len(sizes) > 1 and a.grad_fn is not None and is_grad_enabled():
+    if len(sizes) > 1 and a.requires_grad and is_grad_enabled():
         # One node for all pieces: no zero-filled full-size gradient per piece (split.py).
         name = "SplitBackward0" if isinstance(split_size_or_sections, int) else (
             "SplitWithSizesBackward0")

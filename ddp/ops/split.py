@@ -50,7 +50,7 @@ class SplitBackward(Function):
 
 
 def split_pieces(a, dim: int, sizes: list[int], name: str) -> tuple:
-    """The pieces of tensor ``a`` (non-leaf, recording) along ``dim``: views with one node.
+    """The pieces of tensor ``a`` (requiring grad, recording) along ``dim``: views with one node.
 
     ``name`` is torch's node name (``SplitBackward0`` or ``SplitWithSizesBackward0``).
     """
