@@ -65,6 +65,18 @@ from ddp.dtypes import (
 )
 from ddp.dtypes import float_ as float  # noqa: A004 - torch.float
 from ddp.dtypes import int_ as int  # noqa: A004 - torch.int
+from ddp.legacy_types import (  # torch's pre-0.4 typed constructors
+    BFloat16Tensor,
+    BoolTensor,
+    ByteTensor,
+    CharTensor,
+    DoubleTensor,
+    FloatTensor,
+    HalfTensor,
+    IntTensor,
+    LongTensor,
+    ShortTensor,
+)
 from ddp.numerics import (
     are_deterministic_algorithms_enabled,
     get_float32_matmul_precision,

@@ -293,8 +293,19 @@ class Tensor(TensorOps):
         return result
 
     def type(self, dtype=None):
+        """The legacy type name (``"ddp.FloatTensor"``), or a copy in ``dtype``: a dtype, a
+        legacy type (``ddp.DoubleTensor``) or its name (``"torch.LongTensor"``)."""
         if dtype is None:
             return f"ddp.{_TYPE_NAMES.get(self.dtype.name, 'Tensor')}"
+        if isinstance(dtype, str):
+            name = dtype.rpartition(".")[2]
+            by_name = {legacy: dtypes.get_dtype(numpy_name)
+                       for numpy_name, legacy in _TYPE_NAMES.items()}
+            if name not in by_name:
+                raise ValueError(f"invalid type: '{dtype}'")
+            dtype = by_name[name]
+        elif isinstance(getattr(dtype, "dtype", None), dtypes.dtype):
+            dtype = dtype.dtype  # a legacy type such as ddp.FloatTensor
         return self.to(dtype)
 
     def cuda(self, device=None) -> Tensor:

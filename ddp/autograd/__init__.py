@@ -10,7 +10,8 @@ from ddp.autograd.custom_function import Function
 from ddp.autograd.engine import backward, grad
 from ddp.autograd.function import FunctionCtx
 from ddp.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from ddp.autograd.variable import Variable
 
 __all__ = ["Function", "FunctionCtx", "anomaly_mode", "backward", "detect_anomaly",
            "enable_grad", "function", "grad", "is_grad_enabled", "no_grad",
-           "set_detect_anomaly", "set_grad_enabled"]
+           "set_detect_anomaly", "set_grad_enabled", "Variable"]

@@ -577,3 +577,7 @@ from ddp.nn._functions.interpolate_api import interpolate  # noqa: E402, F401
 from ddp.nn._functions.mha_api import multi_head_attention_forward  # noqa: E402, F401
 
 __all__ += ["interpolate", "multi_head_attention_forward", "scaled_dot_product_attention"]
+
+from ddp.nn._functions.pixel_shuffle_api import pixel_shuffle, pixel_unshuffle  # noqa: E402
+
+__all__ += ["pixel_shuffle", "pixel_unshuffle"]

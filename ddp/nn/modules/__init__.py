@@ -89,3 +89,8 @@ from ddp.nn.modules.upsampling import (  # noqa: E402
 )
 
 __all__ += ["Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d"]
+
+# channels <-> space
+from ddp.nn.modules.pixelshuffle import PixelShuffle, PixelUnshuffle  # noqa: E402
+
+__all__ += ["PixelShuffle", "PixelUnshuffle"]
