@@ -77,6 +77,10 @@ class Optimizer:
         ValueError: ``params`` is empty, or a parameter appears in two groups.
     """
 
+    # Each tensor in a parameter's state has that parameter's shape (load_state_dict checks
+    # it); False for optimizers whose state holds flat vectors over all parameters (LBFGS).
+    state_shaped_like_params: bool = True
+
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], defaults: dict[str, Any]):
         self.defaults = defaults
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
@@ -269,7 +273,8 @@ class Optimizer:
                 state[key] = copy.deepcopy(value)
             else:
                 state[param] = {
-                    name: _cast_state(param, name, item, key) for name, item in value.items()
+                    name: _cast_state(param, name, item, key, self.state_shaped_like_params)
+                    for name, item in value.items()
                 }
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups, strict=True):
@@ -281,19 +286,23 @@ class Optimizer:
         self.param_groups = new_groups
 
 
-def _cast_state(param: Tensor, name: str, value: Any, saved_id: Any) -> Any:
-    """A copy of one state entry, placed like ``param`` (torch keeps ``step`` as saved).
+def _cast_state(param: Tensor, name: str, value: Any, saved_id: Any,
+                shaped_like_param: bool = True) -> Any:
+    """A copy of one state entry, placed like ``param`` (torch keeps ``step`` as saved);
+    lists of tensors (LBFGS's history) entry by entry.
 
     Raises:
         ValueError: a non-scalar state tensor's shape differs from its parameter's, which
             would otherwise surface as a broadcasting error (or a silent broadcast) in step().
     """
+    if isinstance(value, list):
+        return [_cast_state(param, name, item, saved_id, shaped_like_param) for item in value]
     if not isinstance(value, Tensor):
         return copy.deepcopy(value)
     array = value.array
     # The parameter's array, not its shape: a fully sharded parameter's state has the shape
     # of its local rows, while its ``shape`` is the global one.
-    if array.ndim and tuple(array.shape) != tuple(param.array.shape):
+    if shaped_like_param and array.ndim and tuple(array.shape) != tuple(param.array.shape):
         raise ValueError(
             f"loaded optimizer state {name!r} of parameter {saved_id} has shape "
             f"{tuple(array.shape)}, but the parameter it maps to has shape "
