@@ -227,3 +227,32 @@ def test_embedding_scatters_into_the_slot(padding_idx):
     out = torch.nn.functional.embedding(torch.tensor(indices), w, padding_idx=padding_idx)
     (out * torch.tensor(weights)).sum().backward()
     np.testing.assert_allclose(emb.weight.grad.numpy(), w.grad.numpy(), rtol=1e-12, atol=0)
+
+
+def test_autocast_puts_a_cast_between_and_keeps_the_copy(matmul_outs):
+    lin = _linear(dtype=ddp.float32)
+    slots = _slots(lin)
+    reference = _linear(dtype=ddp.float32)
+    x = ddp.tensor(_x()).float()
+    for module in (lin, reference):
+        with ddp.autocast("cpu", dtype=ddp.bfloat16):
+            loss = module(x).float().pow(2).sum()
+        loss.backward()
+    assert all(out is not slots["weight"] for out in matmul_outs)
+    assert lin.weight.grad.array is slots["weight"]
+    for name, p in lin.named_parameters():
+        np.testing.assert_array_equal(p.grad.numpy(), reference.get_parameter(name).grad.numpy())
+
+
+def test_a_non_leaf_weight_gets_no_destination(matmul_outs):
+    lin = _linear()
+    slots = _slots(lin)
+    x = _x()
+    weight = lin.weight * 1.0  # not a leaf: its gradient flows on to MulBackward
+    weight.retain_grad()
+    (ddp.nn.functional.linear(ddp.tensor(x), weight, lin.bias) ** 2).sum().backward()
+    assert all(out is None for out in matmul_outs)
+    expected = _torch_linear_grads(lin, x)
+    np.testing.assert_allclose(weight.grad.numpy(), expected["weight"], rtol=1e-12)
+    assert lin.weight.grad.array is slots["weight"]
+    _assert_grads(lin, expected)
