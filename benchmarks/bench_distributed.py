@@ -22,7 +22,8 @@ DDP's gradient synchronisation of the MLP's gradients (``GradSyncScheduler.sync_
 all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes, and
 the table after it the end-to-end sync of ``--sync-sizes`` MiB of gradients (backward finished
 to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) against raw
-``Allreduce`` of the same bytes started the same way (``_dist_worker.time_sync_sizes``).
+``Allreduce`` of the same bytes started the same way, and of the very gradients backward
+just wrote, plus backward + sync less a plain backward (``_dist_worker.time_sync_sizes``).
 ``--sync-only`` runs just those timings (at ``--sync-world`` ranks, default 2).
 
 ``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16, bf16,

@@ -151,7 +151,6 @@ class AccumulateGrad(Node):
         for hook in tuple(var._post_accumulate_hooks.values()):
             hook(var)
 
-
     def claim_storage(self, shape: tuple, dtype):
         """The memory the leaf's gradient may be written into by the node that produces it
         (``Function.gradient_destination``; see ``grad_destination.py``), or None.
