@@ -187,13 +187,14 @@ def test_autograd_grad_never_writes_the_slot(matmul_outs):
     np.testing.assert_allclose(gb.numpy(), expected["bias"], rtol=1e-12)
 
 
-def test_checkpointed_linear_writes_into_the_slot_once():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_linear_writes_into_the_slot_once(use_reentrant):
     from ddp.utils.checkpoint import checkpoint
 
     lin = _linear()
     slots = _slots(lin)
     x = _x()
-    y = checkpoint(lin, ddp.tensor(x), use_reentrant=False)
+    y = checkpoint(lin, ddp.tensor(x), use_reentrant=use_reentrant)
     (y ** 2).sum().backward()
     for name, p in lin.named_parameters():
         assert p.grad.array is slots[name], name
