@@ -190,6 +190,14 @@ def time_sync_sizes(reps: int, sizes: list[float]) -> dict:
     * ``raw_after``: its baseline: the same forward and backward on the unwrapped module (no
       sync), then mpi4py ``Allreduce(IN_PLACE)`` of a flat float32 array of the same bytes:
       both start the same way, straight out of a backward.
+    * ``raw_grads``: the same, but the raw ``Allreduce`` is of the gradients that backward
+      just wrote (the unwrapped module's parameters keep DDP's storage hooks, so its backward
+      writes into the bucket buffer): the same bytes in the same cache state as DDP's
+      all-reduce sees them (freshly written data costs write-backs that an idle array does not).
+    * ``step_<view|copy>``: the same backward from its start to every ``.grad`` averaged, and
+      ``bwd_plain``, the unwrapped module's backward alone: ``step - bwd_plain`` is all that
+      synchronising costs, the work DDP adds inside backward (copies into the buckets or, with
+      views, nothing but the division; the ready bookkeeping) included.
     * ``sync_now_<view|copy>``: ``GradSyncScheduler.sync_now()`` on the gradients already in
       ``.grad`` (division or copy into the buckets, all-reduce, write-back) after a barrier,
       against ``raw``: the same raw ``Allreduce`` after a barrier.
@@ -214,6 +222,8 @@ def time_sync_sizes(reps: int, sizes: list[float]) -> dict:
         x = ddp.from_numpy(rng.standard_normal((4, params[0].shape[1]), dtype=np.float32))
         flat = rng.standard_normal(numel, dtype=np.float32)
         times: dict = {name: [] for name in ("e2e_view", "e2e_copy", "raw_after",
+                                             "raw_grads", "step_view", "step_copy",
+                                             "bwd_plain",
                                              "sync_now_view", "sync_now_copy", "raw")}
 
         def raw_allreduce(flat=flat):
@@ -233,12 +243,18 @@ def time_sync_sizes(reps: int, sizes: list[float]) -> dict:
                         p.grad = None
                     loss = module(x).sum()
                     comm.Barrier()
+                    start = time.perf_counter()
                     loss.backward()
                     if module is model:
                         timeline = model.reducer.last_timeline
                         sample[f"e2e_{name}"].append(
                             _span(comm, timeline["backward_end"], timeline["end"]))
-                    else:
+                        sample[f"step_{name}"].append(_span(comm, start, timeline["end"]))
+                    elif as_view:  # the slots hold what this backward wrote (storage hooks)
+                        sample["raw_grads"].append(raw_allreduce(model.reducer.strategy
+                                                                 .flat_buffers[0]))
+                    else:  # no storage hooks: a plain backward, fresh .grad arrays
+                        sample["bwd_plain"].append(_span(comm, start, time.perf_counter()))
                         sample["raw_after"].append(raw_allreduce())
                 comm.Barrier()
                 start = time.perf_counter()

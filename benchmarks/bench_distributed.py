@@ -22,8 +22,9 @@ DDP's gradient synchronisation of the MLP's gradients (``GradSyncScheduler.sync_
 all-reduce, averaging, write-back) against a raw mpi4py ``Allreduce`` of the same bytes, and
 the table after it the end-to-end sync of ``--sync-sizes`` MiB of gradients (backward finished
 to every ``.grad`` averaged, with and without ``gradient_as_bucket_view``) against raw
-``Allreduce`` of the same bytes started the same way (``_dist_worker.time_sync_sizes``).
-``--sync-only`` runs just those timings.
+``Allreduce`` of the same bytes started the same way, and of the very gradients backward
+just wrote, plus backward + sync less a plain backward (``_dist_worker.time_sync_sizes``).
+``--sync-only`` runs just those timings (at ``--sync-world`` ranks, default 2).
 
 ``--comm-hooks``: instead, ddp on 2 ranks once per DDP communication hook (plain, fp16, bf16,
 PowerSGD of rank 1, 2, 4, compressing from the first timed step): the bytes per step handed to
@@ -114,6 +115,8 @@ def main() -> None:
                         help="MiB of gradients for the end-to-end sync table (none: skip it)")
     parser.add_argument("--sync-only", action="store_true",
                         help="only the gradient-sync timings (no model steps)")
+    parser.add_argument("--sync-world", type=int, default=2,
+                        help="ranks of the gradient-sync timings (with --sync-only; else 2)")
     parser.add_argument("--no-single", action="store_true", help="skip the world-1 runs")
     parser.add_argument("--extra-worlds", type=int, nargs="*", default=[],
                         help="also run ddp alone at these world sizes (weak scaling; more "
@@ -132,7 +135,8 @@ def main() -> None:
 
     if args.sync_only:
         args.models, args.no_single = [], True
-    configs = [("ddp", 2)] if args.sync_only else [("ddp", 2), ("torch", 2)]
+    sync_world = args.sync_world if args.sync_only else 2
+    configs = [("ddp", sync_world)] if args.sync_only else [("ddp", 2), ("torch", 2)]
     if not args.no_single:
         configs += [("ddp", 1), ("torch", 1)]
     configs += [("ddp", w) for w in args.extra_worlds if w not in (1, 2)]
@@ -144,7 +148,7 @@ def main() -> None:
         for rnd in range(args.rounds):
             for lib, world in configs:
                 out = os.path.join(tmp, f"{lib}{world}_{rnd}.json")
-                reps = args.sync_reps if (lib, world) == ("ddp", 2) else 0
+                reps = args.sync_reps if (lib, world) == ("ddp", sync_world) else 0
                 result = run_worker(lib, world, args, out, sync=reps)
                 for m, values in result["steps"].items():
                     times[(lib, world, m)] += values
@@ -199,25 +203,33 @@ def main() -> None:
               f"transport/raw bandwidth {r / t:.2f}; the rest is copying into buckets, "
               f"averaging and writing back .grad")
     if sizes:
-        print_sync_sizes(sizes)
+        print_sync_sizes(sizes, sync_world)
 
 
-def print_sync_sizes(sizes: dict) -> None:
+def print_sync_sizes(sizes: dict, world: int = 2) -> None:
     """The end-to-end sync table (``_dist_worker.time_sync_sizes`` says what each column is)."""
-    print("end-to-end gradient sync, 2 ranks, comm_mode='sync' (all-reduce after backward); "
+    print(f"end-to-end gradient sync, {world} ranks, comm_mode='sync' (all-reduce after backward); "
           "medians; bandwidth ratio = raw time / DDP time")
     print(f"{'MiB':>6} | {'raw after bwd':>13} {'e2e view':>13} {'e2e copy':>13} | "
-          f"{'raw':>6} {'sync_now view':>13} {'sync_now copy':>13}")
+          f"{'raw grads':>9} {'e2e view':>13} | {'raw':>6} {'sync_now view':>13} "
+          f"{'sync_now copy':>13} | {'bwd':>6} {'in-bwd view':>13} {'in-bwd copy':>13}")
     for entry in sizes.values():
         med = {k: median_ms(v) for k, v in entry.items() if k != "bytes"}
+        for name in ("view", "copy"):  # all sync costs: the step less the plain backward
+            med[f"cost_{name}"] = med[f"step_{name}"] - med["bwd_plain"]
 
         def cell(key: str, base: str, med=med) -> str:
             return f"{med[key]:6.2f} ({med[base] / med[key]:.2f})"
 
         print(f"{entry['bytes'] / 2**20:6.2f} | {med['raw_after']:10.2f} ms "
               f"{cell('e2e_view', 'raw_after')} {cell('e2e_copy', 'raw_after')} | "
+              f"{med['raw_grads']:9.2f} {cell('e2e_view', 'raw_grads')} | "
               f"{med['raw']:6.2f} {cell('sync_now_view', 'raw')} "
-              f"{cell('sync_now_copy', 'raw')}")
+              f"{cell('sync_now_copy', 'raw')} | {med['bwd_plain']:6.2f} "
+              f"{cell('cost_view', 'raw_after')} {cell('cost_copy', 'raw_after')}")
+    print("raw grads: raw Allreduce of the gradients a backward just wrote (same cache state "
+          "as DDP's); in-bwd: backward + sync less the plain backward (everything syncing "
+          "costs, the work in backward's hooks included), against raw after bwd")
 
 
 def compare_hooks(args, hooks: list[str]) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ddp.autograd import anomaly_mode, tensor_type
+from ddp.autograd import anomaly_mode, grad_destination, tensor_type
 from ddp.autograd.function import _FREED_MESSAGE, AccumulateGrad, _array_of, is_owned
 from ddp.backend import get_array_module
 from ddp.utils.hooks import HookRegistry, RemovableHandle
@@ -209,86 +209,92 @@ def run_backward(roots: Sequence, root_grads: Sequence, retain_graph: bool,
             ``AccumulateGrad`` (no ``.grad`` changes, no leaf hooks fire) and no backward-start
             hooks; op nodes among the keys still run, so keys behind them get their gradient.
     """
-    stops = capture if capture is not None else ()
     dependencies, leaves = _discover(roots, accumulate=capture is None)
     task = GraphTask(leaves)
     anomaly = anomaly_mode.is_anomaly_enabled()
     previous = current_task()
     _local.task = task
     try:
-        for hook in () if capture is not None else _start_hooks.snapshot:
-            hook(task)
-        buffers: dict = {}
-        ready: list = []
-
-        def deliver(node, grad, owned):
-            held = buffers.get(node)
-            if grad is not None:
-                if held is None or held[0] is None:
-                    buffers[node] = (grad, owned)
-                elif held[1]:
-                    held[0].__iadd__(grad)
-                else:
-                    buffers[node] = (held[0] + grad, True)
-            elif held is None:
-                buffers[node] = (None, False)
-            remaining = dependencies.get(node, 0) - 1
-            dependencies[node] = remaining
-            if remaining <= 0:
-                priority = 0 if type(node) is AccumulateGrad else 1
-                heapq.heappush(ready, (priority, -node.sequence_nr, id(node), node))
-
-        for node, grad in zip(roots, root_grads, strict=True):
-            dependencies[node] = dependencies.get(node, 0) + 1
-            deliver(node, grad, False)
-
-        while ready:
-            node = heapq.heappop(ready)[3]
-            grad, owned = buffers.pop(node)
-            if node in stops:
-                capture[node] = grad if owned or grad is None else grad.copy()
-            if type(node) is AccumulateGrad:
-                if capture is None:
-                    node.accumulate(grad, owned)
-                continue
-            if grad is None:  # nothing flows through this node: release what waits on it
-                for child in node.next_edges:
-                    if child is not None:
-                        deliver(child, None, False)
-                continue
-            if node.pre_hooks:
-                for hook in tuple(node.pre_hooks.values()):
-                    result = hook(tensor_type.Tensor._from_op(grad, None))
-                    if result is not None:
-                        grad = _array_of(result, "a tensor hook")
-            if node._had_saved and node._saved is None:
-                raise RuntimeError(_FREED_MESSAGE)
-            grads = (anomaly_mode.call_backward(node, grad) if anomaly
-                     else node.run_backward(grad))
-            if type(grads) is not tuple:
-                grads = (grads,)
-            edges = node.next_edges
-            if len(grads) < len(edges):
-                raise RuntimeError(
-                    f"{node.name()} returned {len(grads)} gradients for {len(edges)} inputs"
-                )
-            for child, child_grad in zip(edges, grads, strict=False):
-                if child is None:
-                    continue
-                if child_grad is not None and not hasattr(child_grad, "shape"):
-                    child_grad = np.asarray(child_grad)
-                if child_grad is not None and type(child_grad) is not np.ndarray:
-                    child_grad = _as_array(child_grad)
-                owned = child_grad is not None and is_owned(child_grad, grad, grads)
-                deliver(child, child_grad, owned)
-            if not retain_graph:
-                node.release()
-        index = 0
-        while index < len(task._callbacks):
-            task._callbacks[index]()
-            index += 1
+        with grad_destination.backward_scope(enabled=capture is None):
+            _run(task, roots, root_grads, retain_graph, dependencies, capture, anomaly)
     finally:
         _local.task = previous
+
+
+def _run(task, roots, root_grads, retain_graph, dependencies, capture, anomaly) -> None:
+    """The body of ``run_backward``: start hooks, the nodes in order, the callbacks."""
+    stops = capture if capture is not None else ()
+    for hook in () if capture is not None else _start_hooks.snapshot:
+        hook(task)
+    buffers: dict = {}
+    ready: list = []
+
+    def deliver(node, grad, owned):
+        held = buffers.get(node)
+        if grad is not None:
+            if held is None or held[0] is None:
+                buffers[node] = (grad, owned)
+            elif held[1]:
+                held[0].__iadd__(grad)
+            else:
+                buffers[node] = (held[0] + grad, True)
+        elif held is None:
+            buffers[node] = (None, False)
+        remaining = dependencies.get(node, 0) - 1
+        dependencies[node] = remaining
+        if remaining <= 0:
+            priority = 0 if type(node) is AccumulateGrad else 1
+            heapq.heappush(ready, (priority, -node.sequence_nr, id(node), node))
+
+    for node, grad in zip(roots, root_grads, strict=True):
+        dependencies[node] = dependencies.get(node, 0) + 1
+        deliver(node, grad, False)
+
+    while ready:
+        node = heapq.heappop(ready)[3]
+        grad, owned = buffers.pop(node)
+        if node in stops:
+            capture[node] = grad if owned or grad is None else grad.copy()
+        if type(node) is AccumulateGrad:
+            if capture is None:
+                node.accumulate(grad, owned)
+            continue
+        if grad is None:  # nothing flows through this node: release what waits on it
+            for child in node.next_edges:
+                if child is not None:
+                    deliver(child, None, False)
+            continue
+        if node.pre_hooks:
+            for hook in tuple(node.pre_hooks.values()):
+                result = hook(tensor_type.Tensor._from_op(grad, None))
+                if result is not None:
+                    grad = _array_of(result, "a tensor hook")
+        if node._had_saved and node._saved is None:
+            raise RuntimeError(_FREED_MESSAGE)
+        grads = (anomaly_mode.call_backward(node, grad) if anomaly
+                 else node.run_backward(grad))
+        if type(grads) is not tuple:
+            grads = (grads,)
+        edges = node.next_edges
+        if len(grads) < len(edges):
+            raise RuntimeError(
+                f"{node.name()} returned {len(grads)} gradients for {len(edges)} inputs"
+            )
+        for child, child_grad in zip(edges, grads, strict=False):
+            if child is None:
+                continue
+            if child_grad is not None and not hasattr(child_grad, "shape"):
+                child_grad = np.asarray(child_grad)
+            if child_grad is not None and type(child_grad) is not np.ndarray:
+                child_grad = _as_array(child_grad)
+            owned = child_grad is not None and is_owned(child_grad, grad, grads)
+            deliver(child, child_grad, owned)
+        if not retain_graph:
+            node.release()
+    index = 0
+    while index < len(task._callbacks):
+        task._callbacks[index]()
+        index += 1
 
 
 def _as_array(value):

@@ -39,7 +39,7 @@ import itertools
 import numpy as np
 
 from ddp import dtypes
-from ddp.autograd import anomaly_mode, tensor_type
+from ddp.autograd import anomaly_mode, grad_destination, tensor_type
 from ddp.autograd.grad_mode import is_grad_enabled, no_grad
 from ddp.backend import get_array_module
 
@@ -109,7 +109,9 @@ class AccumulateGrad(Node):
 
         A leaf whose ``.grad`` is None gets a new one: the memory a grad storage hook supplies
         (``Tensor.register_grad_storage_hook``: DDP's bucket slot), else ``grad`` itself when
-        owned, else a copy. A leaf that has one accumulates into it in place.
+        owned, else a copy. When ``grad`` *is* that memory (the node that produced it wrote
+        there, ``claim_storage``) it is adopted with no copy. A leaf that has one accumulates
+        into it in place.
 
         ``grad`` None means the leaf was reachable but received no gradient in this backward:
         ``.grad`` stays as it is, and the post-accumulate hooks still fire, so that code waiting
@@ -135,16 +137,39 @@ class AccumulateGrad(Node):
         if grad.dtype != var.array.dtype:
             grad, owned = grad.astype(var.array.dtype), True
         if var.grad is None:
-            storage = _provided_storage(var) if var._grad_storage_hooks else None
+            storage = grad_destination.claimed(self)  # handed out in this backward, or None
+            if storage is None and var._grad_storage_hooks:
+                storage = _provided_storage(var)
             if storage is None:
                 var.grad = tensor_class(grad if owned else grad.copy())
             else:
-                storage[...] = grad
+                if grad is not storage:  # else the producing node wrote it there already
+                    storage[...] = grad
                 var.grad = tensor_class(storage)
         else:
             var.grad.array += grad
         for hook in tuple(var._post_accumulate_hooks.values()):
             hook(var)
+
+    def claim_storage(self, shape: tuple, dtype):
+        """The memory the leaf's gradient may be written into by the node that produces it
+        (``Function.gradient_destination``; see ``grad_destination.py``), or None.
+
+        Handed out once per backward, only when writing there gives what ``accumulate`` would:
+        ``.grad`` is None, the leaf has no tensor hooks, and a grad storage hook supplies a
+        contiguous array of ``shape`` and ``dtype``.
+        """
+        var = self.variable
+        if var.grad is not None or var._grad_hooks or not var._grad_storage_hooks:
+            return None
+        if tuple(shape) != var.array.shape or dtype != var.array.dtype:
+            return None
+
+        def storage_of():
+            storage = _provided_storage(var)
+            return storage if storage is not None and storage.flags.c_contiguous else None
+
+        return grad_destination.claim(self, storage_of)
 
 
 def _provided_storage(var):
@@ -191,6 +216,21 @@ class Function(Node):
 
     def name(self) -> str:
         return self.backward_name or type(self).__name__ + "Backward0"
+
+    def gradient_destination(self, index: int, shape: tuple, dtype):
+        """Memory that ``backward`` may write input ``index``'s gradient into, or None.
+
+        For a gradient of ``shape`` and ``dtype`` (what the op computes) going to a leaf whose
+        new ``.grad`` lives in supplied memory (DDP's bucket slot): the backward computes into
+        the returned array (e.g. ``kernels.matmul(a, b, out=dest)``) and returns that array
+        itself, which the leaf adopts with no copy (``grad_destination.py`` has the rules).
+        None: compute as usual. Call it at most once per input, from ``backward`` only.
+        """
+        edges = self.next_edges
+        edge = edges[index] if index < len(edges) else None
+        if type(edge) is not AccumulateGrad:
+            return None
+        return edge.claim_storage(shape, dtype)
 
     @staticmethod
     def forward(ctx, *args, **kwargs):

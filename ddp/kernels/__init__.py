@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddp import config
-from ddp.backend import is_cupy_array
+from ddp.backend import get_array_module, is_cupy_array
 
 # cuda, cuda_gemm: CuPy on first use; cpu: numba on first use
 from ddp.kernels import batched_gemm, cpu, cuda, cuda_gemm, jit, reference
@@ -109,9 +109,15 @@ def _all_contiguous(*lists) -> bool:
     return all(a.flags.c_contiguous for arrays in lists for a in arrays)
 
 
-def matmul(a, b):
+def matmul(a, b, out=None):
     """``a @ b``; on a GPU one direct cuBLAS call where the layout allows (see cuda_gemm); on
-    the CPU stacks of matrices split over the rank's threads (see batched_gemm)."""
+    the CPU stacks of matrices split over the rank's threads (see batched_gemm).
+
+    ``out``: for 2-D ``a`` and ``b``, a C-contiguous array of the product's shape and dtype
+    that receives it (a gradient written straight into its destination) and is returned.
+    """
+    if out is not None:
+        return _matmul_into(a, b, out)
     if type(a) is np.ndarray:
         return batched_gemm.matmul(a, b) if a.ndim > 2 and type(b) is np.ndarray else a @ b
     if not FUSED:
@@ -120,9 +126,23 @@ def matmul(a, b):
     return a @ b if out is None else out
 
 
-def column_sums(x2):
-    """Sums over the rows of a 2-D ``x2`` (bias gradients); on a GPU one GEMV."""
-    return _impl(x2).column_sums(x2)
+def _matmul_into(a, b, out):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"matmul(out=...) takes 2-D operands, got {a.ndim}-D and {b.ndim}-D")
+    if type(a) is np.ndarray:
+        return np.matmul(a, b, out=out)  # one BLAS call writing into out
+    return get_array_module(a).matmul(a, b, out=out)
+
+
+def column_sums(x2, out=None):
+    """Sums over the rows of a 2-D ``x2`` (bias gradients); on a GPU one GEMV. ``out``: a
+    contiguous array of shape ``(x2.shape[1],)`` that receives the sums and is returned."""
+    if out is None:
+        return _impl(x2).column_sums(x2)
+    if type(x2) is np.ndarray:
+        return np.add.reduce(x2, axis=0, out=out)  # the reference's sum, written into out
+    out[...] = _impl(x2).column_sums(x2)
+    return out
 
 
 def gelu_forward(x, approximate: str = "none"):

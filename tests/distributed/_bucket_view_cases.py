@@ -9,6 +9,8 @@ itself), through the edge cases torch documents: ``zero_grad(set_to_none=True/Fa
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 import ddp
@@ -215,3 +217,69 @@ def case_comm_hook(hook_name: str) -> None:
             np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-3 * (atol > 1e-6),
                                        atol=atol)
     assert seen and all(seen)
+
+
+class EmbeddingNet(ddp.nn.Module):
+    """An Embedding, a Linear on 3-D input and a Linear: every op that writes its weight
+    gradient straight into the bucket slot (``ddp/autograd/grad_destination.py``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = ddp.nn.Embedding(11, 5, dtype=ddp.float64)
+        self.fc1 = ddp.nn.Linear(5, 7, dtype=ddp.float64)
+        self.fc2 = ddp.nn.Linear(7, 3, dtype=ddp.float64)
+
+    def forward(self, idx):
+        return self.fc2(ddp.tanh(self.fc1(self.emb(idx))).mean(1))
+
+
+def case_direct_write(outs: dict, as_view: bool, hooked: bool, steps: int = 3) -> None:
+    """Backward writes each gradient into its slot (no copy), and the result still equals one
+    process on the whole batch, steps of SGD included.
+
+    ``outs[thread id]`` collects every ``out`` given to ``kernels.matmul`` in that thread (a
+    spy the test installs; the threads backend runs a rank per thread):
+    with views, each Linear weight's slot is among them and ``p.grad`` is that slot; without
+    views (``gradient_as_bucket_view=False``) no slot is. ``hooked``: a tensor hook on
+    ``fc1.weight`` scales its gradient (on the reference too): that weight takes the copy path
+    (the hook must see the gradient before it lands), and the hook result is what is averaged.
+    """
+    rank, size, per_rank = dist.get_rank(), dist.get_world_size(), 3
+    ddp.manual_seed(0)
+    reference = EmbeddingNet()
+    ddp.manual_seed(rank)
+    model = EmbeddingNet()
+    model.load_state_dict(reference.state_dict())
+    ddp_model = DDP(model, bucket_cap_mb=0.0002, gradient_as_bucket_view=as_view)
+    if hooked:
+        for net in (model, reference):
+            net.fc1.weight.register_hook(lambda g: g * 3)
+    opt = ddp.optim.SGD(ddp_model.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = ddp.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    names = [name for name, _ in model.named_parameters()]
+    strategy = ddp_model.reducer.strategy
+    for step in range(steps):
+        rng = np.random.default_rng(100 + step)
+        idx = rng.integers(0, 11, (size * per_rank, 4))
+        y = rng.standard_normal((size * per_rank, 3))
+        opt.zero_grad(set_to_none=True)
+        mine_outs = outs.setdefault(threading.get_ident(), [])
+        mine_outs.clear()
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        F_loss = ddp.nn.functional.mse_loss
+        F_loss(ddp_model(ddp.tensor(idx[mine])), ddp.tensor(y[mine])).backward()
+        for i, (name, p) in enumerate(model.named_parameters()):
+            slot = strategy.slot(i)
+            written = any(out is slot for out in mine_outs)
+            direct = as_view and not (hooked and name == "fc1.weight")
+            if name.endswith("weight") and name != "emb.weight":
+                assert written == direct, (name, written)
+            assert (p.grad.array is slot) == as_view, name
+        opt.step()
+        ref_opt.zero_grad(set_to_none=True)
+        F_loss(reference(ddp.tensor(idx)), ddp.tensor(y)).backward()
+        ref_opt.step()
+        for name, p, q in zip(names, model.parameters(), reference.parameters(), strict=True):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=0, atol=1e-12,
+                                       err_msg=name)
+        assert_params_equal(model, reference)

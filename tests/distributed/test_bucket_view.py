@@ -3,6 +3,8 @@ mpiexec in test_bucket_view_mpi.py."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import ddp.distributed as dist
@@ -48,3 +50,25 @@ def test_unused_parameters(find_unused_parameters, set_to_none):
 @pytest.mark.parametrize("hook_name", ["allreduce_hook", "fp16_compress_hook"])
 def test_comm_hook(hook_name):
     run(cases.case_comm_hook, 3, hook_name)
+
+
+@pytest.fixture
+def matmul_outs(monkeypatch) -> dict:
+    """Thread id -> every ``out`` given to ``kernels.matmul`` in it (None: it allocated)."""
+    from ddp import kernels
+
+    seen: dict = {}
+    real = kernels.matmul
+
+    def spy(a, b, out=None):
+        seen.setdefault(threading.get_ident(), []).append(out)
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(kernels, "matmul", spy)
+    return seen
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize(("as_view", "hooked"), [(True, False), (True, True), (False, False)])
+def test_direct_write(matmul_outs, world_size, as_view, hooked):
+    run(cases.case_direct_write, world_size, matmul_outs, as_view, hooked)

@@ -3,6 +3,8 @@ test_bucket_view.py. Run with ``mpiexec -n 2`` and ``-n 3`` (see test_ddp_mpi.py
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from . import _bucket_view_cases as cases
@@ -42,3 +44,19 @@ def test_unused_parameters(mpi_world, find_unused_parameters, set_to_none):
 @pytest.mark.parametrize("hook_name", ["allreduce_hook", "fp16_compress_hook"])
 def test_comm_hook(mpi_world, hook_name):
     cases.case_comm_hook(hook_name)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize(("as_view", "hooked"), [(True, False), (True, True), (False, False)])
+def test_direct_write(mpi_world, monkeypatch, as_view, hooked):
+    from ddp import kernels
+
+    outs: dict = {}
+    real = kernels.matmul
+
+    def spy(a, b, out=None):
+        outs.setdefault(threading.get_ident(), []).append(out)
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(kernels, "matmul", spy)
+    cases.case_direct_write(outs, as_view, hooked)

@@ -11,10 +11,12 @@ How a gradient gets into its slot (``gradient_as_bucket_view``, torch's argument
 
 * True: ``p.grad`` *is* the slot. Each parameter carries a grad storage hook
   (``Tensor.register_grad_storage_hook``), so when backward creates ``.grad`` (it was None,
-  e.g. after ``zero_grad(set_to_none=True)``) it writes it straight into the slot, and later
-  backwards (``no_sync``) accumulate there in place. Synchronising is then the in-place
-  all-reduce alone: no copy in, no copy back. A ``.grad`` the user assigned (not the slot) is
-  copied in and ``p.grad`` is pointed back at the slot after the average, as in torch.
+  e.g. after ``zero_grad(set_to_none=True)``) it writes it straight into the slot (ops that
+  can, Linear's GEMM and Embedding's scatter, compute it there: ``ddp/autograd/
+  grad_destination.py``), and later backwards (``no_sync``) accumulate there in place.
+  Synchronising is then the in-place all-reduce alone: no copy in, no copy back. A ``.grad``
+  the user assigned (not the slot) is copied in and ``p.grad`` is pointed back at the slot
+  after the average, as in torch.
 * False: ``.grad`` is separate memory; it is copied into the slot (scaled on the way) and the
   average is copied back after the all-reduce (torch's default).
 

@@ -68,9 +68,18 @@ class Linear(Function):
         if needs[0]:
             gx = kernels.matmul(g2, weight)
             gx = gx if grad.ndim == 2 else gx.reshape(ctx.x_shape)
-        gw = kernels.matmul(g2.T, x2) if needs[1] else None
-        gb = kernels.column_sums(g2) if ctx.has_bias and needs[2] else None
+        gw = gb = None
+        if needs[1]:  # written straight into the weight's .grad memory where it has one
+            gw = kernels.matmul(g2.T, x2, out=ctx.gradient_destination(
+                1, (g2.shape[1], x2.shape[1]), _product_dtype(g2, x2)))
+        if ctx.has_bias and needs[2]:
+            gb = kernels.column_sums(g2, out=ctx.gradient_destination(
+                2, (g2.shape[1],), g2.dtype))
         return gx, gw, gb
+
+
+def _product_dtype(a, b):
+    return a.dtype if a.dtype == b.dtype else get_array_module(a).result_type(a, b)
 
 
 class Embedding(Function):
@@ -89,7 +98,13 @@ class Embedding(Function):
         xp = get_array_module(grad)
         flat = indices.reshape(-1)
         g = grad.reshape(flat.shape[0], -1)
-        out = xp.zeros((ctx.num_embeddings, g.shape[1]), dtype=grad.dtype)
+        shape = (ctx.num_embeddings,) + grad.shape[indices.ndim:]
+        dest = ctx.gradient_destination(0, shape, grad.dtype)  # the weight's .grad memory
+        if dest is None:
+            out = xp.zeros((ctx.num_embeddings, g.shape[1]), dtype=grad.dtype)
+        else:
+            out = dest.reshape(ctx.num_embeddings, g.shape[1])  # a view: written through
+            out[...] = 0
         if flat.shape[0] and xp.__name__ != "numpy":
             xp.add.at(out, flat, g)  # CuPy: an atomic scatter-add, one launch, no host sync
         elif flat.shape[0]:
@@ -104,4 +119,4 @@ class Embedding(Function):
             out[sorted_idx[starts]] = sums
         if ctx.padding_idx is not None:
             out[ctx.padding_idx] = 0
-        return reshape_fresh(out, (ctx.num_embeddings,) + grad.shape[indices.ndim:]), None, None
+        return (dest if dest is not None else reshape_fresh(out, shape)), None, None
