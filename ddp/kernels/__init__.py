@@ -158,3 +158,25 @@ def softmax_backward(grad2, y2):
 def softmax_nll(x2, target):
     """Row softmax of a 2-D ``x2`` and ``logsumexp(row) - row[target]``: ``(prob, nll)``."""
     return _impl(x2).softmax_nll(x2, target)
+
+
+def im2col(x, kernel, stride, padding, dilation, out):
+    """Exact convolution columns of an NCHW ``x`` (zero padding included) into ``out``,
+    ``(C*kh*kw, N*Ho*Wo)``; see ``reference.im2col``. Returns ``out``."""
+    return _conv_impl(x).im2col(x, kernel, stride, padding, dilation, out)
+
+
+def col2im(cols, kernel, stride, padding, dilation, out):
+    """The adjoint of :func:`im2col`: the NCHW input gradient ``out`` (overwritten) from the
+    column gradient ``cols``. Returns ``out``."""
+    return _conv_impl(cols).col2im(cols, kernel, stride, padding, dilation, out)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a convolution window over an input of spatial ``size``."""
+    return reference.conv_output_size(size, kernel, stride, padding, dilation)
+
+
+def _conv_impl(array):
+    """``cpu`` or ``reference`` (no CUDA kernel: CuPy arrays take the reference)."""
+    return cpu if _impl(array) is cpu else reference
