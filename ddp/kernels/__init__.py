@@ -163,13 +163,13 @@ def softmax_nll(x2, target):
 def im2col(x, kernel, stride, padding, dilation, out):
     """Exact convolution columns of an NCHW ``x`` (zero padding included) into ``out``,
     ``(C*kh*kw, N*Ho*Wo)``; see ``reference.im2col``. Returns ``out``."""
-    return _conv_impl(x).im2col(x, kernel, stride, padding, dilation, out)
+    return _cpu_or_reference(x).im2col(x, kernel, stride, padding, dilation, out)
 
 
 def col2im(cols, kernel, stride, padding, dilation, out):
     """The adjoint of :func:`im2col`: the NCHW input gradient ``out`` (overwritten) from the
     column gradient ``cols``. Returns ``out``."""
-    return _conv_impl(cols).col2im(cols, kernel, stride, padding, dilation, out)
+    return _cpu_or_reference(cols).col2im(cols, kernel, stride, padding, dilation, out)
 
 
 def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
@@ -177,6 +177,16 @@ def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]
     return reference.conv_output_size(size, kernel, stride, padding, dilation)
 
 
-def _conv_impl(array):
-    """``cpu`` or ``reference`` (no CUDA kernel: CuPy arrays take the reference)."""
+def relu_forward(x):
+    """``max(x, 0)`` (NaN kept)."""
+    return _cpu_or_reference(x).relu_forward(x)
+
+
+def relu_backward(grad, out):
+    """The input gradient of ReLU from its output ``out``: ``grad * (out > 0)``."""
+    return _cpu_or_reference(grad).relu_backward(grad, out)
+
+
+def _cpu_or_reference(array):
+    """``cpu`` or ``reference``: kernels with no CUDA form (CuPy arrays take the reference)."""
     return cpu if _impl(array) is cpu else reference

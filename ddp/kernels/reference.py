@@ -359,3 +359,14 @@ def col2im(cols, kernel, stride, padding, dilation, out):
                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += view[:, i, j]
     out[...] = padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
     return out
+
+
+# ---------------------------------------------------------------------------------------- relu
+def relu_forward(x):
+    """``max(x, 0)``, NaN kept (``np.maximum``)."""
+    return get_array_module(x).maximum(x, 0)
+
+
+def relu_backward(grad, out):
+    """The input gradient of ReLU from its output: ``grad * (out > 0)``."""
+    return grad * (out > 0)

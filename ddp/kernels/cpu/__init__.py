@@ -8,12 +8,14 @@ rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory wher
 pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
 reference; so do the functions listed below as taken from it unchanged.
 
-One file per family of kernels: ``activations`` (GELU), ``conv`` (im2col, col2im).
+One file per family of kernels: ``activations`` (GELU), ``conv`` (im2col, col2im),
+``pointwise`` (ReLU).
 """
 
 from ddp.kernels import reference
 from ddp.kernels.cpu.activations import gelu_forward
 from ddp.kernels.cpu.conv import col2im, im2col
+from ddp.kernels.cpu.pointwise import relu_backward, relu_forward
 
 # Unchanged from the reference (no compiled form yet).
 adam_update = reference.adam_update
@@ -30,4 +32,4 @@ softmax_nll = reference.softmax_nll
 __all__ = ["adam_update", "adam_update_multi", "column_sums", "gelu_backward", "gelu_forward",
            "layer_norm_backward_input", "layer_norm_forward", "sgd_update_multi",
            "softmax_backward", "softmax_forward", "softmax_nll"]
-__all__ += ["col2im", "im2col"]
+__all__ += ["col2im", "im2col", "relu_backward", "relu_forward"]
