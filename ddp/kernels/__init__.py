@@ -187,6 +187,20 @@ def relu_backward(grad, out):
     return _cpu_or_reference(grad).relu_backward(grad, out)
 
 
+def max_pool2d_tiles(x, kernel):
+    """Max pooling of NCHW ``x`` over non-overlapping ``kernel`` tiles (``max_pool2d(x, 2)``):
+    ``(out, index)``, ``index`` the uint8 row-major offset of each window's first maximum, from
+    the compiled kernel; None where it does not apply (the caller keeps its NumPy/CuPy path)."""
+    if _impl(x) is not cpu:
+        return None
+    return cpu.max_pool2d_tiles(x, kernel)
+
+
+def max_pool2d_tiles_backward(grad, index, x_shape, kernel):
+    """The input gradient of :func:`max_pool2d_tiles` (``index`` its second result)."""
+    return cpu.max_pool2d_tiles_backward(grad, index, x_shape, kernel)
+
+
 def _cpu_or_reference(array):
     """``cpu`` or ``reference``: kernels with no CUDA form (CuPy arrays take the reference)."""
     return cpu if _impl(array) is cpu else reference
