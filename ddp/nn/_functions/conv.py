@@ -1,10 +1,15 @@
 """2-D convolution on NCHW arrays via im2col and GEMMs, a chunk of images at a time.
 
-``im2col`` views the padded input as sliding windows (no copy) and makes one contiguous
-``(C*kh*kw, B*Ho*Wo)`` copy per chunk of ``B`` images, so each chunk is one GEMM with the
-flattened weight (stride 1 copies full-width rows instead, see ``_im2col_full_width``).
-Backward is two GEMMs per chunk and a ``col2im`` that adds the column gradient back at each of
-the ``kh*kw`` kernel offsets: kh*kw strided, vectorised adds instead of a loop over pixels.
+NumPy arrays take exact columns from ``ddp.kernels.im2col`` (``(C*kh*kw, B*Ho*Wo)``, the zero
+padding written by the copy itself; compiled, or the NumPy reference): one GEMM per chunk and
+direction, and ``ddp.kernels.col2im`` for the input gradient (``_exact_forward``). A chunk of one
+image needs no transposing copy: its GEMM writes ``(O, Ho*Wo)``, which is that image's output.
+
+CuPy arrays keep this module's own copies: ``im2col`` views the padded input as sliding windows
+(no copy) and makes one contiguous ``(C*kh*kw, B*Ho*Wo)`` copy per chunk of ``B`` images (stride
+1 copies full-width rows instead, see ``_im2col_full_width``). Backward is two GEMMs per chunk
+and a ``col2im`` that adds the column gradient back at each of the ``kh*kw`` kernel offsets:
+kh*kw strided, vectorised adds instead of a loop over pixels.
 Per-chunk temporaries live in a per-thread workspace (``_scratch``) reused across calls.
 """
 
