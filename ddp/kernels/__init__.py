@@ -178,3 +178,49 @@ def softmax_backward(grad2, y2):
 def softmax_nll(x2, target):
     """Row softmax of a 2-D ``x2`` and ``logsumexp(row) - row[target]``: ``(prob, nll)``."""
     return _impl(x2).softmax_nll(x2, target)
+
+
+def im2col(x, kernel, stride, padding, dilation, out):
+    """Exact convolution columns of an NCHW ``x`` (zero padding included) into ``out``,
+    ``(C*kh*kw, N*Ho*Wo)``; see ``reference.im2col``. Returns ``out``."""
+    return _cpu_or_reference(x).im2col(x, kernel, stride, padding, dilation, out)
+
+
+def col2im(cols, kernel, stride, padding, dilation, out):
+    """The adjoint of :func:`im2col`: the NCHW input gradient ``out`` (overwritten) from the
+    column gradient ``cols``. Returns ``out``."""
+    return _cpu_or_reference(cols).col2im(cols, kernel, stride, padding, dilation, out)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a convolution window over an input of spatial ``size``."""
+    return reference.conv_output_size(size, kernel, stride, padding, dilation)
+
+
+def relu_forward(x):
+    """``max(x, 0)`` (NaN kept)."""
+    return _cpu_or_reference(x).relu_forward(x)
+
+
+def relu_backward(grad, out):
+    """The input gradient of ReLU from its output ``out``: ``grad * (out > 0)``."""
+    return _cpu_or_reference(grad).relu_backward(grad, out)
+
+
+def max_pool2d_tiles(x, kernel):
+    """Max pooling of NCHW ``x`` over non-overlapping ``kernel`` tiles (``max_pool2d(x, 2)``):
+    ``(out, index)``, ``index`` the uint8 row-major offset of each window's first maximum, from
+    the compiled kernel; None where it does not apply (the caller keeps its NumPy/CuPy path)."""
+    if _impl(x) is not cpu:
+        return None
+    return cpu.max_pool2d_tiles(x, kernel)
+
+
+def max_pool2d_tiles_backward(grad, index, x_shape, kernel):
+    """The input gradient of :func:`max_pool2d_tiles` (``index`` its second result)."""
+    return cpu.max_pool2d_tiles_backward(grad, index, x_shape, kernel)
+
+
+def _cpu_or_reference(array):
+    """``cpu`` or ``reference``: kernels with no CUDA form (CuPy arrays take the reference)."""
+    return cpu if _impl(array) is cpu else reference

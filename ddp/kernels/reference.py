@@ -314,3 +314,59 @@ def softmax_nll(x2, target, return_logits: bool = False):
     if return_logits:
         return e, nll, shifted, lse
     return e, nll
+
+
+# ------------------------------------------------------------------------------- convolution
+def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a convolution (or pooling) window over an input of spatial ``size``."""
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, k, st, p, d in zip(size, kernel, stride, padding, dilation, strict=True))
+
+
+def im2col(x, kernel, stride, padding, dilation, out):
+    """Exact columns of an NCHW ``x`` into ``out`` of shape ``(C*kh*kw, N*Ho*Wo)``:
+    ``out[(c*kh + i)*kw + j, (n*Ho + oh)*Wo + ow] = x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]``,
+    ``x_pad`` being ``x`` zero-padded by ``padding`` on both sides. Returns ``out``."""
+    xp = get_array_module(x)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c = x.shape[:2]
+    ho, wo = conv_output_size(x.shape[2:], kernel, stride, padding, dilation)
+    if ph or pw:
+        x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    view = out.reshape(c, kh, kw, n, ho, wo)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            view[:, i, j] = x[:, :, rows, cols].transpose(1, 0, 2, 3)
+    return out
+
+
+def col2im(cols, kernel, stride, padding, dilation, out):
+    """The adjoint of :func:`im2col`: ``out`` (NCHW, overwritten) receives the sum of the
+    ``(C*kh*kw, N*Ho*Wo)`` column gradient ``cols`` over the kernel offsets; gradient falling
+    on the padding is dropped. Returns ``out``."""
+    xp = get_array_module(cols)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = out.shape
+    ho, wo = conv_output_size((h, w), kernel, stride, padding, dilation)
+    view = cols.reshape(c, kh, kw, n, ho, wo)
+    # Accumulate in (C, N, H, W) order so each add walks both operands in the same order.
+    padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                   j * dw:j * dw + sw * (wo - 1) + 1:sw] += view[:, i, j]
+    out[...] = padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- relu
+def relu_forward(x):
+    """``max(x, 0)``, NaN kept (``np.maximum``)."""
+    return get_array_module(x).maximum(x, 0)
+
+
+def relu_backward(grad, out):
+    """The input gradient of ReLU from its output: ``grad * (out > 0)``."""
+    return grad * (out > 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ddp import dtypes
+from ddp import dtypes, kernels
 from ddp.autograd import tensor_type
 from ddp.autograd.autocast_mode import autocast_op
 from ddp.autograd.function import Function
@@ -113,14 +113,14 @@ class Sigmoid(Function):
 class Relu(Function):
     @staticmethod
     def forward(ctx, a):
-        out = get_array_module(a).maximum(a, 0)
+        out = kernels.relu_forward(a)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad * (out > 0)
+        return kernels.relu_backward(grad, out)
 
 
 class Clamp(Function):

@@ -8,11 +8,15 @@ rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory wher
 pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
 reference; so do the functions listed below as taken from it unchanged.
 
-One file per family of kernels: ``activations`` (GELU).
+One file per family of kernels: ``activations`` (GELU), ``conv`` (im2col, col2im),
+``pointwise`` (ReLU), ``pooling`` (max pooling).
 """
 
 from ddp.kernels import reference
 from ddp.kernels.cpu.activations import gelu_forward
+from ddp.kernels.cpu.conv import col2im, im2col
+from ddp.kernels.cpu.pointwise import relu_backward, relu_forward
+from ddp.kernels.cpu.pooling import max_pool2d_tiles, max_pool2d_tiles_backward
 
 # Unchanged from the reference (no compiled form yet).
 adam_update = reference.adam_update
@@ -29,3 +33,5 @@ softmax_nll = reference.softmax_nll
 __all__ = ["adam_update", "adam_update_multi", "column_sums", "gelu_backward", "gelu_forward",
            "layer_norm_backward_input", "layer_norm_forward", "sgd_update_multi",
            "softmax_backward", "softmax_forward", "softmax_nll"]
+__all__ += ["col2im", "im2col", "max_pool2d_tiles", "max_pool2d_tiles_backward", "relu_backward",
+            "relu_forward"]

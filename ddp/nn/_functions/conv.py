@@ -1,10 +1,15 @@
 """2-D convolution on NCHW arrays via im2col and GEMMs, a chunk of images at a time.
 
-``im2col`` views the padded input as sliding windows (no copy) and makes one contiguous
-``(C*kh*kw, B*Ho*Wo)`` copy per chunk of ``B`` images, so each chunk is one GEMM with the
-flattened weight (stride 1 copies full-width rows instead, see ``_im2col_full_width``).
-Backward is two GEMMs per chunk and a ``col2im`` that adds the column gradient back at each of
-the ``kh*kw`` kernel offsets: kh*kw strided, vectorised adds instead of a loop over pixels.
+NumPy arrays take exact columns from ``ddp.kernels.im2col`` (``(C*kh*kw, B*Ho*Wo)``, the zero
+padding written by the copy itself; compiled, or the NumPy reference): one GEMM per chunk and
+direction, and ``ddp.kernels.col2im`` for the input gradient (``_exact_forward``). A chunk of one
+image needs no transposing copy: its GEMM writes ``(O, Ho*Wo)``, which is that image's output.
+
+CuPy arrays keep this module's own copies: ``im2col`` views the padded input as sliding windows
+(no copy) and makes one contiguous ``(C*kh*kw, B*Ho*Wo)`` copy per chunk of ``B`` images (stride
+1 copies full-width rows instead, see ``_im2col_full_width``). Backward is two GEMMs per chunk
+and a ``col2im`` that adds the column gradient back at each of the ``kh*kw`` kernel offsets:
+kh*kw strided, vectorised adds instead of a loop over pixels.
 Per-chunk temporaries live in a per-thread workspace (``_scratch``) reused across calls.
 """
 
@@ -15,6 +20,7 @@ import threading
 
 import numpy as np
 
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.kernels import parallel
@@ -125,6 +131,8 @@ class Conv2d(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
+        if get_array_module(x) is np:
+            return _exact_forward(ctx, x, weight, bias, stride, padding, dilation)
         xp = get_array_module(x)
         n, c = x.shape[:2]
         o, _, kh, kw = weight.shape
@@ -152,10 +160,13 @@ class Conv2d(Function):
                               w2 if needs[:1] == (True,) else None)
         ctx.meta = (x.shape, weight.shape, stride, padding, dilation, chunk)
         ctx.has_bias = bias is not None
+        ctx.exact = False
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.exact:
+            return _exact_backward(ctx, grad)
         xpad, w2 = ctx.saved_tensors
         x_shape, w_shape, stride, padding, dilation, chunk = ctx.meta
         needs = ctx.needs_input_grad
@@ -201,6 +212,109 @@ class Conv2d(Function):
             for more in sums[1:]:
                 gb += more[1]
         return gx, gw, gb, None, None, None
+
+
+# Columns a GEMM should have at least (images per chunk on the exact path): narrower GEMMs
+# (one 8x8 image is 64 columns) run far below the BLAS kernel's speed.
+_MIN_GEMM_COLUMNS = 1024
+
+
+def _exact_chunk(n, image_columns, rows, itemsize):
+    """Images per chunk on the exact path: enough for ``_MIN_GEMM_COLUMNS`` columns, at most
+    ``_CHUNK_COLUMN_BYTES`` of columns, and at least one chunk per thread."""
+    chunk = max(1, -(-_MIN_GEMM_COLUMNS // image_columns))
+    chunk = min(chunk, max(1, _CHUNK_COLUMN_BYTES // (rows * image_columns * itemsize)))
+    return max(1, min(chunk, -(-n // parallel.num_threads()), n))
+
+
+def _exact_forward(ctx, x, weight, bias, stride, padding, dilation):
+    """NumPy forward on exact columns (``ddp.kernels.im2col``: padding done in the copy).
+
+    A chunk of one image needs no transposing copies: its GEMM writes ``(O, Ho*Wo)``, which is
+    that image's output.
+    """
+    x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    o, c, kh, kw = weight.shape
+    kernel = (kh, kw)
+    ho, wo = kernels.conv_output_size(x.shape[2:], kernel, stride, padding, dilation)
+    w2 = weight.reshape(o, -1)
+    chunk = _exact_chunk(n, ho * wo, c * kh * kw, x.itemsize)
+    out = np.empty((n, o, ho, wo), dtype=x.dtype)
+
+    def run(start, stop):
+        b = stop - start
+        cols = _scratch("cols", (c * kh * kw, b * ho * wo), x.dtype, np)
+        kernels.im2col(x[start:stop], kernel, stride, padding, dilation, cols)
+        if b == 1:
+            y = out[start].reshape(o, ho * wo)
+            np.matmul(w2, cols, out=y)
+            if bias is not None:
+                y += bias[:, None]
+            return
+        y = _scratch("gemm", (o, b * ho * wo), x.dtype, np)
+        np.matmul(w2, cols, out=y)
+        _store_output(out[start:stop], y.reshape(o, b, ho, wo), bias)
+
+    _over_chunks(n, chunk, np, run)
+    needs = ctx.needs_input_grad
+    ctx.save_for_backward(x if needs[1:2] == (True,) else None,
+                          w2 if needs[:1] == (True,) else None)
+    ctx.meta = (x.shape, weight.shape, stride, padding, dilation, chunk)
+    ctx.has_bias = bias is not None
+    ctx.exact = True
+    return out
+
+
+def _exact_backward(ctx, grad):
+    """Backward of :func:`_exact_forward`: per chunk, the weight gradient from recomputed
+    columns and the input gradient through ``ddp.kernels.col2im``."""
+    x, w2 = ctx.saved_tensors
+    x_shape, w_shape, stride, padding, dilation, chunk = ctx.meta
+    needs = ctx.needs_input_grad
+    grad = np.ascontiguousarray(grad)
+    n, o, ho, wo = grad.shape
+    c, kh, kw = w_shape[1:]
+    kernel, rows = (kh, kw), c * kh * kw
+    gx = np.empty(x_shape, dtype=grad.dtype) if needs[0] else None
+    want_w, want_b = needs[1], ctx.has_bias and needs[2]
+    partial = {}  # first image of a thread's range -> its (weight, bias) gradient sums
+
+    def run(first, start, stop):
+        b = stop - start
+        gw, gb = partial.setdefault(first, (
+            np.zeros((o, rows), dtype=grad.dtype) if want_w else None,
+            np.zeros(o, dtype=grad.dtype) if want_b else None))
+        if b == 1:
+            g2 = grad[start].reshape(o, ho * wo)
+        else:
+            g4 = _scratch("grad", (o, b, ho, wo), grad.dtype, np)
+            g4[...] = grad[start:stop].transpose(1, 0, 2, 3)
+            g2 = g4.reshape(o, b * ho * wo)
+        if gb is not None:
+            gb += g2.sum(axis=1)
+        if gw is not None:
+            cols = _scratch("cols", (rows, b * ho * wo), grad.dtype, np)
+            kernels.im2col(x[start:stop], kernel, stride, padding, dilation, cols)
+            gw += g2 @ cols.T
+        if gx is not None:
+            dcols = _scratch("gemm", (rows, b * ho * wo), grad.dtype, np)
+            np.matmul(w2.T, g2, out=dcols)
+            kernels.col2im(dcols, kernel, stride, padding, dilation, gx[start:stop])
+
+    _over_chunks(n, chunk, np, run, with_first=True)
+    sums = [partial[first] for first in sorted(partial)]
+    gw = gb = None
+    if want_w:
+        gw = sums[0][0]
+        for more in sums[1:]:
+            gw += more[0]
+        gw = reshape_fresh(gw, w_shape)
+    if want_b:
+        gb = sums[0][1]
+        for more in sums[1:]:
+            gb += more[1]
+    return gx, gw, gb, None, None, None
 
 
 def _over_chunks(n, chunk, xp, run, with_first=False):

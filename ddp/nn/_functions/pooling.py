@@ -9,12 +9,15 @@ row-major order, torch's tie rule):
   row (deinterleaved into contiguous arrays). Each step records which row / column won as a
   compact uint8 index, so backward is a few contiguous multiplies and two interleaving copies,
   with no compares against the input.
+  On NumPy arrays the compiled kernel of ``ddp.kernels.max_pool2d_tiles`` does both steps in
+  one pass for 2x2 tiles and keeps one uint8 offset per window.
 * Any other windows: kh*kw vectorised passes over strided views of the padded input; backward
   finds, per window, the first offset equal to the max.
 """
 
 from __future__ import annotations
 
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 from ddp.nn._functions.conv import _crop, _pad, _scratch, _windows
@@ -100,9 +103,14 @@ class MaxPool2d(Function):
         xp = get_array_module(x)
         ctx.meta = (kernel, stride, padding, dilation)
         if stride == kernel and padding == (0, 0) and dilation == (1, 1):
+            ctx.x_shape = x.shape
+            compiled = kernels.max_pool2d_tiles(x, kernel)
+            if compiled is not None:
+                out, index = compiled
+                ctx.save_for_backward(index)
+                return out
             out, col_index, row_index = _tiled_forward(x, kernel, xp)
             ctx.save_for_backward(col_index, row_index)
-            ctx.x_shape = x.shape
             return out
         xpad = _pad(x, padding, value=-xp.inf)
         win = _windows(xpad, kernel, stride, dilation)
@@ -118,6 +126,10 @@ class MaxPool2d(Function):
     def backward(ctx, grad):
         kernel, stride, padding, dilation = ctx.meta
         xp = get_array_module(grad)
+        if ctx.x_shape is not None and len(ctx.saved_tensors) == 1:
+            (index,) = ctx.saved_tensors
+            return (kernels.max_pool2d_tiles_backward(grad, index, ctx.x_shape, kernel),
+                    None, None, None, None)
         if ctx.x_shape is not None:
             col_index, row_index = ctx.saved_tensors
             return (_tiled_backward(grad, ctx.x_shape, kernel, col_index, row_index, xp),
