@@ -283,3 +283,16 @@ def test_adam_optimizers_vs_torch(kernel_path, torch, name):
         # both within the float64 reference's bound above: twice it
         assert_within(p.detach().numpy(), truth,
                       6 * (EPS32 * np.abs(truth) + 4 * EPS32 * 1e-2), name)
+
+
+def test_compiled_kernel_calls_an_inlined_helper_without_changing_its_module():
+    from ddp.kernels import jit
+    from ddp.kernels.cpu import _exp, rows
+
+    x = np.array([[0.0, -1.0, -np.inf]], dtype=np.float32)
+    out = np.empty_like(x)
+    rows._softmax_rows_float32(x, out, 0, 1)
+    e = np.exp(np.float64(-1.0))
+    np.testing.assert_allclose(out[0], [1 / (1 + e), e / (1 + e), 0.0], rtol=4 * EPS32)
+    assert isinstance(rows.exp_nonpositive_float32, jit._Lazy)  # the module keeps the wrapper
+    assert rows.exp_nonpositive_float32 is _exp.exp_nonpositive_float32

@@ -107,7 +107,11 @@ def compiled(fn: Callable) -> _Lazy:
 def inlined(fn: Callable) -> _Lazy:
     """Decorator: a small helper of compiled functions (a vectorisable ``exp``), inlined into
     each caller by numba so that the caller's loop still vectorises (numba does not let LLVM
-    inline one compiled function into another)."""
+    inline one compiled function into another).
+
+    numba's cache keys a caller on its own source file only: after editing a helper, delete the
+    cached machine code of its callers (``__pycache__/*.nbi``, ``*.nbc``) or touch their files.
+    """
     return _Lazy(fn, inline=True)
 
 
