@@ -66,7 +66,7 @@ def adam_update_multi(params: list, grads: list, exp_avgs: list, exp_avg_sqs: li
     hyper = {"step": float(step), "lr": float(lr), "beta1": float(beta1), "beta2": float(beta2),
              "eps": float(eps), "weight_decay": float(weight_decay),
              "decoupled": bool(decoupled), "maximize": bool(maximize)}
-    impl = _impl(params[0]) if params else reference
+    impl = _impl(max(params, key=lambda p: p.size)) if params else reference  # the largest
     if impl is not reference and not _all_contiguous(params, grads, exp_avgs, exp_avg_sqs):
         for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
             adam_update(p, g, m, v, **hyper)  # one (fused) launch per tensor

@@ -23,6 +23,7 @@ the two paths compute the same formulas and are tested against the same float64 
 from __future__ import annotations
 
 import threading
+import types
 from collections.abc import Callable
 
 from ddp import config
@@ -62,13 +63,19 @@ def available(array=None) -> bool:
 class _Lazy:
     """A function compiled by numba on its first call (from any thread)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, inline: bool = False) -> None:
         self._fn = fn
+        self._inline = "always" if inline else "never"
         self._compiled = None
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args):
+        return self.dispatcher()(*args)
+
+    def dispatcher(self):
+        """The numba dispatcher of this function (created on first use; numba compiles it for
+        each new argument signature)."""
         compiled = self._compiled
         if compiled is None:
             with _lock:
@@ -77,9 +84,10 @@ class _Lazy:
                     if numba is False:
                         raise RuntimeError(f"{self.__name__}: numba is not installed")
                     self._compiled = numba.njit(nogil=True, cache=True, error_model="numpy",
-                                                fastmath=FASTMATH)(self._fn)
+                                                fastmath=FASTMATH, inline=self._inline)(
+                        _with_compiled_callees(self._fn))
                 compiled = self._compiled
-        return compiled(*args)
+        return compiled
 
     @property
     def py_func(self) -> Callable:
@@ -88,5 +96,36 @@ class _Lazy:
 
 
 def compiled(fn: Callable) -> _Lazy:
-    """Decorator: ``fn`` compiled by numba (nogil, cached) on its first call."""
+    """Decorator: ``fn`` compiled by numba (nogil, cached) on its first call.
+
+    A compiled function may call the ``@compiled`` and ``@inlined`` functions of its module's
+    globals.
+    """
     return _Lazy(fn)
+
+
+def inlined(fn: Callable) -> _Lazy:
+    """Decorator: a small helper of compiled functions (a vectorisable ``exp``), inlined into
+    each caller by numba so that the caller's loop still vectorises (numba does not let LLVM
+    inline one compiled function into another).
+
+    numba's cache keys a caller on its own source file only: after editing a helper, delete the
+    cached machine code of its callers (``__pycache__/*.nbi``, ``*.nbc``) or touch their files.
+    """
+    return _Lazy(fn, inline=True)
+
+
+def _with_compiled_callees(fn: Callable) -> Callable:
+    """``fn``, or a copy of it whose globals name the numba dispatchers of the ``_Lazy``
+    functions it calls (numba calls only numba functions); the module is left unchanged."""
+    callees = {name: value for name in fn.__code__.co_names
+               if isinstance(value := fn.__globals__.get(name), _Lazy)}
+    if not callees:
+        return fn
+    namespace = dict(fn.__globals__)
+    namespace.update({name: callee.dispatcher() for name, callee in callees.items()})
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    copy.__doc__ = fn.__doc__
+    return copy

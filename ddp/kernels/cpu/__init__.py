@@ -8,27 +8,28 @@ rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory wher
 pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
 reference; so do the functions listed below as taken from it unchanged.
 
-One file per family of kernels: ``activations`` (GELU), ``conv`` (im2col, col2im),
-``pointwise`` (ReLU), ``pooling`` (max pooling).
+One file per family of kernels: ``activations`` (GELU), ``rows`` (layer norm, softmax,
+softmax + NLL), ``optim_adam`` (Adam/AdamW), ``conv`` (im2col, col2im), ``pointwise`` (ReLU),
+``pooling`` (max pooling).
 """
 
 from ddp.kernels import reference
-from ddp.kernels.cpu.activations import gelu_forward
+from ddp.kernels.cpu.activations import gelu_backward, gelu_forward
 from ddp.kernels.cpu.conv import col2im, im2col
+from ddp.kernels.cpu.optim_adam import adam_update, adam_update_multi
 from ddp.kernels.cpu.pointwise import relu_backward, relu_forward
 from ddp.kernels.cpu.pooling import max_pool2d_tiles, max_pool2d_tiles_backward
+from ddp.kernels.cpu.rows import (
+    layer_norm_backward_input,
+    layer_norm_forward,
+    softmax_backward,
+    softmax_forward,
+    softmax_nll,
+)
 
 # Unchanged from the reference (no compiled form yet).
-adam_update = reference.adam_update
-adam_update_multi = reference.adam_update_multi
 sgd_update_multi = reference.sgd_update_multi
 column_sums = reference.column_sums
-gelu_backward = reference.gelu_backward
-layer_norm_forward = reference.layer_norm_forward
-layer_norm_backward_input = reference.layer_norm_backward_input
-softmax_forward = reference.softmax_forward
-softmax_backward = reference.softmax_backward
-softmax_nll = reference.softmax_nll
 
 __all__ = ["adam_update", "adam_update_multi", "column_sums", "gelu_backward", "gelu_forward",
            "layer_norm_backward_input", "layer_norm_forward", "sgd_update_multi",
