@@ -8,16 +8,25 @@ rank's threads by ``ddp.kernels.parallel.for_ranges``: one pass over memory wher
 pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays) take the
 reference; so do the functions listed below as taken from it unchanged.
 
-One file per family of kernels: ``activations`` (GELU).
+One file per family of kernels: ``activations`` (GELU), ``batchnorm``,
+``optim_sgd``.
 """
 
 from ddp.kernels import reference
 from ddp.kernels.cpu.activations import gelu_forward
+from ddp.kernels.cpu.batchnorm import (
+    batch_norm_apply,
+    batch_norm_backward,
+    batch_norm_grad_input,
+    batch_norm_grad_sums,
+    batch_norm_stats,
+    batch_norm_train_forward,
+)
+from ddp.kernels.cpu.optim_sgd import sgd_update_multi
 
 # Unchanged from the reference (no compiled form yet).
 adam_update = reference.adam_update
 adam_update_multi = reference.adam_update_multi
-sgd_update_multi = reference.sgd_update_multi
 column_sums = reference.column_sums
 gelu_backward = reference.gelu_backward
 layer_norm_forward = reference.layer_norm_forward
@@ -26,6 +35,8 @@ softmax_forward = reference.softmax_forward
 softmax_backward = reference.softmax_backward
 softmax_nll = reference.softmax_nll
 
-__all__ = ["adam_update", "adam_update_multi", "column_sums", "gelu_backward", "gelu_forward",
+__all__ = ["adam_update", "adam_update_multi", "batch_norm_apply", "batch_norm_backward",
+           "batch_norm_grad_input", "batch_norm_grad_sums", "batch_norm_stats",
+           "batch_norm_train_forward", "column_sums", "gelu_backward", "gelu_forward",
            "layer_norm_backward_input", "layer_norm_forward", "sgd_update_multi",
            "softmax_backward", "softmax_forward", "softmax_nll"]
