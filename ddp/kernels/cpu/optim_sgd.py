@@ -12,25 +12,46 @@ from ddp.kernels.parallel import for_ranges
 
 
 @compiled
-def _sgd_range(param, grad, buf, lr, weight_decay, momentum, dampening, nesterov, maximize,
-               first, start, stop):
+def _sgd_range(param, grad, buf, lr, weight_decay, momentum, keep, nesterov, sign, first,
+               start, stop):
     """``[start, stop)`` of one SGD step in place on ``param`` (and ``buf`` when ``momentum``
-    is not 0; ``first``: the buffer starts as this step's gradient). Arithmetic in float64,
-    rounded once to the arrays' dtype."""
-    keep = 1.0 - dampening
-    for i in range(start, stop):
-        p = np.float64(param[i])
-        g = np.float64(grad[i])
-        if maximize:
-            g = -g
-        if weight_decay != 0.0:
-            g = g + weight_decay * p
-        if momentum != 0.0:
-            b = g if first else momentum * np.float64(buf[i]) + keep * g
+    is not 0; ``first``: the buffer starts as this step's gradient; ``keep = 1 - dampening``;
+    ``sign`` -1 to maximize, else 1). The scalars come in the arrays' dtype, so a float32 step
+    computes in float32 as torch's. One loop per case, each simple enough to vectorise."""
+    decay = weight_decay != 0
+    if momentum == 0:
+        for i in range(start, stop):
+            p = param[i]
+            g = sign * grad[i]
+            if decay:
+                g = g + weight_decay * p
+            param[i] = p - lr * g
+    elif first:
+        for i in range(start, stop):
+            p = param[i]
+            g = sign * grad[i]
+            if decay:
+                g = g + weight_decay * p
+            buf[i] = g
+            param[i] = p - lr * (g + momentum * g if nesterov else g)
+    elif nesterov:
+        for i in range(start, stop):
+            p = param[i]
+            g = sign * grad[i]
+            if decay:
+                g = g + weight_decay * p
+            b = momentum * buf[i] + keep * g
             buf[i] = b
-            b = np.float64(buf[i])  # the stored value, as torch's next step reads it
-            g = g + momentum * b if nesterov else b
-        param[i] = p - lr * g
+            param[i] = p - lr * (g + momentum * b)
+    else:
+        for i in range(start, stop):
+            p = param[i]
+            g = sign * grad[i]
+            if decay:
+                g = g + weight_decay * p
+            b = momentum * buf[i] + keep * g
+            buf[i] = b
+            param[i] = p - lr * b
 
 
 def sgd_update_multi(params, grads, momentum_buffers, *, lr: float, weight_decay: float,
@@ -42,10 +63,10 @@ def sgd_update_multi(params, grads, momentum_buffers, *, lr: float, weight_decay
              "dampening": dampening, "nesterov": nesterov, "maximize": maximize}
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         buf = momentum_buffers[i] if momentum != 0 else None
-        p, g = flat_or_none(param), flat_or_none(grad)
         first = momentum != 0 and buf is None
         if first:
             buf = np.empty_like(param)
+        p, g = flat_or_none(param), flat_or_none(grad)
         b = flat_or_none(buf) if buf is not None else np.empty(0, dtype=param.dtype)
         if p is None or g is None or b is None or g.dtype != p.dtype or b.dtype != p.dtype \
                 or p.dtype not in (np.float32, np.float64):
@@ -54,8 +75,15 @@ def sgd_update_multi(params, grads, momentum_buffers, *, lr: float, weight_decay
             if momentum != 0:
                 momentum_buffers[i] = one[0]
             continue
-        for_ranges(p.size, lambda start, stop, p=p, g=g, b=b, first=first: _sgd_range(
-            p, g, b, lr, weight_decay, momentum, dampening, nesterov, maximize, first, start,
-            stop))
+        _step(p, g, b, first, **hyper)
         if first:
             momentum_buffers[i] = buf
+
+
+def _step(p, g, b, first: bool, *, lr, weight_decay, momentum, dampening, nesterov,
+          maximize) -> None:
+    """One tensor's step on flat arrays of one dtype, over the rank's threads."""
+    t = p.dtype.type
+    scalars = (t(lr), t(weight_decay), t(momentum), t(1 - dampening), nesterov,
+               t(-1 if maximize else 1), first)
+    for_ranges(p.size, lambda start, stop: _sgd_range(p, g, b, *scalars, start, stop))
