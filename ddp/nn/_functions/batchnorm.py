@@ -4,6 +4,10 @@ Statistics are per channel (dim 1) over every other dim. With a ``group`` (``Syn
 the forward all-reduces ``(sum, sum of squares, count)`` of every rank's shard and the backward
 all-reduces ``(sum of grad, sum of grad * xhat)``, so N ranks of B samples compute exactly what
 one process computes on the N*B samples, also when the ranks hold different batch sizes.
+
+The per-channel passes are ``ddp.kernels.batch_norm_*``: compiled loops on CPU NumPy arrays
+(each channel's statistics and normalisation in one visit of its elements), the NumPy reference
+elsewhere; this module holds the autograd and the collectives.
 """
 
 from __future__ import annotations
