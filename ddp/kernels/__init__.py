@@ -81,16 +81,28 @@ def sgd_update_multi(params: list, grads: list, momentum_buffers: list, *, lr: f
 
     ``momentum_buffers[i]`` None before the first step with momentum is replaced by the new
     buffer; the list may be empty when ``momentum == 0``. On a GPU one launch for all tensors
-    when they share a dtype and a device, are contiguous and have their buffers; otherwise the
-    reference, tensor by tensor.
+    when they share a dtype and a device, are contiguous and have their buffers; on NumPy
+    arrays one compiled pass per tensor (``cpu.optim_sgd``); otherwise the reference, tensor by
+    tensor.
     """
     hyper = {"lr": float(lr), "weight_decay": float(weight_decay), "momentum": float(momentum),
              "dampening": float(dampening), "nesterov": bool(nesterov),
              "maximize": bool(maximize)}
     if _sgd_fusable(params, grads, momentum_buffers, momentum):
         cuda.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+    elif _sgd_compiled(params):
+        cpu.sgd_update_multi(params, grads, momentum_buffers, **hyper)
     else:
         reference.sgd_update_multi(params, grads, momentum_buffers, **hyper)
+
+
+def _sgd_compiled(params) -> bool:
+    """Whether the compiled CPU step takes ``params``: NumPy arrays, together at least
+    ``jit.MIN_ELEMENTS`` elements, when numba runs (it sends what it cannot walk to the
+    reference itself)."""
+    if not params or not all(type(p) is np.ndarray for p in params):
+        return False
+    return sum(p.size for p in params) >= jit.MIN_ELEMENTS and jit.available()
 
 
 def _sgd_fusable(params, grads, momentum_buffers, momentum) -> bool:
@@ -224,3 +236,36 @@ def max_pool2d_tiles_backward(grad, index, x_shape, kernel):
 def _cpu_or_reference(array):
     """``cpu`` or ``reference``: kernels with no CUDA form (CuPy arrays take the reference)."""
     return cpu if _impl(array) is cpu else reference
+
+
+def batch_norm_stats(x3):
+    """``(mean, m2)`` per channel of an ``(N, C, L)`` array, float64: the mean and the sum of
+    squared deviations (two-pass); zeros for an empty batch."""
+    return _cpu_or_reference(x3).batch_norm_stats(x3)
+
+
+def batch_norm_train_forward(x3, weight, bias, eps: float):
+    """Batch norm of ``(N, C, L)`` ``x3`` over its own batch: ``(out, xhat, mean, m2,
+    invstd)`` (see ``reference.batch_norm_train_forward``)."""
+    return _cpu_or_reference(x3).batch_norm_train_forward(x3, weight, bias, float(eps))
+
+
+def batch_norm_apply(x3, mean, invstd, weight, bias):
+    """``(out, xhat)``: ``xhat = (x3 - mean) * invstd``, ``out = xhat * weight + bias``."""
+    return _cpu_or_reference(x3).batch_norm_apply(x3, mean, invstd, weight, bias)
+
+
+def batch_norm_grad_sums(g3, xhat):
+    """``(sum(g3), sum(g3 * xhat))`` per channel of ``(N, C, L)`` arrays."""
+    return _cpu_or_reference(xhat).batch_norm_grad_sums(g3, xhat)
+
+
+def batch_norm_grad_input(g3, xhat, scale, mean_dy, mean_dy_xhat):
+    """``scale * (g3 - mean_dy - xhat * mean_dy_xhat)`` with per-channel vectors."""
+    return _cpu_or_reference(xhat).batch_norm_grad_input(g3, xhat, scale, mean_dy,
+                                                              mean_dy_xhat)
+
+
+def batch_norm_backward(g3, xhat, scale, need_input: bool):
+    """Training backward over the local batch: ``(gx or None, sum(g3), sum(g3 * xhat))``."""
+    return _cpu_or_reference(xhat).batch_norm_backward(g3, xhat, scale, bool(need_input))

@@ -370,3 +370,78 @@ def relu_forward(x):
 def relu_backward(grad, out):
     """The input gradient of ReLU from its output: ``grad * (out > 0)``."""
     return grad * (out > 0)
+
+
+def _channel_sums(a3):
+    """Per-channel sums of an ``(N, C, L)`` array: contiguous inner sums first, then the batch."""
+    return a3.sum(axis=2).sum(axis=0)
+
+
+def batch_norm_stats(x3):
+    """``(mean, m2)`` per channel of an ``(N, C, L)`` array, as float64 vectors: the mean and
+    the sum of squared deviations from it (two passes); zeros when ``N * L == 0``."""
+    xp = get_array_module(x3)
+    count = x3.shape[0] * x3.shape[2]
+    if not count:
+        zeros = xp.zeros(x3.shape[1], dtype=xp.float64)
+        return zeros, zeros.copy()
+    mean = _channel_sums(x3) / count
+    centred = x3 - mean[:, None]
+    m2 = _channel_sums(centred * centred)
+    return mean.astype(xp.float64), m2.astype(xp.float64)
+
+
+def batch_norm_train_forward(x3, weight, bias, eps: float):
+    """Training batch norm of an ``(N, C, L)`` array with ``N * L > 0`` over its own batch:
+    ``(out, xhat, mean, m2, invstd)``, ``xhat = (x - mean) * invstd`` and
+    ``out = xhat * weight + bias`` (None: 1 and 0) in ``x3``'s dtype, ``invstd =
+    1/sqrt(m2/count + eps)`` in ``x3``'s dtype, ``mean`` and ``m2`` per channel."""
+    xp = get_array_module(x3)
+    count = x3.shape[0] * x3.shape[2]
+    mean = _channel_sums(x3) / count
+    xhat = x3 - mean[:, None]
+    m2 = _channel_sums(xhat * xhat)
+    invstd = (1.0 / xp.sqrt(m2 / count + eps)).astype(x3.dtype)
+    xhat *= invstd[:, None]
+    return (*_affine(xhat, weight, bias), mean, m2, invstd)
+
+
+def _affine(xhat, weight, bias):
+    """``(xhat * weight + bias, xhat)`` per channel (dim 1), a new array for the first."""
+    out = xhat * weight[:, None] if weight is not None else xhat.copy()
+    if bias is not None:
+        out += bias[:, None]
+    return out, xhat
+
+
+def batch_norm_apply(x3, mean, invstd, weight, bias):
+    """``(out, xhat)`` of an ``(N, C, L)`` array with the given per-channel ``mean`` and
+    ``invstd`` (of ``x3``'s dtype): ``xhat = (x - mean) * invstd``, ``out = xhat * weight +
+    bias``."""
+    xhat = x3 - mean[:, None]
+    xhat *= invstd[:, None]
+    return _affine(xhat, weight, bias)
+
+
+def batch_norm_grad_sums(g3, xhat):
+    """``(sum(g), sum(g * xhat))`` per channel of two ``(N, C, L)`` arrays."""
+    return _channel_sums(g3), _channel_sums(g3 * xhat)
+
+
+def batch_norm_grad_input(g3, xhat, scale, mean_dy, mean_dy_xhat):
+    """``scale * (g - mean_dy - xhat * mean_dy_xhat)`` with per-channel vectors."""
+    gx = g3 - xhat * mean_dy_xhat[:, None]
+    gx -= mean_dy[:, None]
+    gx *= scale[:, None]
+    return gx
+
+
+def batch_norm_backward(g3, xhat, scale, need_input: bool):
+    """Training backward of batch norm over the local batch: ``(gx, sum(g), sum(g * xhat))``,
+    ``gx = scale * (g - mean(g) - xhat * mean(g * xhat))`` (None unless ``need_input``)."""
+    sum_dy, sum_dy_xhat = batch_norm_grad_sums(g3, xhat)
+    gx = None
+    if need_input:
+        count = g3.shape[0] * g3.shape[2]
+        gx = batch_norm_grad_input(g3, xhat, scale, sum_dy / count, sum_dy_xhat / count)
+    return gx, sum_dy, sum_dy_xhat

@@ -14,12 +14,12 @@ from . import _syncbn_cases as cases
 
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("uneven", [False, True])
-def test_matches_single_process(world_size, uneven):
+def test_matches_single_process(world_size, uneven, kernel_path):
     dist.spawn(cases.case_matches_single_process, world_size, args=(uneven,))
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_statistics_without_ddp(world_size):
+def test_statistics_without_ddp(world_size, kernel_path):
     dist.spawn(cases.case_statistics_without_ddp, world_size)
 
 

@@ -17,7 +17,7 @@ from . import _syncbn_cases as cases
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("uneven", [False, True])
-def test_matches_single_process(mpi_world, uneven):
+def test_matches_single_process(mpi_world, uneven, kernel_path):
     cases.case_matches_single_process(uneven)
 
 
@@ -28,7 +28,7 @@ def test_matches_single_process_other_comm_modes(mpi_world, comm_mode):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_statistics_without_ddp(mpi_world):
+def test_statistics_without_ddp(mpi_world, kernel_path):
     cases.case_statistics_without_ddp()
 
 

@@ -9,14 +9,23 @@ pass per operation. Inputs a kernel does not cover (other dtypes, strided arrays
 reference; so do the functions listed below as taken from it unchanged.
 
 One file per family of kernels: ``activations`` (GELU), ``rows`` (layer norm, softmax,
-softmax + NLL), ``optim_adam`` (Adam/AdamW), ``conv`` (im2col, col2im), ``pointwise`` (ReLU),
-``pooling`` (max pooling).
+softmax + NLL), ``optim_adam`` (Adam/AdamW), ``optim_sgd`` (SGD), ``batchnorm``, ``conv``
+(im2col, col2im), ``pointwise`` (ReLU), ``pooling`` (max pooling).
 """
 
 from ddp.kernels import reference
 from ddp.kernels.cpu.activations import gelu_backward, gelu_forward
+from ddp.kernels.cpu.batchnorm import (
+    batch_norm_apply,
+    batch_norm_backward,
+    batch_norm_grad_input,
+    batch_norm_grad_sums,
+    batch_norm_stats,
+    batch_norm_train_forward,
+)
 from ddp.kernels.cpu.conv import col2im, im2col
 from ddp.kernels.cpu.optim_adam import adam_update, adam_update_multi
+from ddp.kernels.cpu.optim_sgd import sgd_update_multi
 from ddp.kernels.cpu.pointwise import relu_backward, relu_forward
 from ddp.kernels.cpu.pooling import max_pool2d_tiles, max_pool2d_tiles_backward
 from ddp.kernels.cpu.rows import (
@@ -28,10 +37,11 @@ from ddp.kernels.cpu.rows import (
 )
 
 # Unchanged from the reference (no compiled form yet).
-sgd_update_multi = reference.sgd_update_multi
 column_sums = reference.column_sums
 
-__all__ = ["adam_update", "adam_update_multi", "column_sums", "gelu_backward", "gelu_forward",
+__all__ = ["adam_update", "adam_update_multi", "batch_norm_apply", "batch_norm_backward",
+           "batch_norm_grad_input", "batch_norm_grad_sums", "batch_norm_stats",
+           "batch_norm_train_forward", "column_sums", "gelu_backward", "gelu_forward",
            "layer_norm_backward_input", "layer_norm_forward", "sgd_update_multi",
            "softmax_backward", "softmax_forward", "softmax_nll"]
 __all__ += ["col2im", "im2col", "max_pool2d_tiles", "max_pool2d_tiles_backward", "relu_backward",

@@ -4,10 +4,15 @@ Statistics are per channel (dim 1) over every other dim. With a ``group`` (``Syn
 the forward all-reduces ``(sum, sum of squares, count)`` of every rank's shard and the backward
 all-reduces ``(sum of grad, sum of grad * xhat)``, so N ranks of B samples compute exactly what
 one process computes on the N*B samples, also when the ranks hold different batch sizes.
+
+The per-channel passes are ``ddp.kernels.batch_norm_*``: compiled loops on CPU NumPy arrays
+(each channel's statistics and normalisation in one visit of its elements), the NumPy reference
+elsewhere; this module holds the autograd and the collectives.
 """
 
 from __future__ import annotations
 
+from ddp import kernels
 from ddp.autograd.function import Function
 from ddp.backend import get_array_module
 
@@ -17,36 +22,20 @@ def _as_ncl(array):
     return array.reshape(array.shape[0], array.shape[1], -1)
 
 
-def _channel_sums(a3):
-    """Per-channel sums of an ``(N, C, L)`` array: contiguous inner sums first, then the batch."""
-    return a3.sum(axis=2).sum(axis=0)
-
-
 def _batch_stats(x3, group):
-    """``(mean, biased var, count, centred)`` per channel, over all ranks of ``group`` when given.
+    """``(mean, biased var, count)`` per channel over all ranks of ``group`` (a collective).
 
-    ``centred`` is ``x3 - mean`` when it could be computed on the way (no group), else None.
-
-    Locally a two-pass mean and sum of squared deviations. Across ranks each rank sends
-    ``(count * mean, M2 + count * mean^2, count)`` in float64, so that ``sum(x^2)/n - mean^2``
-    loses no precision to cancellation for data whose mean is large against its spread.
+    Each rank sends ``(count * mean, M2 + count * mean^2, count)`` in float64, its two-pass
+    statistics (``kernels.batch_norm_stats``), so that ``sum(x^2)/n - mean^2`` loses no
+    precision to cancellation for data whose mean is large against its spread.
     """
     xp = get_array_module(x3)
     local = x3.shape[0] * x3.shape[2]
-    centred = None
-    if local:
-        mean = _channel_sums(x3) / local
-        centred = x3 - mean[:, None]
-        m2 = _channel_sums(centred * centred)
-    else:  # an empty shard still takes part in the collective
-        mean = m2 = xp.zeros(x3.shape[1], dtype=x3.dtype)
-    if group is None:
-        return mean, m2 / local, local, centred
+    mean64, m2 = kernels.batch_norm_stats(x3)  # zeros for an empty shard, which still joins
     c = x3.shape[1]
     buf = xp.empty(2 * c + 1, dtype=xp.float64)
-    mean64 = mean.astype(xp.float64)
     buf[:c] = local * mean64
-    buf[c:2 * c] = m2.astype(xp.float64) + local * mean64 * mean64
+    buf[c:2 * c] = m2 + local * mean64 * mean64
     buf[2 * c] = local
     group.allreduce(buf)  # a collective: every rank of the group runs this forward
     count = int(round(buf[2 * c].item()))
@@ -57,7 +46,7 @@ def _batch_stats(x3, group):
         )
     mean64 = buf[:c] / count
     var64 = xp.maximum(buf[c:2 * c] / count - mean64 * mean64, 0.0)
-    return mean64.astype(x3.dtype), var64.astype(x3.dtype), count, None
+    return mean64.astype(x3.dtype), var64.astype(x3.dtype), count
 
 
 def check_inputs(input, running_mean, running_var, weight, bias,  # noqa: A002
@@ -124,21 +113,22 @@ class BatchNorm(Function):
                 group):
         x3 = _as_ncl(x)
         xp = get_array_module(x)
-        if training:
-            mean, var, count, centred = _batch_stats(x3, group)
-            if running_mean is not None:
-                _update_running(running_mean, mean, momentum)
-            if running_var is not None:
-                _update_running(running_var, var * (count / (count - 1)), momentum)
+        if training and group is None:
+            count = x3.shape[0] * x3.shape[2]
+            out, xhat, mean, m2, invstd = kernels.batch_norm_train_forward(x3, weight, bias,
+                                                                           eps)
+            var = m2 / count
         else:
-            mean, var, count = running_mean.astype(x.dtype), running_var.astype(x.dtype), 0
-            centred = None
-        invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xhat = x3 - mean[:, None] if centred is None else centred
-        xhat *= invstd[:, None]
-        out = xhat * weight[:, None] if weight is not None else xhat.copy()
-        if bias is not None:
-            out += bias[:, None]
+            if training:
+                mean, var, count = _batch_stats(x3, group)
+            else:
+                mean, var, count = running_mean.astype(x.dtype), running_var.astype(x.dtype), 0
+            invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+            out, xhat = kernels.batch_norm_apply(x3, mean, invstd, weight, bias)
+        if training and running_mean is not None:
+            _update_running(running_mean, mean, momentum)
+        if training and running_var is not None:
+            _update_running(running_var, var * (count / (count - 1)), momentum)
         ctx.save_for_backward(xhat, invstd, weight)
         ctx.meta = (training, count, group, bias is not None)
         return out.reshape(x.shape)
@@ -149,25 +139,23 @@ class BatchNorm(Function):
         training, count, group, has_bias = ctx.meta
         needs = ctx.needs_input_grad
         g3 = _as_ncl(grad)
-        sum_dy = _channel_sums(g3)
-        sum_dy_xhat = _channel_sums(g3 * xhat)
+        scale = invstd if weight is None else invstd * weight
         gx = None
-        if needs[0]:
-            scale = invstd if weight is None else invstd * weight
-            if training:
-                if group is not None:
-                    xp = get_array_module(grad)
-                    both = xp.concatenate((sum_dy, sum_dy_xhat))
-                    group.allreduce(both)  # a collective: every rank runs this backward
-                    mean_dy, mean_dy_xhat = both[:sum_dy.size] / count, both[sum_dy.size:] / count
-                else:
-                    mean_dy, mean_dy_xhat = sum_dy / count, sum_dy_xhat / count
-                gx = g3 - xhat * mean_dy_xhat[:, None]
-                gx -= mean_dy[:, None]
-                gx *= scale[:, None]
-            else:
+        if training and group is None:
+            gx, sum_dy, sum_dy_xhat = kernels.batch_norm_backward(g3, xhat, scale, needs[0])
+        else:
+            sum_dy, sum_dy_xhat = kernels.batch_norm_grad_sums(g3, xhat)
+            if needs[0] and training:
+                xp = get_array_module(grad)
+                both = xp.concatenate((sum_dy, sum_dy_xhat)).astype(grad.dtype, copy=False)
+                group.allreduce(both)  # a collective: every rank runs this backward
+                mean_dy, mean_dy_xhat = both[:sum_dy.size] / count, both[sum_dy.size:] / count
+                gx = kernels.batch_norm_grad_input(g3, xhat, scale, mean_dy, mean_dy_xhat)
+            elif needs[0]:
                 gx = g3 * scale[:, None]
+        if gx is not None:
             gx = gx.reshape(grad.shape)
-        gw = sum_dy_xhat if weight is not None and needs[1] else None
-        gb = sum_dy if has_bias and needs[2] else None
+        gw = sum_dy_xhat.astype(grad.dtype, copy=False) if weight is not None and needs[1] \
+            else None
+        gb = sum_dy.astype(grad.dtype, copy=False) if has_bias and needs[2] else None
         return gx, gw, gb, None, None, None, None, None, None
