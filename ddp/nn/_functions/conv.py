@@ -217,12 +217,19 @@ class Conv2d(Function):
 # Columns a GEMM should have at least (images per chunk on the exact path): narrower GEMMs
 # (one 8x8 image is 64 columns) run far below the BLAS kernel's speed.
 _MIN_GEMM_COLUMNS = 1024
+# Column elements a chunk should have at least: each chunk costs some 20-50 us of Python (views,
+# scratch lookup, dispatch), and two threads running many tiny chunks mostly wait for the GIL
+# (the MNIST CNN's first conv, 9 rows: 2-image chunks made its backward 2.7x slower at 2
+# threads than at 1).
+_MIN_CHUNK_ELEMENTS = 1 << 18
 
 
 def _exact_chunk(n, image_columns, rows, itemsize):
-    """Images per chunk on the exact path: enough for ``_MIN_GEMM_COLUMNS`` columns, at most
-    ``_CHUNK_COLUMN_BYTES`` of columns, and at least one chunk per thread."""
-    chunk = max(1, -(-_MIN_GEMM_COLUMNS // image_columns))
+    """Images per chunk on the exact path: enough for ``_MIN_GEMM_COLUMNS`` columns and
+    ``_MIN_CHUNK_ELEMENTS`` column elements, at most ``_CHUNK_COLUMN_BYTES`` of columns, and at
+    least one chunk per thread."""
+    chunk = max(1, -(-_MIN_GEMM_COLUMNS // image_columns),
+                -(-_MIN_CHUNK_ELEMENTS // (rows * image_columns)))
     chunk = min(chunk, max(1, _CHUNK_COLUMN_BYTES // (rows * image_columns * itemsize)))
     return max(1, min(chunk, -(-n // parallel.num_threads()), n))
 
