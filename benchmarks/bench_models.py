@@ -8,6 +8,9 @@ For each reference model it times ``zero_grad(); loss = f(model(x), y); loss.bac
 opt.step()`` in ddp and in torch (same thread count, interleaved rounds so machine noise hits
 both alike), prints the median step times and the ratio ddp/torch (below 1 means ddp is faster).
 A hand-written NumPy MLP step is also timed: it is the floor this engine can reach.
+
+``import ddp`` comes before NumPy here, as in a script that starts ``import ddp as torch``:
+it sets ``OPENBLAS_THREAD_TIMEOUT`` before OpenBLAS loads (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import statistics
 import sys
 import time
 
+import ddp  # before NumPy, as in a user's script: sets OpenBLAS's spin time
+
+# isort: split
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,8 +73,6 @@ def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
 
 def bench(name: str, steps: int, rounds: int) -> dict:
     import torch
-
-    import ddp
 
     batch_size = models.DEFAULT_BATCH[name]
     torch.manual_seed(0)

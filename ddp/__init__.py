@@ -5,7 +5,9 @@
 """
 # ruff: noqa: F401 - this module re-exports the public API
 
+from ddp import blas_env as _blas_env  # first: OpenBLAS reads its settings when NumPy loads it
 
+# isort: split
 from ddp import autograd
 from ddp import dtypes as _dtypes
 from ddp.autograd.anomaly_mode import (

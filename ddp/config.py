@@ -14,7 +14,8 @@ Invalid text raises ``ValueError`` naming the variable and what it accepts. Vari
 software sets (MPI launchers' rank and size variables) are parsed leniently: text that is not a
 number reads as absent, because ddp must not fail on a launcher's convention it does not know.
 
-The only writes are :func:`adopt_launcher_env` (torchrun's ``RANK``... from the MPI launcher's
+The only writes are :func:`default_blas_env` (OpenBLAS's spin time, before NumPy loads it),
+:func:`adopt_launcher_env` (torchrun's ``RANK``... from the MPI launcher's
 variables, at ``import ddp``), :func:`export_launch_env` (the same once MPI knows them) and
 :func:`child_env` (the environment ``ddprun`` hands ``mpiexec``). Per-process state: the
 environment is the process's.
@@ -128,6 +129,9 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
            "set: the user chose BLAS threads, so ddp does not limit BLAS itself"),
     Switch("MKL_NUM_THREADS", None, _text, "call",
            "set: the user chose BLAS threads, so ddp does not limit BLAS itself"),
+    Switch("OPENBLAS_THREAD_TIMEOUT", None, _text, "import",
+           "read by OpenBLAS when it loads; ddp sets 14 (idle workers stop spinning after "
+           "2^14 cycles) unless the user set it"),
     # set by MPI launchers (read leniently): several ranks means the mpi backend
     Switch("PMI_SIZE", None, _launcher_int, "call", "world size under MPICH/Hydra, Intel MPI"),
     Switch("OMPI_COMM_WORLD_SIZE", None, _launcher_int, "call", "world size under Open MPI"),
@@ -273,12 +277,30 @@ def export_launch_env(rank: int, world_size: int, local_rank: int, local_world_s
         os.environ[_switch(name).name] = str(int(value))
 
 
+BLAS_SPIN_LOG2_CYCLES = "14"
+
+
+def default_blas_env() -> None:
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` (unless the user did) before OpenBLAS loads.
+
+    After a multi-threaded call, OpenBLAS's idle workers spin on their cores for 2^28 cycles
+    (about 0.1 s) by default, taking those cores from the rank's own threads (compiled
+    kernels, convolution chunks) that run next: a 2-thread GEMM before the MNIST CNN's conv2
+    backward made that backward 1.7x slower. 2^14 cycles (a few microseconds) keeps the
+    workers warm between back-to-back GEMMs only. OpenBLAS reads the variable once, when NumPy
+    loads it: ``import ddp`` sets it first thing (effective when ddp is imported before
+    NumPy), and ``ddprun`` hands it to every rank.
+    """
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_SPIN_LOG2_CYCLES)
+
+
 def child_env(nproc: int) -> dict[str, str]:
     """The environment for ``nproc`` launched ranks: this one, with ``OMP_NUM_THREADS=1`` unless
     the user set it (torchrun's rule: N ranks per node must not each start a thread per core),
     and without torchrun's ``RANK``... of this process: each rank takes its own from the MPI
     launcher (:func:`adopt_launcher_env`), as torchrun's workers get theirs from torchrun."""
     env = {name: text for name, text in os.environ.items() if name not in TORCHRUN_VARS}
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_SPIN_LOG2_CYCLES)  # see default_blas_env
     if nproc > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
     return env
