@@ -200,17 +200,7 @@ class Conv2d(Function):
                     gx[start:stop] = _crop(gpad, padding)
 
         _over_chunks(n, chunk, xp, run, with_first=True)
-        sums = [partial[first] for first in sorted(partial)]
-        gw = gb = None
-        if want_w:
-            gw = sums[0][0]
-            for more in sums[1:]:
-                gw += more[0]
-            gw = reshape_fresh(gw, w_shape)
-        if want_b:
-            gb = sums[0][1]
-            for more in sums[1:]:
-                gb += more[1]
+        gw, gb = _sum_partials(partial, want_w, want_b, w_shape)
         return gx, gw, gb, None, None, None
 
 
@@ -310,6 +300,13 @@ def _exact_backward(ctx, grad):
             kernels.col2im(dcols, kernel, stride, padding, dilation, gx[start:stop])
 
     _over_chunks(n, chunk, np, run, with_first=True)
+    gw, gb = _sum_partials(partial, want_w, want_b, w_shape)
+    return gx, gw, gb, None, None, None
+
+
+def _sum_partials(partial, want_w, want_b, w_shape):
+    """``(weight gradient, bias gradient)``: the threads' partial sums added in the order of
+    their first images (so the result does not depend on which thread finished first)."""
     sums = [partial[first] for first in sorted(partial)]
     gw = gb = None
     if want_w:
@@ -321,7 +318,7 @@ def _exact_backward(ctx, grad):
         gb = sums[0][1]
         for more in sums[1:]:
             gb += more[1]
-    return gx, gw, gb, None, None, None
+    return gw, gb
 
 
 def _over_chunks(n, chunk, xp, run, with_first=False):
