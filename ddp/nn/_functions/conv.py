@@ -155,12 +155,8 @@ class Conv2d(Function):
             _store_output(out[start:stop], y[:, :, :, :wo], bias)
 
         _over_chunks(n, chunk, xp, run)
-        needs = ctx.needs_input_grad
-        ctx.save_for_backward(xpad if needs[1:2] == (True,) else None,
-                              w2 if needs[:1] == (True,) else None)
-        ctx.meta = (x.shape, weight.shape, stride, padding, dilation, chunk)
-        ctx.has_bias = bias is not None
-        ctx.exact = False
+        _save_for_backward(ctx, xpad, w2, x.shape, weight.shape, stride, padding, dilation,
+                           chunk, bias is not None, exact=False)
         return out
 
     @staticmethod
@@ -254,13 +250,21 @@ def _exact_forward(ctx, x, weight, bias, stride, padding, dilation):
         _store_output(out[start:stop], y.reshape(o, b, ho, wo), bias)
 
     _over_chunks(n, chunk, np, run)
-    needs = ctx.needs_input_grad
-    ctx.save_for_backward(x if needs[1:2] == (True,) else None,
-                          w2 if needs[:1] == (True,) else None)
-    ctx.meta = (x.shape, weight.shape, stride, padding, dilation, chunk)
-    ctx.has_bias = bias is not None
-    ctx.exact = True
+    _save_for_backward(ctx, x, w2, x.shape, weight.shape, stride, padding, dilation, chunk,
+                       bias is not None, exact=True)
     return out
+
+
+def _save_for_backward(ctx, x_kept, w2, x_shape, w_shape, stride, padding, dilation, chunk,
+                       has_bias, exact):
+    """What both forwards keep: the (padded, on the full-width path) input only when the weight
+    needs a gradient, the flattened weight only when the input does, and the layout."""
+    needs = ctx.needs_input_grad
+    ctx.save_for_backward(x_kept if needs[1:2] == (True,) else None,
+                          w2 if needs[:1] == (True,) else None)
+    ctx.meta = (x_shape, w_shape, stride, padding, dilation, chunk)
+    ctx.has_bias = has_bias
+    ctx.exact = exact
 
 
 def _exact_backward(ctx, grad):
